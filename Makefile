@@ -1,0 +1,41 @@
+# The two commands a new user needs: `make run` and `make test`.
+# Both create .venv with Python 3.11 when it is missing and install the project.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test worker install lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve the API and pages on http://127.0.0.1:8000 with the background scheduler.
+run: $(STAMP)
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py load_demo_venue
+	$(BIN)/python manage.py runserver 127.0.0.1:8000
+
+## Run the expiry scheduler as a dedicated worker (use with SCHEDULER_WORKER_MODE=true).
+worker: $(STAMP)
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py start_scheduler
+
+## Run the whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,153 @@
+from datetime import datetime
+from typing import Annotated
+from uuid import UUID
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from ninja import Field, Router, Schema, Status
+from pydantic import StringConstraints, field_validator
+
+from config.api_errors import ErrorOut
+
+from . import services
+from .models import Reservation
+
+router = Router(tags=["reservations"])
+
+INVALID_EMAIL = "Enter a valid email address."
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=254),
+    Field(json_schema_extra={"format": "email"}),
+]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)]
+PaymentReference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+]
+
+
+class ReservationIn(Schema):
+    slot_id: int = Field(..., ge=1)
+    customer_name: Name
+    customer_email: Email
+    customer_phone: Phone = ""
+    party_size: int = Field(..., ge=1, le=100, description="Players; the room's limits apply.")
+
+    @field_validator("customer_email")
+    @classmethod
+    def email_is_valid(cls, value: str) -> str:
+        try:
+            validate_email(value)
+        except DjangoValidationError:
+            raise ValueError(INVALID_EMAIL) from None
+        return value
+
+
+class PayIn(Schema):
+    payment_reference: PaymentReference
+
+
+class RoomRef(Schema):
+    slug: str
+    name: str
+
+
+class SlotRef(Schema):
+    id: int
+    starts_at: datetime
+    ends_at: datetime
+    room: RoomRef
+
+
+class ReservationOut(Schema):
+    token: UUID
+    status: Reservation.Status
+    cancellation_reason: str
+    expires_at: datetime
+    seconds_left: int = Field(..., description="Whole seconds left on the hold; 0 unless pending.")
+    party_size: int
+    customer_name: str
+    customer_email: str
+    slot: SlotRef
+
+
+def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
+    """Present a reservation as of ``now``: a lapsed hold reads as cancelled (expired)."""
+    slot = reservation.time_slot
+    return {
+        "token": reservation.token,
+        "status": reservation.current_status(now),
+        "cancellation_reason": reservation.current_cancellation_reason(now),
+        "expires_at": reservation.expires_at,
+        "seconds_left": reservation.seconds_left(now),
+        "party_size": reservation.party_size,
+        "customer_name": reservation.customer_name,
+        "customer_email": reservation.customer_email,
+        "slot": {
+            "id": slot.pk,
+            "starts_at": slot.starts_at,
+            "ends_at": slot.ends_at,
+            "room": {"slug": slot.room.slug, "name": slot.room.name},
+        },
+    }
+
+
+def _get(token: str | UUID) -> Reservation:
+    """The reservation with this token; 404 for an unknown or malformed token alike."""
+    try:
+        token = UUID(str(token))
+    except ValueError:
+        raise Http404 from None
+    return get_object_or_404(Reservation.objects.select_related("time_slot__room"), token=token)
+
+
+@router.post(
+    "/reservations/",
+    response={201: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Reserve a time slot and hold it for payment",
+)
+def create_reservation(request, payload: ReservationIn):
+    reservation = services.reservation_create(
+        time_slot_id=payload.slot_id,
+        customer_name=payload.customer_name,
+        customer_email=payload.customer_email,
+        customer_phone=payload.customer_phone,
+        party_size=payload.party_size,
+    )
+    return Status(201, reservation_out(_get(reservation.token), now=timezone.now()))
+
+
+@router.get(
+    "/reservations/{token}/",
+    response={200: ReservationOut, 404: ErrorOut},
+    summary="Show a reservation",
+)
+def get_reservation(request, token: str):
+    return reservation_out(_get(token), now=timezone.now())
+
+
+@router.post(
+    "/reservations/{token}/pay/",
+    response={200: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Confirm payment of a pending reservation",
+)
+def pay_reservation(request, token: str, payload: PayIn):
+    reservation = services.reservation_pay(
+        reservation=_get(token), payment_reference=payload.payment_reference
+    )
+    return reservation_out(reservation, now=timezone.now())
+
+
+@router.post(
+    "/reservations/{token}/cancel/",
+    response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Cancel a pending reservation",
+)
+def cancel_reservation(request, token: str):
+    reservation = services.reservation_cancel(reservation=_get(token))
+    return reservation_out(reservation, now=timezone.now())

@@ -1,0 +1,62 @@
+"""
+Refusals of the reservation services.
+
+Each error carries a machine-readable ``code`` and an HTTP ``status`` so that
+every interface (API, pages, admin) presents the same refusal the same way.
+Messages are constants that the tests reuse.
+"""
+
+from typing import ClassVar
+
+
+class ReservationError(Exception):
+    """Base of every refusal; a refused operation has changed nothing."""
+
+    code: ClassVar[str] = "reservation_error"
+    status: ClassVar[int] = 409
+    message: ClassVar[str] = "The reservation could not be changed."
+
+    def __init__(self, message: str | None = None, *, fields: dict[str, list[str]] | None = None):
+        self.message = message or self.message
+        self.fields = fields or {}
+        super().__init__(self.message)
+
+
+class SlotNotFound(ReservationError):
+    code = "slot_not_found"
+    status = 404
+    message = "No time slot with this id exists."
+
+
+class SlotUnavailable(ReservationError):
+    code = "slot_unavailable"
+    message = "This time slot can no longer be booked: it has started or its room is closed."
+
+
+class SlotTaken(ReservationError):
+    code = "slot_taken"
+    message = "This time slot was just taken by someone else."
+
+
+class InvalidReservation(ReservationError):
+    code = "invalid"
+    status = 400
+    message = "Some fields are not valid."
+
+
+class HoldExpired(ReservationError):
+    code = "hold_expired"
+    message = "The payment hold on this reservation has expired; the time slot was released."
+
+
+class AlreadyPaid(ReservationError):
+    code = "already_paid"
+    message = "This reservation is already paid."
+
+
+class AlreadyCancelled(ReservationError):
+    code = "already_cancelled"
+    message = "This reservation is cancelled."
+
+
+PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."

@@ -1,0 +1,24 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from escape_rooms_backend.scheduler import start_scheduler
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the expiry scheduler as a dedicated worker until SIGINT (Ctrl+C) or SIGTERM. "
+        "Run exactly one per job store, with SCHEDULER_WORKER_MODE=true for the web processes."
+    )
+
+    def handle(self, *args, **options) -> None:
+        if not settings.SCHEDULER_WORKER_MODE:
+            self.stderr.write(
+                self.style.WARNING(
+                    "SCHEDULER_WORKER_MODE is false: if a web server also runs with its background "
+                    "scheduler on this job store, both will run the same jobs."
+                )
+            )
+        self.stdout.write("Scheduler worker running; press Ctrl+C to stop.")
+        self.stdout.flush()
+        start_scheduler(blocking=True)
+        self.stdout.write("Scheduler worker stopped.")

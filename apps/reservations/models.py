@@ -1,0 +1,107 @@
+import math
+import uuid
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class ReservationQuerySet(models.QuerySet):
+    def holding(self, now):
+        """Reservations that hold their slot at ``now``: paid, or pending within the hold."""
+        return self.filter(
+            Q(status=Reservation.Status.PAID)
+            | Q(status=Reservation.Status.PENDING, expires_at__gt=now)
+        )
+
+    def due_for_expiry(self, now):
+        """Pending reservations whose hold lapsed at or before ``now`` (served by an index)."""
+        return self.filter(status=Reservation.Status.PENDING, expires_at__lte=now)
+
+
+class Reservation(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending payment"
+        PAID = "paid", "Paid"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class CancellationReason(models.TextChoices):
+        EXPIRED = "expired", "Hold expired"
+        CUSTOMER = "customer", "Cancelled by the customer"
+        STAFF = "staff", "Cancelled by staff"
+
+    token = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    time_slot = models.ForeignKey(
+        "rooms.TimeSlot", on_delete=models.PROTECT, related_name="reservations"
+    )
+    customer_name = models.CharField(max_length=100)
+    customer_email = models.EmailField(max_length=254)
+    customer_phone = models.CharField(max_length=32, blank=True)
+    party_size = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    status = models.CharField(max_length=10, choices=Status, default=Status.PENDING)
+    expires_at = models.DateTimeField(help_text="End of the payment hold.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    cancellation_reason = models.CharField(max_length=10, choices=CancellationReason, blank=True)
+    payment_reference = models.CharField(max_length=100, blank=True)
+
+    objects = ReservationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # The database, not only Python, guarantees one holder per slot.
+            models.UniqueConstraint(
+                fields=["time_slot"],
+                condition=Q(status__in=["pending", "paid"]),
+                name="reservation_one_holder_per_slot",
+            ),
+            models.CheckConstraint(
+                condition=Q(party_size__gte=1), name="reservation_party_size_positive"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="paid") | Q(paid_at__isnull=False),
+                name="reservation_paid_has_paid_at",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="cancelled")
+                | (Q(cancelled_at__isnull=False) & ~Q(cancellation_reason="")),
+                name="reservation_cancelled_has_reason",
+            ),
+        ]
+        indexes = [
+            # Serves the sweep's "pending and expires_at before now".
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(status="pending"),
+                name="reservation_pending_expiry_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Reservation {self.pk} ({self.status}) for {self.customer_name}"
+
+    @property
+    def is_expired(self) -> bool:
+        """True when the reservation is pending and its hold has lapsed (the seed's property)."""
+        return self.is_expired_at(timezone.now())
+
+    def is_expired_at(self, now) -> bool:
+        return self.status == self.Status.PENDING and self.expires_at <= now
+
+    def current_status(self, now) -> str:
+        """The status as of ``now``: a lapsed hold reads as cancelled before any job runs."""
+        return self.Status.CANCELLED if self.is_expired_at(now) else self.status
+
+    def current_cancellation_reason(self, now) -> str:
+        if self.is_expired_at(now):
+            return self.CancellationReason.EXPIRED
+        return self.cancellation_reason
+
+    def seconds_left(self, now) -> int:
+        """Seconds until the hold lapses, rounded up (0 only once it has); 0 if not pending."""
+        if self.status != self.Status.PENDING:
+            return 0
+        return max(0, math.ceil((self.expires_at - now).total_seconds()))

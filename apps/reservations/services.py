@@ -1,0 +1,260 @@
+"""
+Business operations on reservations: reserve, pay, cancel, expire.
+
+Every interface (API, pages, admin, scheduler jobs, scripts) calls these and
+nothing else to change a reservation. Each status change is one conditional
+UPDATE (compare-and-set on ``status`` and the hold) that changes the time slot
+in the same transaction, so that pay and expire racing on one reservation end
+with exactly one winner. ``QuerySet.update()`` sends no signal, so after a
+successful change the services send ``post_save`` themselves: its receiver
+keeps the reservation's expiry job in step (``apps.reservations.signals``).
+
+All times are timezone-aware datetimes; ``now`` defaults to ``timezone.now()``
+and is injected by tests.
+"""
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models.signals import post_save
+from django.utils import timezone
+
+from apps.rooms.models import TimeSlot
+
+from . import errors
+from .models import Reservation
+
+Status = Reservation.Status
+Reason = Reservation.CancellationReason
+
+
+class ExpireOutcome(enum.Enum):
+    """What ``reservation_expire`` did; only ``EXPIRED`` changed anything."""
+
+    EXPIRED = "expired"
+    NOT_DUE = "not_due"
+    ALREADY_PAID = "already_paid"
+    ALREADY_CANCELLED = "already_cancelled"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class ExpireResult:
+    outcome: ExpireOutcome
+    reservation: Reservation | None
+
+    @property
+    def expired(self) -> bool:
+        return self.outcome is ExpireOutcome.EXPIRED
+
+
+def _transition(reservation: Reservation, *, expect: dict, **changes) -> bool:
+    """
+    Apply ``changes`` to ``reservation`` only if its row still matches ``expect``.
+
+    Returns whether the row changed. On success the instance is updated in
+    memory and ``post_save`` is sent with the changed fields. Call inside
+    ``transaction.atomic``.
+    """
+    updated = Reservation.objects.filter(pk=reservation.pk, **expect).update(**changes)
+    if not updated:
+        return False
+    for field, value in changes.items():
+        setattr(reservation, field, value)
+    post_save.send(
+        sender=Reservation,
+        instance=reservation,
+        created=False,
+        update_fields=frozenset(changes),
+        raw=False,
+        using=reservation._state.db,
+    )
+    return True
+
+
+def _release_slot(time_slot_id: int) -> None:
+    TimeSlot.objects.filter(pk=time_slot_id, status=TimeSlot.Status.RESERVED).update(
+        status=TimeSlot.Status.ACTIVE
+    )
+
+
+def _refuse_not_pending(reservation: Reservation) -> None:
+    """Raise the refusal that fits a reservation that is no longer pending."""
+    if reservation.status == Status.PAID:
+        raise errors.AlreadyPaid()
+    raise errors.AlreadyCancelled()
+
+
+def reservation_create(
+    *,
+    time_slot_id: int,
+    customer_name: str,
+    customer_email: str,
+    customer_phone: str = "",
+    party_size: int,
+    now: datetime | None = None,
+    hold_seconds: int | None = None,
+) -> Reservation:
+    """
+    Reserve a time slot and hold it for payment.
+
+    The hold lasts ``hold_seconds`` (default ``settings.RESERVATION_HOLD_SECONDS``):
+    the new reservation is pending with ``expires_at = now + hold``. A pending
+    reservation on the slot whose hold has already lapsed is expired first, in
+    the same transaction, so a lapsed hold never blocks a booking.
+
+    Raises ``SlotNotFound`` (no such slot), ``SlotUnavailable`` (started, or its
+    room is inactive), ``InvalidReservation`` (party size outside the room's
+    limits; ``fields`` says so) and ``SlotTaken`` (someone holds it).
+    """
+    now = now or timezone.now()
+    hold = timedelta(
+        seconds=settings.RESERVATION_HOLD_SECONDS if hold_seconds is None else hold_seconds
+    )
+    with transaction.atomic():
+        try:
+            slot = TimeSlot.objects.select_for_update().select_related("room").get(pk=time_slot_id)
+        except TimeSlot.DoesNotExist:
+            raise errors.SlotNotFound() from None
+        room = slot.room
+        if slot.starts_at <= now or not room.is_active:
+            raise errors.SlotUnavailable()
+        if not room.min_players <= party_size <= room.max_players:
+            message = errors.PARTY_SIZE_OUT_OF_RANGE.format(
+                min=room.min_players, max=room.max_players
+            )
+            raise errors.InvalidReservation(fields={"party_size": [message]})
+
+        for stale in Reservation.objects.due_for_expiry(now).filter(time_slot=slot):
+            _expire(stale, now=now)
+        if not TimeSlot.objects.filter(pk=slot.pk, status=TimeSlot.Status.ACTIVE).update(
+            status=TimeSlot.Status.RESERVED
+        ):
+            raise errors.SlotTaken()
+        try:
+            with transaction.atomic():
+                return Reservation.objects.create(
+                    time_slot=slot,
+                    customer_name=customer_name,
+                    customer_email=customer_email,
+                    customer_phone=customer_phone,
+                    party_size=party_size,
+                    status=Status.PENDING,
+                    created_at=now,
+                    expires_at=now + hold,
+                )
+        except IntegrityError:
+            # The slot's status said free but a holder exists: the partial
+            # unique constraint is the last word.
+            raise errors.SlotTaken() from None
+
+
+def reservation_pay(
+    *, reservation: Reservation, payment_reference: str, now: datetime | None = None
+) -> Reservation:
+    """
+    Mark a pending reservation paid, if its hold has not lapsed.
+
+    A payment after ``expires_at`` is refused for now, and the reservation is
+    expired on the spot (issue 2; a later issue decides what becomes of late
+    payments). Raises ``HoldExpired``, ``AlreadyPaid`` or ``AlreadyCancelled``;
+    a refused payment changes nothing but that expiry.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        paid = _transition(
+            reservation,
+            expect={"status": Status.PENDING, "expires_at__gt": now},
+            status=Status.PAID,
+            paid_at=now,
+            payment_reference=payment_reference,
+        )
+    if paid:
+        return reservation
+    _refuse_stale(reservation, now=now)
+
+
+def reservation_cancel(
+    *, reservation: Reservation, reason: str = Reason.CUSTOMER, now: datetime | None = None
+) -> Reservation:
+    """
+    Cancel a pending reservation and release its slot.
+
+    ``reason`` is a ``Reservation.CancellationReason``; ``expired`` is reserved
+    for ``reservation_expire``. A hold that has lapsed is expired instead and
+    ``HoldExpired`` raised, like a payment. Raises ``HoldExpired``,
+    ``AlreadyPaid`` or ``AlreadyCancelled``.
+    """
+    if reason == Reason.EXPIRED:
+        raise ValueError("Use reservation_expire() to expire a reservation.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        cancelled = _transition(
+            reservation,
+            expect={"status": Status.PENDING, "expires_at__gt": now},
+            status=Status.CANCELLED,
+            cancelled_at=now,
+            cancellation_reason=reason,
+        )
+        if cancelled:
+            _release_slot(reservation.time_slot_id)
+    if cancelled:
+        return reservation
+    _refuse_stale(reservation, now=now)
+
+
+def _refuse_stale(reservation: Reservation, *, now: datetime):
+    """Explain why a compare-and-set failed: expire a lapsed hold, then raise."""
+    reservation.refresh_from_db()
+    if reservation.status == Status.PENDING and reservation.expires_at <= now:
+        reservation_expire(reservation_id=reservation.pk, now=now)
+        reservation.refresh_from_db()
+        raise errors.HoldExpired()
+    _refuse_not_pending(reservation)
+    # Pending and within its hold, yet the update matched nothing: the row
+    # changed between the update and this read. Say so rather than guess.
+    raise errors.ReservationError()
+
+
+def _expire(reservation: Reservation, *, now: datetime) -> bool:
+    if not _transition(
+        reservation,
+        expect={"status": Status.PENDING, "expires_at__lte": now},
+        status=Status.CANCELLED,
+        cancelled_at=now,
+        cancellation_reason=Reason.EXPIRED,
+    ):
+        return False
+    _release_slot(reservation.time_slot_id)
+    return True
+
+
+def reservation_expire(*, reservation_id: int, now: datetime | None = None) -> ExpireResult:
+    """
+    Expire the reservation if its hold has lapsed, and release its slot.
+
+    Idempotent: on a paid, cancelled, missing or not-yet-due reservation it
+    changes nothing and says so in the result's ``outcome``. The reservation
+    comes back with its slot and room loaded (for the seed's log line), or
+    ``None`` when it does not exist.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        reservation = (
+            Reservation.objects.select_related("time_slot__room").filter(pk=reservation_id).first()
+        )
+        if reservation is None:
+            return ExpireResult(ExpireOutcome.NOT_FOUND, None)
+        if _expire(reservation, now=now):
+            return ExpireResult(ExpireOutcome.EXPIRED, reservation)
+    reservation.refresh_from_db()
+    if reservation.status == Status.PAID:
+        outcome = ExpireOutcome.ALREADY_PAID
+    elif reservation.status == Status.CANCELLED:
+        outcome = ExpireOutcome.ALREADY_CANCELLED
+    else:
+        outcome = ExpireOutcome.NOT_DUE
+    return ExpireResult(outcome, reservation)

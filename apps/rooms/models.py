@@ -1,0 +1,84 @@
+from decimal import Decimal
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import Exists, OuterRef, Q
+
+
+class Room(models.Model):
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    duration_minutes = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    min_players = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    max_players = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    price = models.DecimalField(
+        max_digits=8, decimal_places=2, validators=[MinValueValidator(Decimal("0"))]
+    )
+    currency = models.CharField(max_length=3, default="EUR", help_text="ISO 4217 code")
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(min_players__gte=1) & Q(max_players__gte=models.F("min_players")),
+                name="room_player_range_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(duration_minutes__gte=1), name="room_duration_positive"
+            ),
+            models.CheckConstraint(condition=Q(price__gte=0), name="room_price_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TimeSlotQuerySet(models.QuerySet):
+    def with_availability(self, now):
+        """
+        Annotate ``available``: bookable at ``now`` (an aware datetime).
+
+        A slot is available when it starts after ``now``, its room is active and
+        no reservation holds it. Only a paid reservation, or a pending one whose
+        hold has not lapsed, holds a slot: a lapsed hold counts as free whether
+        or not its expiry job has run yet (the issue's "correctness never waits
+        for the scheduler"), so the stored ``status`` is not consulted.
+        """
+        from apps.reservations.models import Reservation
+
+        holders = Reservation.objects.holding(now).filter(time_slot=OuterRef("pk"))
+        return self.annotate(
+            available=models.ExpressionWrapper(
+                Q(starts_at__gt=now) & Q(room__is_active=True) & ~Exists(holders),
+                output_field=models.BooleanField(),
+            )
+        )
+
+
+class TimeSlot(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        RESERVED = "reserved", "Reserved"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="time_slots")
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    status = models.CharField(max_length=10, choices=Status, default=Status.ACTIVE)
+
+    objects = TimeSlotQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["starts_at", "room__name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["room", "starts_at"], name="timeslot_unique_room_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(ends_at__gt=models.F("starts_at")), name="timeslot_ends_after_start"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room} at {self.starts_at:%Y-%m-%d %H:%M %Z}"

@@ -1,0 +1,87 @@
+"""
+One error shape for the whole API: ``{"error": {"code", "message", "fields"?}}``.
+
+400 for invalid input (with ``fields``), 404 for unknown tokens and slots, 409
+for conflicts; the codes are those of ``apps.reservations.errors``.
+"""
+
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI, Schema
+from ninja.errors import HttpError, ValidationError
+
+from apps.reservations.errors import ReservationError
+
+INVALID_MESSAGE = "Some fields are not valid."
+MALFORMED_MESSAGE = "The request body is not valid JSON."
+NOT_FOUND_MESSAGE = "Not found."
+
+
+class ErrorDetail(Schema):
+    code: str
+    message: str
+    fields: dict[str, list[str]] | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorDetail
+
+
+def error_response(
+    api: NinjaAPI,
+    request: HttpRequest,
+    *,
+    status: int,
+    code: str,
+    message: str,
+    fields: dict[str, list[str]] | None = None,
+) -> HttpResponse:
+    error = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return api.create_response(request, {"error": error}, status=status)
+
+
+def _field_errors(exc: ValidationError) -> dict[str, list[str]]:
+    fields: dict[str, list[str]] = {}
+    for error in exc.errors:
+        # loc is like ("body", "payload", "party_size") or ("query", "date").
+        names = [
+            str(part)
+            for part in error.get("loc", ())
+            if part not in ("body", "payload", "query", "path")
+        ]
+        name = ".".join(names) or "__all__"
+        message = error.get("msg", "Invalid value.").removeprefix("Value error, ")
+        fields.setdefault(name, []).append(message)
+    return fields
+
+
+def install_error_handlers(api: NinjaAPI) -> None:
+    @api.exception_handler(ValidationError)
+    def invalid(request, exc):
+        return error_response(
+            api,
+            request,
+            status=400,
+            code="invalid",
+            message=INVALID_MESSAGE,
+            fields=_field_errors(exc),
+        )
+
+    @api.exception_handler(HttpError)
+    def http_error(request, exc):
+        if exc.status_code == 400:
+            return error_response(
+                api, request, status=400, code="malformed", message=MALFORMED_MESSAGE
+            )
+        return error_response(api, request, status=exc.status_code, code="error", message=str(exc))
+
+    @api.exception_handler(Http404)
+    def not_found(request, exc):
+        return error_response(api, request, status=404, code="not_found", message=NOT_FOUND_MESSAGE)
+
+    @api.exception_handler(ReservationError)
+    def refused(request, exc):
+        return error_response(
+            api, request, status=exc.status, code=exc.code, message=exc.message, fields=exc.fields
+        )

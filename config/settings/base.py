@@ -1,0 +1,155 @@
+"""
+Settings shared by every environment.
+
+Every value that differs between machines is read from the environment (or a
+``.env`` file at the project root) with django-environ; ``.env.example`` lists
+them all with their defaults.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# GENERAL
+# ------------------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env("SECRET_KEY", default="insecure-development-key-change-me")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+USE_TZ = True
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# DATABASES
+# ------------------------------------------------------------------------------
+VAR_DIR.mkdir(exist_ok=True)
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web process and the scheduler's threads write concurrently: WAL lets
+    # readers run beside a writer, IMMEDIATE takes the write lock when a
+    # transaction begins (so no transaction fails half-way with "database is
+    # locked"), and the timeout makes a writer wait its turn instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+
+# APPS
+# ------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "ninja",
+    "apps.rooms",
+    "apps.reservations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# RESERVATIONS
+# ------------------------------------------------------------------------------
+# How long a pending reservation holds its time slot before it expires (seconds).
+RESERVATION_HOLD_SECONDS = env.int("RESERVATION_HOLD_SECONDS", default=1800)
+
+# SCHEDULER
+# ------------------------------------------------------------------------------
+# The job store keeps one DateTrigger job per pending reservation plus the
+# sweep. The default SQLite file is an absolute path computed from the project,
+# so every process finds the same store whatever its working directory.
+SCHEDULER_JOBSTORE_URL = env(
+    "SCHEDULER_JOBSTORE_URL", default=f"sqlite:///{VAR_DIR / 'jobs.sqlite3'}"
+)
+# The safety net: how often the sweep expires holds whose job was missed.
+SCHEDULER_SWEEP_SECONDS = env.int("SCHEDULER_SWEEP_SECONDS", default=600)
+# How often a running scheduler looks for jobs that other processes wrote.
+SCHEDULER_POLL_SECONDS = env.float("SCHEDULER_POLL_SECONDS", default=5.0)
+# True: the web process only writes jobs; `manage.py start_scheduler` runs them.
+SCHEDULER_WORKER_MODE = env.bool("SCHEDULER_WORKER_MODE", default=False)
+
+SCHEDULER_CONFIG = {
+    "apscheduler.jobstores.default": {
+        "type": "sqlalchemy",
+        "url": SCHEDULER_JOBSTORE_URL,
+    },
+    "apscheduler.executors.default": {
+        "type": "threadpool",
+        "max_workers": 20,
+    },
+    # Expiry jobs must run however late they are (APScheduler's default grace
+    # of 1 s would silently drop a job missed during a restart), and a backlog
+    # of one job runs once.
+    "apscheduler.job_defaults.coalesce": True,
+    "apscheduler.job_defaults.misfire_grace_time": None,
+    "apscheduler.job_defaults.max_instances": 1,
+    "apscheduler.timezone": "UTC",
+}
+
+# LOGGING
+# ------------------------------------------------------------------------------
+LOG_LEVEL = env("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        # The seed's format: "INFO 2025-08-21 06:20:10,066 scheduler Cancelled ..."
+        "verbose": {"format": "%(levelname)s %(asctime)s %(module)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "verbose"},
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "escape_rooms_backend": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "apps": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "apscheduler": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}

@@ -1,0 +1,16 @@
+"""Settings for production: only hardens what ``base`` sets."""
+
+from .base import *  # noqa: F403
+from .base import env
+
+DEBUG = False
+# No default: a missing key must stop the process at start, not weaken it.
+SECRET_KEY = env("SECRET_KEY")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
+
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60)
+SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -1,0 +1,28 @@
+"""Settings for the test suite (pytest-django)."""
+
+from .base import *  # noqa: F403
+from .base import DATABASES, VAR_DIR
+
+DEBUG = False
+SECRET_KEY = "test-only-secret-key"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Scheduler threads and worker subprocesses need a database they can all open:
+# a file, never SQLite's shared in-memory database.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
+
+# Each test points the scheduler at a job store of its own (tests/conftest.py).
+SCHEDULER_JOBSTORE_URL = f"sqlite:///{VAR_DIR / 'test_jobs.sqlite3'}"
+SCHEDULER_CONFIG["apscheduler.jobstores.default"]["url"] = SCHEDULER_JOBSTORE_URL  # noqa: F405
+SCHEDULER_POLL_SECONDS = 0.2
+
+# Let pytest's caplog see our log lines (it listens on the root logger).
+LOGGING = {  # noqa: F405
+    **LOGGING,  # noqa: F405
+    "loggers": {
+        "escape_rooms_backend": {"level": "DEBUG", "propagate": True},
+        "apps": {"level": "DEBUG", "propagate": True},
+        "apscheduler": {"level": "WARNING", "propagate": True},
+    },
+}

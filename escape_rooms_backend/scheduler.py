@@ -1,0 +1,395 @@
+"""
+Expiry of unpaid reservations with APScheduler 3.
+
+What runs where (docs/scheduler.md tells the whole story):
+
+- Every pending reservation has a ``DateTrigger`` job, id
+  ``expire_reservation:<pk>``, at its ``expires_at``, in a persistent
+  SQLAlchemy job store. The ``post_save`` receiver in
+  ``apps.reservations.signals`` adds, moves and removes it after commit.
+- One process runs the jobs: the background scheduler of the web server, or
+  ``manage.py start_scheduler`` when ``SCHEDULER_WORKER_MODE`` is true. Every
+  other process that writes jobs starts the same scheduler *paused*: APScheduler
+  writes to the store only from a started scheduler, and a paused one never
+  runs a job.
+- The sweep, ``cancel_expired_reservations``, runs every
+  ``SCHEDULER_SWEEP_SECONDS`` and once at start: it expires holds whose job
+  was lost (APScheduler deletes a date job's row before it runs, so a crash
+  there loses it).
+- A running scheduler sleeps until its next known job, so it would not see a
+  job another process wrote. A poller thread wakes it every
+  ``SCHEDULER_POLL_SECONDS`` to look again (about 1.4 ms of CPU a look).
+
+Nothing here is needed for correctness: a lapsed hold reads as expired and
+can be rebooked before any job runs. The jobs make expiry prompt.
+"""
+
+import copy
+import logging
+import signal
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPPED
+from apscheduler.triggers.date import DateTrigger
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.utils import timezone
+from sqlalchemy.engine import make_url
+
+logger = logging.getLogger(__name__)
+
+SWEEP_JOB_ID = "cancel_expired_reservations"
+EXPIRY_JOB_PREFIX = "expire_reservation:"
+# Stored jobs name their function by import path: these are public APIs. A job
+# whose function cannot be imported any more is deleted by APScheduler.
+EXPIRY_JOB_FUNC = "escape_rooms_backend.scheduler:expire_reservation"
+SWEEP_JOB_FUNC = "escape_rooms_backend.scheduler:cancel_expired_reservations"
+
+CANCELLED_LOG = "Cancelled expired reservation %s for %s - %s on %s at %s"
+SWEEP_SUMMARY_LOG = "Successfully cancelled %d expired reservations"
+SWEEP_NONE_LOG = "No expired reservations found"
+
+
+def expiry_job_id(reservation_id: int) -> str:
+    """Return the id of a reservation's expiry job: ``expire_reservation:<pk>``."""
+    return f"{EXPIRY_JOB_PREFIX}{reservation_id}"
+
+
+# ---------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------
+
+
+def _close_old_connections() -> None:
+    # Jobs run in the executor's threads, each with its own Django connection
+    # that no request cycle closes (django-apscheduler does the same). A caller
+    # inside a transaction (a test, a shell's atomic block) owns its connection:
+    # closing it there would break that transaction.
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
+def _log_cancelled(reservation) -> None:
+    starts_at = timezone.localtime(reservation.time_slot.starts_at)
+    logger.info(
+        CANCELLED_LOG,
+        reservation.pk,
+        reservation.customer_name,
+        reservation.time_slot.room.name,
+        starts_at.date().isoformat(),
+        starts_at.time().isoformat(),
+    )
+
+
+def expire_reservation(reservation_id: int) -> None:
+    """
+    Job: expire one reservation when its hold ends (``expire_reservation:<pk>``).
+
+    Takes the primary key only, so the stored job always unpickles. Does
+    nothing on a paid, cancelled or deleted reservation. If the hold moved
+    later and this job was not moved with it, schedules a job at the new
+    ``expires_at``. Never raises: a failure is logged with its traceback and
+    the next sweep retries.
+    """
+    from apps.reservations.services import ExpireOutcome, reservation_expire
+
+    _close_old_connections()
+    try:
+        result = reservation_expire(reservation_id=reservation_id)
+        if result.expired:
+            _log_cancelled(result.reservation)
+        elif result.outcome is ExpireOutcome.NOT_DUE:
+            schedule_reservation_expiry(result.reservation)
+        else:
+            logger.debug("Reservation %s needs no expiry: %s", reservation_id, result.outcome.value)
+    except Exception:
+        logger.exception(
+            "Failed to expire reservation %s; the next sweep will retry", reservation_id
+        )
+    finally:
+        _close_old_connections()
+
+
+def cancel_expired_reservations(now: datetime | None = None) -> int:
+    """
+    Sweep: expire every pending reservation whose hold lapsed by ``now``.
+
+    The safety net behind the per-reservation jobs (the seed's function, now
+    run every ``SCHEDULER_SWEEP_SECONDS``). Returns how many it cancelled. One
+    reservation that fails is logged and skipped; a database error while
+    listing them is logged and the sweep returns 0. Never raises.
+    """
+    from apps.reservations.models import Reservation
+    from apps.reservations.services import reservation_expire
+
+    _close_old_connections()
+    try:
+        now = now or timezone.now()
+        try:
+            due = list(
+                Reservation.objects.due_for_expiry(now)
+                .order_by("expires_at")
+                .values_list("pk", flat=True)
+            )
+        except Exception:
+            logger.exception(
+                "Sweep could not list expired reservations; retrying at the next sweep"
+            )
+            return 0
+        if not due:
+            logger.debug(SWEEP_NONE_LOG)
+            return 0
+        cancelled = 0
+        for reservation_id in due:
+            try:
+                result = reservation_expire(reservation_id=reservation_id, now=now)
+            except Exception:
+                logger.exception("Failed to cancel expired reservation %s", reservation_id)
+                continue
+            if result.expired:
+                _log_cancelled(result.reservation)
+                cancelled += 1
+        logger.info(SWEEP_SUMMARY_LOG, cancelled)
+        return cancelled
+    finally:
+        _close_old_connections()
+
+
+# ---------------------------------------------------------------------------
+# The scheduler
+# ---------------------------------------------------------------------------
+
+
+class _Scheduler(BackgroundScheduler):
+    def _process_jobs(self):
+        # APScheduler 3.11 makes one more pass after shutdown() stopped the
+        # executors: a due date job then fails to submit and a due interval job
+        # (the sweep) is pushed back one period without running. A stopped
+        # scheduler has no business touching the store.
+        if self.state == STATE_STOPPED:
+            return None
+        return super()._process_jobs()
+
+
+_lock = threading.RLock()
+_scheduler: _Scheduler | None = None
+_poller: tuple[threading.Thread, threading.Event] | None = None
+
+
+def _prepare_jobstore(options: dict[str, Any]) -> dict[str, Any]:
+    """Give a SQLite job store its folder, WAL journal and a busy timeout."""
+    options = dict(options)
+    url = options.get("url")
+    if options.get("type") != "sqlalchemy" or not url or not str(url).startswith("sqlite"):
+        return options
+    database = make_url(url).database
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        import sqlite3
+
+        with sqlite3.connect(database, timeout=30) as db:
+            db.execute("PRAGMA journal_mode=WAL")  # persists in the file
+    engine_options = dict(options.get("engine_options") or {})
+    engine_options.setdefault("connect_args", {}).setdefault("timeout", 30)
+    options["engine_options"] = engine_options
+    return options
+
+
+def _build_scheduler(config: dict[str, Any]) -> _Scheduler:
+    # APScheduler pops keys from the dicts it is given: build from a deep copy
+    # so that settings.SCHEDULER_CONFIG serves the next scheduler too.
+    config = copy.deepcopy(config)
+    config = {
+        key: _prepare_jobstore(value) if key.startswith("apscheduler.jobstores.") else value
+        for key, value in config.items()
+    }
+    return _Scheduler(gconfig=config)
+
+
+def get_scheduler() -> BackgroundScheduler:
+    """
+    Return this process's scheduler, built from ``settings.SCHEDULER_CONFIG``.
+
+    The same instance every call until ``stop_scheduler`` discards it. Building
+    it starts nothing.
+    """
+    global _scheduler
+    with _lock:
+        if _scheduler is None:
+            _scheduler = _build_scheduler(settings.SCHEDULER_CONFIG)
+        return _scheduler
+
+
+def _writable_scheduler() -> BackgroundScheduler:
+    # A never-started scheduler keeps add_job in memory and cannot remove a
+    # stored job; a paused one writes to the store and runs nothing.
+    scheduler = get_scheduler()
+    with _lock:
+        if scheduler.state == STATE_STOPPED:
+            scheduler.start(paused=True)
+    return scheduler
+
+
+def schedule_reservation_expiry(reservation) -> None:
+    """
+    Add or move the expiry job of ``reservation`` to its ``expires_at``.
+
+    Writes ``expire_reservation:<pk>`` (a ``DateTrigger``, ``misfire_grace_time=None``
+    and ``coalesce=True``, so a job missed while no scheduler ran still runs at
+    the next start) to the persistent store before returning, from any
+    process. Call after the reservation's transaction committed. Never raises:
+    a store failure is logged, and the sweep expires the hold instead.
+    """
+    try:
+        _writable_scheduler().add_job(
+            EXPIRY_JOB_FUNC,
+            trigger=DateTrigger(run_date=reservation.expires_at),
+            args=[reservation.pk],
+            id=expiry_job_id(reservation.pk),
+            name=f"Expire reservation {reservation.pk}",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+            max_instances=1,
+        )
+    except Exception:
+        logger.exception(
+            "Could not schedule the expiry job of reservation %s; the sweep will expire it",
+            reservation.pk,
+        )
+
+
+def unschedule_reservation_expiry(reservation_id: int) -> None:
+    """
+    Remove the expiry job of a reservation; a missing job is no error.
+
+    Never raises: a store failure is logged, and the orphan job, when it runs,
+    finds the reservation no longer pending and does nothing.
+    """
+    try:
+        _writable_scheduler().remove_job(expiry_job_id(reservation_id))
+    except JobLookupError:
+        pass
+    except Exception:
+        logger.exception("Could not remove the expiry job of reservation %s", reservation_id)
+
+
+def _start_poller(scheduler: BackgroundScheduler, interval: float) -> None:
+    global _poller
+    if _poller is not None:
+        return
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(interval):
+            scheduler.wakeup()
+
+    thread = threading.Thread(target=poll, name="escape-rooms-scheduler-poll", daemon=True)
+    thread.start()
+    _poller = (thread, stop)
+
+
+def _stop_poller() -> None:
+    global _poller
+    if _poller is not None:
+        thread, stop = _poller
+        stop.set()
+        thread.join()
+        _poller = None
+
+
+def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None):
+    """
+    Start running jobs in this process and return the scheduler.
+
+    ``config`` replaces ``settings.SCHEDULER_CONFIG`` (the seed's
+    ``apscheduler.*`` format) if this process's scheduler has not started yet.
+    Adds the sweep (every ``SCHEDULER_SWEEP_SECONDS``, first run now) and the
+    poller. With ``blocking=True`` (the dedicated worker) it returns only after
+    SIGINT or SIGTERM, once the scheduler has shut down; call it from the main
+    thread then. Raises what APScheduler raises when the job store cannot be
+    opened, after logging it.
+    """
+    global _scheduler
+    with _lock:
+        if config is not None and (_scheduler is None or _scheduler.state == STATE_STOPPED):
+            _scheduler = _build_scheduler(config)
+        scheduler = get_scheduler()
+        try:
+            if scheduler.state == STATE_STOPPED:
+                scheduler.start()
+            elif scheduler.state == STATE_PAUSED:
+                scheduler.resume()
+            scheduler.add_job(
+                SWEEP_JOB_FUNC,
+                trigger="interval",
+                seconds=settings.SCHEDULER_SWEEP_SECONDS,
+                id=SWEEP_JOB_ID,
+                name="Sweep expired reservations",
+                replace_existing=True,
+                next_run_time=timezone.now(),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        except Exception:
+            logger.exception("Scheduler failed to start")
+            raise
+        _start_poller(scheduler, settings.SCHEDULER_POLL_SECONDS)
+    logger.info(
+        "Scheduler started: sweep every %ss, looking for new jobs every %ss",
+        settings.SCHEDULER_SWEEP_SECONDS,
+        settings.SCHEDULER_POLL_SECONDS,
+    )
+    if blocking:
+        _wait_for_stop_signal()
+        stop_scheduler(scheduler)
+    return scheduler
+
+
+def _wait_for_stop_signal() -> None:
+    stop = threading.Event()
+
+    def handle(signum, frame) -> None:
+        logger.info("Received %s, stopping the scheduler", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:
+    """
+    Shut ``scheduler`` (default: this process's) down, waiting for running jobs.
+
+    Idempotent. Afterwards ``get_scheduler`` builds a fresh scheduler from the
+    settings. Jobs due but not yet run stay in the store for the next start.
+    """
+    global _scheduler
+    with _lock:
+        scheduler = scheduler or _scheduler
+        if scheduler is None:
+            return
+        if scheduler is _scheduler:
+            _stop_poller()
+            _scheduler = None
+    # Outside the lock: a running job may itself write a job (and take the lock)
+    # while shutdown() waits for it to finish.
+    was_running = scheduler.state == STATE_RUNNING
+    try:
+        scheduler.shutdown(wait=True)
+    except SchedulerNotRunningError:
+        return  # already stopped, or another thread stopped it first
+    if was_running:
+        logger.info("Scheduler stopped")

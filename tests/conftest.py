@@ -1,0 +1,60 @@
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from escape_rooms_backend import scheduler as scheduler_module
+
+from .factories import TimeSlotFactory
+
+
+class JobStore:
+    """A test's own SQLite job store, read directly (not through APScheduler)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.path = Path(make_url(url).database)
+
+    def jobs(self) -> dict[str, datetime]:
+        """Job id -> next run time, as committed to the store file."""
+        if not self.path.exists():
+            return {}
+        with sqlite3.connect(self.path) as db:
+            try:
+                rows = db.execute("SELECT id, next_run_time FROM apscheduler_jobs").fetchall()
+            except sqlite3.OperationalError:  # no table yet: nothing was ever stored
+                return {}
+        return {job_id: datetime.fromtimestamp(ts, UTC) for job_id, ts in rows}
+
+
+@pytest.fixture(autouse=True)
+def job_store(tmp_path, settings) -> JobStore:
+    """Point the scheduler at a fresh job store; stop whatever scheduler the test started."""
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    settings.SCHEDULER_JOBSTORE_URL = url
+    settings.SCHEDULER_CONFIG = {
+        **settings.SCHEDULER_CONFIG,
+        "apscheduler.jobstores.default": {"type": "sqlalchemy", "url": url},
+    }
+    scheduler_module.stop_scheduler()
+    yield JobStore(url)
+    scheduler_module.stop_scheduler()
+
+
+@pytest.fixture
+def slot(db):
+    return TimeSlotFactory()
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.02):
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)

@@ -1,0 +1,49 @@
+from datetime import timedelta
+from decimal import Decimal
+
+import factory
+from django.utils import timezone
+
+from apps.reservations.models import Reservation
+from apps.rooms.models import Room, TimeSlot
+
+
+class RoomFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Room
+        django_get_or_create = ["slug"]
+
+    name = factory.Sequence(lambda n: f"Room {n}")
+    slug = factory.Sequence(lambda n: f"room-{n}")
+    description = "A room for tests."
+    duration_minutes = 60
+    min_players = 2
+    max_players = 6
+    price = Decimal("80.00")
+    currency = "EUR"
+    is_active = True
+
+
+class TimeSlotFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TimeSlot
+
+    room = factory.SubFactory(RoomFactory)
+    starts_at = factory.Sequence(
+        lambda n: (timezone.now() + timedelta(days=1, hours=n)).replace(microsecond=0)
+    )
+    ends_at = factory.LazyAttribute(lambda slot: slot.starts_at + timedelta(minutes=60))
+
+
+class ReservationFactory(factory.django.DjangoModelFactory):
+    """A pending reservation written directly, bypassing the services (for set-ups only)."""
+
+    class Meta:
+        model = Reservation
+
+    time_slot = factory.SubFactory(TimeSlotFactory, status=TimeSlot.Status.RESERVED)
+    customer_name = "John Doe"
+    customer_email = "john@example.com"
+    party_size = 3
+    status = Reservation.Status.PENDING
+    expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=30))

@@ -1,0 +1,288 @@
+"""The JSON API: shapes, status codes, error objects; a refused request changes nothing."""
+
+from datetime import datetime, time, timedelta
+from uuid import uuid4
+
+import pytest
+from django.utils import timezone
+
+from apps.reservations.models import Reservation
+from apps.rooms.models import TimeSlot
+
+from .factories import RoomFactory, TimeSlotFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api(client):
+    class Api:
+        def get(self, path):
+            return client.get(f"/api{path}")
+
+        def post(self, path, body=None, **extra):
+            return client.post(f"/api{path}", body or {}, content_type="application/json", **extra)
+
+    return Api()
+
+
+def booking(slot, **overrides):
+    return {
+        "slot_id": slot.pk,
+        "customer_name": "John Doe",
+        "customer_email": "john@example.com",
+        "party_size": 3,
+        **overrides,
+    }
+
+
+def nothing_changed(slot):
+    return not Reservation.objects.exists() and TimeSlot.objects.get(pk=slot.pk).status == "active"
+
+
+def test_rooms_lists_the_active_rooms(api):
+    RoomFactory(slug="tomb", name="The Tomb", price="89.50", min_players=2, max_players=6)
+    RoomFactory(slug="closed", is_active=False)
+
+    response = api.get("/rooms/")
+
+    assert response.status_code == 200
+    assert response.json() == [
+        {
+            "slug": "tomb",
+            "name": "The Tomb",
+            "description": "A room for tests.",
+            "duration_minutes": 60,
+            "min_players": 2,
+            "max_players": 6,
+            "price": "89.50",
+            "currency": "EUR",
+        }
+    ]
+
+
+def test_slots_of_a_day_show_availability(api):
+    room = RoomFactory(slug="tomb")
+    day = timezone.localdate() + timedelta(days=2)
+    ten_o_clock = datetime.combine(day, time(10), tzinfo=timezone.get_default_timezone())
+    free = TimeSlotFactory(room=room, starts_at=ten_o_clock)
+    taken = TimeSlotFactory(room=room, starts_at=free.starts_at + timedelta(hours=2))
+    TimeSlotFactory(room=room, starts_at=free.starts_at + timedelta(days=1))  # another day
+    api.post("/reservations/", booking(taken))
+
+    response = api.get(f"/rooms/tomb/slots/?date={day.isoformat()}")
+
+    assert response.status_code == 200
+    assert [(s["id"], s["available"]) for s in response.json()] == [
+        (free.pk, True),
+        (taken.pk, False),
+    ]
+
+
+def test_a_lapsed_hold_shows_its_slot_available(api, settings):
+    slot = TimeSlotFactory()
+    api.post("/reservations/", booking(slot))
+    Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # no job ran
+    day = timezone.localdate(slot.starts_at)
+
+    slots = api.get(f"/rooms/{slot.room.slug}/slots/?date={day}").json()
+
+    assert [s["available"] for s in slots if s["id"] == slot.pk] == [True]
+
+
+def test_slots_of_an_unknown_room_are_404(api):
+    response = api.get("/rooms/nope/slots/")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_slots_with_a_bad_date_are_400_with_the_field(api):
+    RoomFactory(slug="tomb")
+
+    response = api.get("/rooms/tomb/slots/?date=tomorrow")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid"
+    assert "date" in response.json()["error"]["fields"]
+
+
+def test_reserve_returns_201_with_the_hold(api, settings):
+    settings.RESERVATION_HOLD_SECONDS = 300
+    slot = TimeSlotFactory()
+
+    response = api.post("/reservations/", booking(slot))
+
+    assert response.status_code == 201
+    body = response.json()
+    reservation = Reservation.objects.get()
+    assert body["token"] == str(reservation.token)
+    assert body["status"] == "pending"
+    assert body["seconds_left"] in (299, 300)
+    assert body["slot"]["id"] == slot.pk
+    assert body["slot"]["room"]["slug"] == slot.room.slug
+    assert body["customer_email"] == "john@example.com"
+    assert "id" not in body  # the token is the only public identifier
+
+
+def test_reserving_a_taken_slot_is_409_slot_taken(api):
+    slot = TimeSlotFactory()
+    api.post("/reservations/", booking(slot))
+
+    response = api.post("/reservations/", booking(slot, customer_name="Jane Roe"))
+
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": {"code": "slot_taken", "message": "This time slot was just taken by someone else."}
+    }
+    assert Reservation.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"customer_email": "not-an-email"}, "customer_email"),
+        ({"customer_name": "   "}, "customer_name"),
+        ({"customer_name": "x" * 101}, "customer_name"),
+        ({"party_size": 0}, "party_size"),
+        ({"party_size": "three"}, "party_size"),
+        ({"slot_id": None}, "slot_id"),
+    ],
+)
+def test_invalid_fields_are_400_with_field_errors(api, change, field):
+    slot = TimeSlotFactory()
+
+    response = api.post("/reservations/", booking(slot, **change))
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid"
+    assert list(error["fields"]) == [field]
+    assert nothing_changed(slot)
+
+
+def test_a_party_too_large_for_the_room_is_400_on_party_size(api):
+    slot = TimeSlotFactory(room=RoomFactory(min_players=2, max_players=4))
+
+    response = api.post("/reservations/", booking(slot, party_size=5))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"party_size": ["This room takes 2 to 4 players."]}
+    assert nothing_changed(slot)
+
+
+def test_malformed_json_is_400(api, client):
+    slot = TimeSlotFactory()
+
+    response = client.post("/api/reservations/", "{not json", content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed"
+    assert nothing_changed(slot)
+
+
+def test_an_unknown_slot_is_404(api, db):
+    response = api.post("/reservations/", {**booking(TimeSlotFactory()), "slot_id": 999999})
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "slot_not_found"
+
+
+@pytest.mark.parametrize("token", [str(uuid4()), "not-a-uuid", "1"])
+def test_unknown_tokens_are_404(api, token):
+    for response in (
+        api.get(f"/reservations/{token}/"),
+        api.post(f"/reservations/{token}/pay/", {"payment_reference": "PAY-1"}),
+        api.post(f"/reservations/{token}/cancel/"),
+    ):
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_show_pay_and_cancel_by_token(api):
+    paid_slot, cancelled_slot = TimeSlotFactory(), TimeSlotFactory()
+    paid = api.post("/reservations/", booking(paid_slot)).json()["token"]
+    cancelled = api.post("/reservations/", booking(cancelled_slot)).json()["token"]
+
+    pay = api.post(f"/reservations/{paid}/pay/", {"payment_reference": "PAY-1"})
+    cancel = api.post(f"/reservations/{cancelled}/cancel/")
+
+    assert (pay.status_code, pay.json()["status"], pay.json()["seconds_left"]) == (200, "paid", 0)
+    assert (cancel.status_code, cancel.json()["status"]) == (200, "cancelled")
+    assert cancel.json()["cancellation_reason"] == "customer"
+    assert api.get(f"/reservations/{paid}/").json() == pay.json()
+    assert TimeSlot.objects.get(pk=cancelled_slot.pk).status == "active"
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "code"),
+    [
+        ("pay", "pay", "already_paid"),
+        ("pay", "cancel", "already_paid"),
+        ("cancel", "pay", "already_cancelled"),
+        ("cancel", "cancel", "already_cancelled"),
+    ],
+)
+def test_conflicting_actions_are_409_with_a_code(api, first, then, code):
+    token = api.post("/reservations/", booking(TimeSlotFactory())).json()["token"]
+    body = {"payment_reference": "PAY-1"}
+    api.post(f"/reservations/{token}/{first}/", body)
+    before = api.get(f"/reservations/{token}/").json()
+
+    response = api.post(f"/reservations/{token}/{then}/", {"payment_reference": "PAY-2"})
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == code
+    assert api.get(f"/reservations/{token}/").json() == before
+
+
+def test_paying_after_the_hold_is_409_and_frees_the_slot(api):
+    slot = TimeSlotFactory()
+    token = api.post("/reservations/", booking(slot)).json()["token"]
+    Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    response = api.post(f"/reservations/{token}/pay/", {"payment_reference": "PAY-1"})
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "hold_expired"
+    assert api.get(f"/reservations/{token}/").json()["cancellation_reason"] == "expired"
+    assert TimeSlot.objects.get(pk=slot.pk).status == "active"
+
+
+def test_a_lapsed_hold_reads_as_expired_before_its_job_runs(api):
+    token = api.post("/reservations/", booking(TimeSlotFactory())).json()["token"]
+    Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    body = api.get(f"/reservations/{token}/").json()
+
+    assert (body["status"], body["cancellation_reason"], body["seconds_left"]) == (
+        "cancelled",
+        "expired",
+        0,
+    )
+
+
+def test_pay_needs_a_payment_reference(api):
+    token = api.post("/reservations/", booking(TimeSlotFactory())).json()["token"]
+
+    response = api.post(f"/reservations/{token}/pay/", {"payment_reference": ""})
+
+    assert response.status_code == 400
+    assert list(response.json()["error"]["fields"]) == ["payment_reference"]
+    assert Reservation.objects.get().status == "pending"
+
+
+def test_the_openapi_document_describes_every_endpoint(api):
+    response = api.get("/openapi.json")
+
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert set(paths) == {
+        "/api/rooms/",
+        "/api/rooms/{slug}/slots/",
+        "/api/reservations/",
+        "/api/reservations/{token}/",
+        "/api/reservations/{token}/pay/",
+        "/api/reservations/{token}/cancel/",
+    }
+    assert set(paths["/api/reservations/"]["post"]["responses"]) == {"201", "400", "404", "409"}

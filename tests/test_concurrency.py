@@ -1,0 +1,118 @@
+"""Races on one reservation or one slot end with exactly one consistent winner."""
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+
+from apps.reservations.errors import ReservationError
+from apps.reservations.models import Reservation
+from apps.reservations.services import reservation_create, reservation_expire, reservation_pay
+from apps.rooms.models import TimeSlot
+
+from .factories import TimeSlotFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROUNDS = 15
+
+
+def run_together(*actions) -> Counter:
+    """Start every action at the same moment in its own thread; count what each returned."""
+    barrier = threading.Barrier(len(actions))
+    results: list[str] = []
+
+    def run(action):
+        try:
+            barrier.wait()
+            results.append(action())
+        except ReservationError as refused:
+            results.append(refused.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == len(actions), "a thread died or hung"
+    return Counter(results)
+
+
+def reserve(slot_id, name="John Doe", now=None, hold_seconds=60):
+    reservation_create(
+        time_slot_id=slot_id,
+        customer_name=name,
+        customer_email="john@example.com",
+        party_size=3,
+        now=now,
+        hold_seconds=hold_seconds,
+    )
+    return "reserved"
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_pay_and_expire_at_the_hold_boundary_have_one_winner(round_):
+    slot = TimeSlotFactory()
+    reserve(slot.pk)
+    reservation = Reservation.objects.get(time_slot=slot)
+    boundary = reservation.expires_at
+
+    def pay(reference):
+        # Paid a millisecond before the hold ends: valid on its own.
+        copy = Reservation.objects.get(pk=reservation.pk)
+        reservation_pay(
+            reservation=copy, payment_reference=reference, now=boundary - timedelta(milliseconds=1)
+        )
+        return "paid"
+
+    def expire():
+        # Expired at the boundary: also valid on its own.
+        return reservation_expire(reservation_id=reservation.pk, now=boundary).outcome.value
+
+    outcome = run_together(
+        lambda: pay("PAY-A"), expire, lambda: pay("PAY-B"), expire, lambda: pay("PAY-C"), expire
+    )
+
+    reservation.refresh_from_db()
+    slot.refresh_from_db()
+    assert outcome["paid"] + outcome["expired"] == 1, outcome
+    if outcome["paid"]:
+        assert reservation.status == Reservation.Status.PAID
+        assert reservation.payment_reference in {"PAY-A", "PAY-B", "PAY-C"}
+        assert slot.status == TimeSlot.Status.RESERVED
+        assert outcome == Counter({"paid": 1, "already_paid": 5})
+    else:
+        assert reservation.status == Reservation.Status.CANCELLED
+        assert reservation.paid_at is None
+        assert slot.status == TimeSlot.Status.ACTIVE
+        assert outcome == Counter({"expired": 1, "already_cancelled": 5})
+
+
+def test_many_customers_racing_for_one_slot_get_one_reservation():
+    slot = TimeSlotFactory()
+
+    outcome = run_together(*[lambda i=i: reserve(slot.pk, name=f"Customer {i}") for i in range(8)])
+
+    assert outcome == Counter({"reserved": 1, "slot_taken": 7})
+    assert Reservation.objects.filter(time_slot=slot).count() == 1
+    assert TimeSlot.objects.get(pk=slot.pk).status == TimeSlot.Status.RESERVED
+
+
+def test_customers_racing_for_a_lapsed_hold_get_one_reservation():
+    slot = TimeSlotFactory()
+    reserve(slot.pk, hold_seconds=60)
+    stale = Reservation.objects.get(time_slot=slot)
+    later = stale.expires_at + timedelta(seconds=1)
+
+    outcome = run_together(
+        *[lambda i=i: reserve(slot.pk, name=f"Customer {i}", now=later) for i in range(6)]
+    )
+
+    assert outcome == Counter({"reserved": 1, "slot_taken": 5})
+    statuses = Counter(Reservation.objects.filter(time_slot=slot).values_list("status", flat=True))
+    assert statuses == Counter({"cancelled": 1, "pending": 1})
+    assert TimeSlot.objects.get(pk=slot.pk).status == TimeSlot.Status.RESERVED

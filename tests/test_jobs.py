@@ -1,0 +1,156 @@
+"""The expiry job and the sweep, called directly as the scheduler would call them."""
+
+import logging
+from datetime import timedelta
+
+import pytest
+from django.db import OperationalError
+from django.utils import timezone
+
+from apps.reservations import services
+from apps.reservations.models import Reservation
+from apps.rooms.models import TimeSlot
+from escape_rooms_backend import scheduler
+from escape_rooms_backend.scheduler import (
+    cancel_expired_reservations,
+    expire_reservation,
+    expiry_job_id,
+)
+
+from .factories import ReservationFactory, RoomFactory, TimeSlotFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def lapsed_reservation(**fields):
+    """A pending reservation whose hold ended a minute ago; its slot is reserved."""
+    return ReservationFactory(expires_at=timezone.now() - timedelta(minutes=1), **fields)
+
+
+def seed_line(reservation) -> str:
+    starts_at = timezone.localtime(reservation.time_slot.starts_at)
+    return (
+        f"Cancelled expired reservation {reservation.pk} for {reservation.customer_name} - "
+        f"{reservation.time_slot.room.name} on {starts_at:%Y-%m-%d} at {starts_at:%H:%M:%S}"
+    )
+
+
+def test_the_job_expires_its_reservation_and_logs_the_seed_line(caplog):
+    caplog.set_level(logging.INFO, logger="escape_rooms_backend.scheduler")
+    reservation = lapsed_reservation(
+        time_slot=TimeSlotFactory(
+            room=RoomFactory(name="Test Room"), status=TimeSlot.Status.RESERVED
+        )
+    )
+
+    expire_reservation(reservation.pk)
+
+    reservation.refresh_from_db()
+    assert reservation.status == Reservation.Status.CANCELLED
+    assert TimeSlot.objects.get(pk=reservation.time_slot_id).status == TimeSlot.Status.ACTIVE
+    record = next(r for r in caplog.records if r.getMessage().startswith("Cancelled expired"))
+    assert record.name == "escape_rooms_backend.scheduler"
+    assert record.levelname == "INFO"
+    assert record.getMessage() == seed_line(reservation)
+
+
+def test_the_job_leaves_a_paid_reservation_paid(caplog):
+    reservation = ReservationFactory()
+    services.reservation_pay(reservation=reservation, payment_reference="PAY-1")
+
+    expire_reservation(reservation.pk)
+
+    assert Reservation.objects.get(pk=reservation.pk).status == Reservation.Status.PAID
+    assert "Cancelled expired" not in caplog.text
+
+
+def test_the_job_for_a_deleted_reservation_does_nothing(caplog):
+    expire_reservation(987654)
+
+    assert "Cancelled expired" not in caplog.text
+    assert "Failed" not in caplog.text
+
+
+def test_a_job_that_fires_before_a_moved_hold_reschedules_itself(
+    job_store, django_capture_on_commit_callbacks
+):
+    reservation = ReservationFactory(expires_at=timezone.now() + timedelta(minutes=5))
+
+    expire_reservation(reservation.pk)
+
+    assert Reservation.objects.get(pk=reservation.pk).status == Reservation.Status.PENDING
+    assert job_store.jobs() == {expiry_job_id(reservation.pk): reservation.expires_at}
+
+
+def test_a_database_error_in_the_job_is_logged_not_raised(monkeypatch, caplog):
+    def broken(**kwargs):
+        raise OperationalError("database went away")
+
+    monkeypatch.setattr(services, "reservation_expire", broken)
+
+    expire_reservation(41)
+
+    record = next(r for r in caplog.records if r.levelname == "ERROR")
+    assert record.getMessage() == "Failed to expire reservation 41; the next sweep will retry"
+    assert record.exc_info is not None
+
+
+def test_the_sweep_cancels_every_lapsed_hold_and_reports_the_count(caplog):
+    caplog.set_level(logging.INFO, logger="escape_rooms_backend.scheduler")
+    lapsed = [lapsed_reservation() for _ in range(3)]
+    current = ReservationFactory()
+
+    assert cancel_expired_reservations() == 3
+
+    assert set(Reservation.objects.filter(status="cancelled").values_list("pk", flat=True)) == {
+        r.pk for r in lapsed
+    }
+    assert Reservation.objects.get(pk=current.pk).status == Reservation.Status.PENDING
+    assert "Successfully cancelled 3 expired reservations" in caplog.messages
+    for reservation in lapsed:
+        reservation.refresh_from_db()
+        assert seed_line(reservation) in caplog.messages
+
+
+def test_the_sweep_with_nothing_to_do_says_so_at_debug(caplog):
+    caplog.set_level(logging.DEBUG, logger="escape_rooms_backend.scheduler")
+    ReservationFactory()
+
+    assert cancel_expired_reservations() == 0
+
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "No expired reservations found")
+    ]
+
+
+def test_one_failing_reservation_does_not_stop_the_sweep(monkeypatch, caplog):
+    first, broken, last = (lapsed_reservation() for _ in range(3))
+    real_expire = services.reservation_expire
+
+    def expire(*, reservation_id, now=None):
+        if reservation_id == broken.pk:
+            raise RuntimeError("row is corrupt")
+        return real_expire(reservation_id=reservation_id, now=now)
+
+    monkeypatch.setattr(services, "reservation_expire", expire)
+
+    assert cancel_expired_reservations() == 2
+
+    statuses = dict(Reservation.objects.values_list("pk", "status"))
+    assert statuses == {first.pk: "cancelled", broken.pk: "pending", last.pk: "cancelled"}
+    assert f"Failed to cancel expired reservation {broken.pk}" in caplog.messages
+
+
+def test_the_sweep_survives_a_database_error(monkeypatch, caplog):
+    def broken(self, now):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(type(Reservation.objects.all()), "due_for_expiry", broken)
+
+    assert cancel_expired_reservations() == 0
+    assert "Sweep could not list expired reservations" in caplog.text
+
+
+def test_expiry_job_ids_follow_the_documented_form():
+    assert expiry_job_id(123) == "expire_reservation:123"
+    assert scheduler.EXPIRY_JOB_FUNC == "escape_rooms_backend.scheduler:expire_reservation"

@@ -1,0 +1,293 @@
+"""Reservation services: each transition and each refusal, with an injected ``now``."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.reservations import errors
+from apps.reservations.models import Reservation
+from apps.reservations.services import (
+    ExpireOutcome,
+    reservation_cancel,
+    reservation_create,
+    reservation_expire,
+    reservation_pay,
+)
+from apps.rooms.models import TimeSlot
+
+from .factories import RoomFactory, TimeSlotFactory
+
+pytestmark = pytest.mark.django_db
+
+Status = Reservation.Status
+
+
+def reserve(slot, now=None, **overrides):
+    fields = {
+        "time_slot_id": slot.pk,
+        "customer_name": "John Doe",
+        "customer_email": "john@example.com",
+        "party_size": 3,
+        "now": now,
+    }
+    return reservation_create(**{**fields, **overrides})
+
+
+def slot_status(slot) -> str:
+    return TimeSlot.objects.get(pk=slot.pk).status
+
+
+def test_create_holds_the_slot_for_the_configured_hold(slot, settings):
+    settings.RESERVATION_HOLD_SECONDS = 900
+    now = timezone.now()
+
+    reservation = reserve(slot, now=now)
+
+    assert reservation.status == Status.PENDING
+    assert reservation.expires_at == now + timedelta(seconds=900)
+    assert reservation.created_at == now
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_create_refuses_a_slot_someone_holds(slot):
+    first = reserve(slot)
+
+    with pytest.raises(errors.SlotTaken):
+        reserve(slot, customer_name="Jane Roe")
+
+    assert list(Reservation.objects.values_list("pk", flat=True)) == [first.pk]
+
+
+def test_create_refuses_a_paid_slot(slot):
+    reservation_pay(reservation=reserve(slot), payment_reference="PAY-1")
+
+    with pytest.raises(errors.SlotTaken):
+        reserve(slot)
+
+    assert Reservation.objects.count() == 1
+
+
+def test_create_takes_over_a_lapsed_hold_and_expires_it(slot):
+    now = timezone.now()
+    stale = reserve(slot, now=now, hold_seconds=60)
+
+    later = now + timedelta(seconds=61)
+    fresh = reserve(slot, now=later, customer_name="Jane Roe")
+
+    stale.refresh_from_db()
+    assert stale.status == Status.CANCELLED
+    assert stale.cancellation_reason == Reservation.CancellationReason.EXPIRED
+    assert stale.cancelled_at == later
+    assert fresh.status == Status.PENDING
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_create_refuses_an_unknown_slot(db):
+    with pytest.raises(errors.SlotNotFound):
+        reservation_create(
+            time_slot_id=999_999, customer_name="x", customer_email="x@example.com", party_size=2
+        )
+
+
+def test_create_refuses_a_slot_that_has_started(db):
+    slot = TimeSlotFactory()
+
+    with pytest.raises(errors.SlotUnavailable):
+        reserve(slot, now=slot.starts_at)
+
+    assert slot_status(slot) == TimeSlot.Status.ACTIVE
+    assert not Reservation.objects.exists()
+
+
+def test_create_refuses_a_slot_of_an_inactive_room(db):
+    slot = TimeSlotFactory(room=RoomFactory(is_active=False))
+
+    with pytest.raises(errors.SlotUnavailable):
+        reserve(slot)
+
+    assert not Reservation.objects.exists()
+
+
+@pytest.mark.parametrize("party_size", [1, 7])
+def test_create_refuses_a_party_outside_the_rooms_limits(slot, party_size):
+    with pytest.raises(errors.InvalidReservation) as refused:
+        reserve(slot, party_size=party_size)
+
+    assert refused.value.fields == {
+        "party_size": [errors.PARTY_SIZE_OUT_OF_RANGE.format(min=2, max=6)]
+    }
+    assert slot_status(slot) == TimeSlot.Status.ACTIVE
+    assert not Reservation.objects.exists()
+
+
+def test_pay_within_the_hold_marks_paid_and_keeps_the_slot(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now)
+
+    reservation_pay(
+        reservation=reservation, payment_reference="PAY-1", now=now + timedelta(minutes=29)
+    )
+
+    reservation.refresh_from_db()
+    assert reservation.status == Status.PAID
+    assert reservation.paid_at == now + timedelta(minutes=29)
+    assert reservation.payment_reference == "PAY-1"
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_pay_after_the_hold_is_refused_and_expires_the_reservation(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+
+    with pytest.raises(errors.HoldExpired):
+        reservation_pay(
+            reservation=reservation, payment_reference="PAY-1", now=now + timedelta(seconds=60)
+        )
+
+    reservation.refresh_from_db()
+    assert reservation.status == Status.CANCELLED
+    assert reservation.cancellation_reason == Reservation.CancellationReason.EXPIRED
+    assert reservation.payment_reference == ""
+    assert slot_status(slot) == TimeSlot.Status.ACTIVE
+
+
+def test_pay_twice_is_refused_and_keeps_the_first_payment(slot):
+    reservation = reserve(slot)
+    reservation_pay(reservation=reservation, payment_reference="PAY-1")
+
+    with pytest.raises(errors.AlreadyPaid):
+        reservation_pay(
+            reservation=Reservation.objects.get(pk=reservation.pk), payment_reference="PAY-2"
+        )
+
+    reservation.refresh_from_db()
+    assert reservation.payment_reference == "PAY-1"
+
+
+def test_pay_a_cancelled_reservation_is_refused(slot):
+    reservation = reserve(slot)
+    reservation_cancel(reservation=reservation)
+
+    with pytest.raises(errors.AlreadyCancelled):
+        reservation_pay(reservation=reservation, payment_reference="PAY-1")
+
+    reservation.refresh_from_db()
+    assert reservation.status == Status.CANCELLED
+    assert reservation.paid_at is None
+
+
+def test_pay_with_a_stale_instance_sees_the_stored_status(slot):
+    reservation = reserve(slot)
+    stale_copy = Reservation.objects.get(pk=reservation.pk)
+    reservation_cancel(reservation=reservation)
+
+    with pytest.raises(errors.AlreadyCancelled):
+        reservation_pay(reservation=stale_copy, payment_reference="PAY-1")
+
+    assert Reservation.objects.get(pk=reservation.pk).status == Status.CANCELLED
+
+
+def test_cancel_releases_the_slot(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now)
+
+    reservation_cancel(reservation=reservation, now=now + timedelta(minutes=1))
+
+    reservation.refresh_from_db()
+    assert reservation.status == Status.CANCELLED
+    assert reservation.cancellation_reason == Reservation.CancellationReason.CUSTOMER
+    assert reservation.cancelled_at == now + timedelta(minutes=1)
+    assert slot_status(slot) == TimeSlot.Status.ACTIVE
+
+
+def test_cancel_a_paid_reservation_is_refused(slot):
+    reservation = reserve(slot)
+    reservation_pay(reservation=reservation, payment_reference="PAY-1")
+
+    with pytest.raises(errors.AlreadyPaid):
+        reservation_cancel(reservation=reservation)
+
+    assert Reservation.objects.get(pk=reservation.pk).status == Status.PAID
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_cancel_after_the_hold_expires_it_instead(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+
+    with pytest.raises(errors.HoldExpired):
+        reservation_cancel(reservation=reservation, now=now + timedelta(seconds=61))
+
+    reservation.refresh_from_db()
+    assert reservation.cancellation_reason == Reservation.CancellationReason.EXPIRED
+
+
+def test_cancel_refuses_the_expired_reason(slot):
+    with pytest.raises(ValueError):
+        reservation_cancel(reservation=reserve(slot), reason=Reservation.CancellationReason.EXPIRED)
+
+
+def test_expire_a_lapsed_hold_cancels_it_and_frees_the_slot(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+
+    result = reservation_expire(reservation_id=reservation.pk, now=now + timedelta(seconds=60))
+
+    assert result.outcome is ExpireOutcome.EXPIRED
+    reservation.refresh_from_db()
+    assert reservation.status == Status.CANCELLED
+    assert reservation.cancellation_reason == Reservation.CancellationReason.EXPIRED
+    assert reservation.cancelled_at == now + timedelta(seconds=60)
+    assert slot_status(slot) == TimeSlot.Status.ACTIVE
+
+
+def test_expire_before_the_hold_ends_changes_nothing(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+
+    result = reservation_expire(reservation_id=reservation.pk, now=now + timedelta(seconds=59))
+
+    assert result.outcome is ExpireOutcome.NOT_DUE
+    assert Reservation.objects.get(pk=reservation.pk).status == Status.PENDING
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_expire_is_idempotent(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+    later = now + timedelta(seconds=60)
+    reservation_expire(reservation_id=reservation.pk, now=later)
+
+    again = reservation_expire(reservation_id=reservation.pk, now=later + timedelta(seconds=5))
+
+    assert again.outcome is ExpireOutcome.ALREADY_CANCELLED
+    assert Reservation.objects.get(pk=reservation.pk).cancelled_at == later
+
+
+def test_expire_leaves_a_paid_reservation_alone(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+    reservation_pay(reservation=reservation, payment_reference="PAY-1", now=now)
+
+    result = reservation_expire(reservation_id=reservation.pk, now=now + timedelta(hours=1))
+
+    assert result.outcome is ExpireOutcome.ALREADY_PAID
+    assert Reservation.objects.get(pk=reservation.pk).status == Status.PAID
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_expire_a_missing_reservation_says_so(db):
+    assert reservation_expire(reservation_id=424242).outcome is ExpireOutcome.NOT_FOUND
+
+
+def test_a_lapsed_hold_reads_as_expired_before_any_job_runs(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+    later = now + timedelta(seconds=60)
+
+    assert reservation.current_status(later) == Status.CANCELLED
+    assert reservation.current_cancellation_reason(later) == "expired"
+    assert reservation.seconds_left(later) == 0
+    assert TimeSlot.objects.with_availability(later).get(pk=slot.pk).available is True
+    assert TimeSlot.objects.with_availability(now).get(pk=slot.pk).available is False

@@ -1,0 +1,80 @@
+"""``manage.py start_scheduler`` as a separate process, as in production worker mode."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from apps.reservations.models import Reservation
+from apps.reservations.services import reservation_create
+from apps.rooms.models import TimeSlot
+
+from .conftest import wait_for
+from .factories import TimeSlotFactory
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def worker(job_store, tmp_path):
+    """Start ``manage.py start_scheduler`` on the test database and this test's job store."""
+    log_path = tmp_path / "worker.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "SCHEDULER_JOBSTORE_URL": job_store.url,
+        "SCHEDULER_WORKER_MODE": "true",
+        "SCHEDULER_POLL_SECONDS": "0.2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "start_scheduler"],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    process.log = lambda: log_path.read_text()
+    started = wait_for(lambda: "Scheduler started" in process.log(), timeout=20, interval=0.1)
+    assert started, process.log()
+    yield process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_the_worker_expires_holds_from_other_processes_and_stops_cleanly(worker, stop_signal):
+    slot = TimeSlotFactory()
+    reservation = reservation_create(
+        time_slot_id=slot.pk,
+        customer_name="John Doe",
+        customer_email="john@example.com",
+        party_size=3,
+        hold_seconds=1,
+    )
+
+    cancelled = wait_for(
+        lambda: Reservation.objects.get(pk=reservation.pk).status == Reservation.Status.CANCELLED,
+        timeout=4,
+    )
+    assert cancelled, worker.log()
+    reservation.refresh_from_db()
+    assert (reservation.cancelled_at - reservation.expires_at).total_seconds() < 1.0
+    assert TimeSlot.objects.get(pk=slot.pk).status == TimeSlot.Status.ACTIVE
+
+    worker.send_signal(stop_signal)
+    assert worker.wait(timeout=15) == 0
+    log = worker.log()
+    assert f"scheduler Cancelled expired reservation {reservation.pk} for John Doe - " in log
+    assert f"Received {stop_signal.name}, stopping the scheduler" in log
+    assert "scheduler Scheduler stopped" in log
+    assert "Scheduler worker stopped." in log
