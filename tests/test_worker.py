@@ -78,3 +78,32 @@ def test_the_worker_expires_holds_from_other_processes_and_stops_cleanly(worker,
     assert f"Received {stop_signal.name}, stopping the scheduler" in log
     assert "scheduler Scheduler stopped" in log
     assert "Scheduler worker stopped." in log
+
+
+def test_a_job_written_by_a_shell_session_is_in_the_store_when_it_exits(job_store, tmp_path):
+    slot = TimeSlotFactory()
+    script = (
+        "from apps.reservations.services import reservation_create; "
+        f"r = reservation_create(time_slot_id={slot.pk}, customer_name='Shell', "
+        "customer_email='shell@example.com', party_size=3); print('RESERVED', r.pk)"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "SCHEDULER_JOBSTORE_URL": job_store.url,
+    }
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    reservation = Reservation.objects.get(time_slot=slot)
+    assert f"RESERVED {reservation.pk}" in result.stdout
+    assert job_store.jobs() == {f"expire_reservation:{reservation.pk}": reservation.expires_at}
