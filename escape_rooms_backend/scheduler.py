@@ -125,7 +125,7 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
     reservation that fails is logged and skipped; a database error while
     listing them is logged and the sweep returns 0. Never raises.
     """
-    from apps.reservations.models import Reservation
+    from apps.reservations.models import Reservation, ReservationEvent
     from apps.reservations.services import reservation_expire
 
     _close_old_connections()
@@ -148,7 +148,9 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
         cancelled = 0
         for reservation_id in due:
             try:
-                result = reservation_expire(reservation_id=reservation_id, now=now)
+                result = reservation_expire(
+                    reservation_id=reservation_id, now=now, cause=ReservationEvent.Cause.SWEEP
+                )
             except Exception:
                 logger.exception("Failed to cancel expired reservation %s", reservation_id)
                 continue

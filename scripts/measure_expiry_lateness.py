@@ -63,6 +63,7 @@ if late_ms:
     print(f"released {len(late_ms)}, still pending {missing}")
     print("| p50 ms | p95 ms | p99 ms | max ms |")
     print("| --- | --- | --- | --- |")
-    print(f"| {quantiles[49]:.1f} | {quantiles[94]:.1f} | {quantiles[98]:.1f} | {late_ms[-1]:.1f} |")
+    p50, p95, p99 = quantiles[49], quantiles[94], quantiles[98]
+    print(f"| {p50:.1f} | {p95:.1f} | {p99:.1f} | {late_ms[-1]:.1f} |")
 else:
-    print(f"Nothing was released within 30 s of the last hold ({missing} pending): is a scheduler running?")
+    print(f"Nothing released 30 s after the last hold ({missing} pending): is a scheduler running?")

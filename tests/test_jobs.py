@@ -127,10 +127,10 @@ def test_one_failing_reservation_does_not_stop_the_sweep(monkeypatch, caplog):
     first, broken, last = (lapsed_reservation() for _ in range(3))
     real_expire = services.reservation_expire
 
-    def expire(*, reservation_id, now=None):
+    def expire(*, reservation_id, **kwargs):
         if reservation_id == broken.pk:
             raise RuntimeError("row is corrupt")
-        return real_expire(reservation_id=reservation_id, now=now)
+        return real_expire(reservation_id=reservation_id, **kwargs)
 
     monkeypatch.setattr(services, "reservation_expire", expire)
 

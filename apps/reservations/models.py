@@ -1,6 +1,7 @@
 import math
 import uuid
 
+from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -105,3 +106,47 @@ class Reservation(models.Model):
         if self.status != self.Status.PENDING:
             return 0
         return max(0, math.ceil((self.expires_at - now).total_seconds()))
+
+
+class ReservationEvent(models.Model):
+    """
+    One change of a reservation, written in the transaction that made it.
+
+    The audit trail: never updated, never deleted with jobs. ``from_status`` is
+    blank for the creation; hold extensions are recorded as pending to pending.
+    """
+
+    class Cause(models.TextChoices):
+        CUSTOMER = "customer", "Customer"
+        STAFF = "staff", "Staff"
+        EXPIRY_JOB = "expiry_job", "Expiry job"
+        SWEEP = "sweep", "Sweep"
+        RECLAIM = "reclaim", "Reclaimed by a new reservation"
+        RECONCILE = "reconcile", "Reconcile"
+
+    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=10, choices=Reservation.Status, blank=True)
+    to_status = models.CharField(max_length=10, choices=Reservation.Status)
+    at = models.DateTimeField()
+    cause = models.CharField(max_length=12, choices=Cause)
+    staff_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    lateness_seconds = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Expiries only: seconds from expires_at until the slot was released.",
+    )
+    detail = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+        indexes = [models.Index(fields=["cause", "at"], name="reservationevent_cause_at_idx")]
+
+    def __str__(self) -> str:
+        before = self.from_status or "new"
+        return f"{before} → {self.to_status} by {self.cause} at {self.at:%Y-%m-%d %H:%M:%S}"

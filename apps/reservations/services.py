@@ -16,8 +16,10 @@ and is injected by tests.
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, NoReturn
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
@@ -25,10 +27,11 @@ from django.utils import timezone
 from apps.rooms.models import TimeSlot
 
 from . import errors
-from .models import Reservation
+from .models import Reservation, ReservationEvent
 
 Status = Reservation.Status
 Reason = Reservation.CancellationReason
+Cause = ReservationEvent.Cause
 
 
 class ExpireOutcome(enum.Enum):
@@ -51,19 +54,42 @@ class ExpireResult:
         return self.outcome is ExpireOutcome.EXPIRED
 
 
-def _transition(reservation: Reservation, *, expect: dict, **changes) -> bool:
+def _transition(
+    reservation: Reservation,
+    *,
+    expect: dict[str, Any],
+    at: datetime,
+    cause: str,
+    actor: AbstractBaseUser | None = None,
+    detail: str = "",
+    **changes: Any,
+) -> bool:
     """
     Apply ``changes`` to ``reservation`` only if its row still matches ``expect``.
 
-    Returns whether the row changed. On success the instance is updated in
-    memory and ``post_save`` is sent with the changed fields. Call inside
-    ``transaction.atomic``.
+    Returns whether the row changed. On success it records a
+    ``ReservationEvent`` (from ``expect["status"]``), updates the instance in
+    memory and sends ``post_save`` with the changed fields. Call inside
+    ``transaction.atomic`` so that the event and the slot change commit with it.
     """
     updated = Reservation.objects.filter(pk=reservation.pk, **expect).update(**changes)
     if not updated:
         return False
     for field, value in changes.items():
         setattr(reservation, field, value)
+    _record(
+        reservation,
+        from_status=expect["status"],
+        at=at,
+        cause=cause,
+        actor=actor,
+        detail=detail,
+        lateness_seconds=(
+            (at - reservation.expires_at).total_seconds()
+            if changes.get("cancellation_reason") == Reason.EXPIRED
+            else None
+        ),
+    )
     post_save.send(
         sender=Reservation,
         instance=reservation,
@@ -75,17 +101,32 @@ def _transition(reservation: Reservation, *, expect: dict, **changes) -> bool:
     return True
 
 
+def _record(
+    reservation: Reservation,
+    *,
+    from_status: str,
+    at: datetime,
+    cause: str,
+    actor: AbstractBaseUser | None = None,
+    detail: str = "",
+    lateness_seconds: float | None = None,
+) -> None:
+    ReservationEvent.objects.create(
+        reservation=reservation,
+        from_status=from_status,
+        to_status=reservation.status,
+        at=at,
+        cause=cause,
+        staff_user=actor if actor is not None and actor.is_authenticated else None,
+        detail=detail,
+        lateness_seconds=lateness_seconds,
+    )
+
+
 def _release_slot(time_slot_id: int) -> None:
     TimeSlot.objects.filter(pk=time_slot_id, status=TimeSlot.Status.RESERVED).update(
         status=TimeSlot.Status.ACTIVE
     )
-
-
-def _refuse_not_pending(reservation: Reservation) -> None:
-    """Raise the refusal that fits a reservation that is no longer pending."""
-    if reservation.status == Status.PAID:
-        raise errors.AlreadyPaid()
-    raise errors.AlreadyCancelled()
 
 
 def reservation_create(
@@ -96,7 +137,9 @@ def reservation_create(
     customer_phone: str = "",
     party_size: int,
     now: datetime | None = None,
-    hold_seconds: int | None = None,
+    hold_seconds: float | None = None,
+    cause: str = Cause.CUSTOMER,
+    actor: AbstractBaseUser | None = None,
 ) -> Reservation:
     """
     Reserve a time slot and hold it for payment.
@@ -104,16 +147,16 @@ def reservation_create(
     The hold lasts ``hold_seconds`` (default ``settings.RESERVATION_HOLD_SECONDS``):
     the new reservation is pending with ``expires_at = now + hold``. A pending
     reservation on the slot whose hold has already lapsed is expired first, in
-    the same transaction, so a lapsed hold never blocks a booking.
+    the same transaction (cause ``reclaim``), so a lapsed hold never blocks a
+    booking.
 
     Raises ``SlotNotFound`` (no such slot), ``SlotUnavailable`` (started, or its
     room is inactive), ``InvalidReservation`` (party size outside the room's
     limits; ``fields`` says so) and ``SlotTaken`` (someone holds it).
     """
     now = now or timezone.now()
-    hold = timedelta(
-        seconds=settings.RESERVATION_HOLD_SECONDS if hold_seconds is None else hold_seconds
-    )
+    if hold_seconds is None:
+        hold_seconds = settings.RESERVATION_HOLD_SECONDS
     with transaction.atomic():
         try:
             slot = TimeSlot.objects.select_for_update().select_related("room").get(pk=time_slot_id)
@@ -129,14 +172,14 @@ def reservation_create(
             raise errors.InvalidReservation(fields={"party_size": [message]})
 
         for stale in Reservation.objects.due_for_expiry(now).filter(time_slot=slot):
-            _expire(stale, now=now)
+            _expire(stale, now=now, cause=Cause.RECLAIM)
         if not TimeSlot.objects.filter(pk=slot.pk, status=TimeSlot.Status.ACTIVE).update(
             status=TimeSlot.Status.RESERVED
         ):
             raise errors.SlotTaken()
         try:
             with transaction.atomic():
-                return Reservation.objects.create(
+                reservation = Reservation.objects.create(
                     time_slot=slot,
                     customer_name=customer_name,
                     customer_email=customer_email,
@@ -144,16 +187,23 @@ def reservation_create(
                     party_size=party_size,
                     status=Status.PENDING,
                     created_at=now,
-                    expires_at=now + hold,
+                    expires_at=now + timedelta(seconds=hold_seconds),
                 )
         except IntegrityError:
             # The slot's status said free but a holder exists: the partial
             # unique constraint is the last word.
             raise errors.SlotTaken() from None
+        _record(reservation, from_status="", at=now, cause=cause, actor=actor)
+        return reservation
 
 
 def reservation_pay(
-    *, reservation: Reservation, payment_reference: str, now: datetime | None = None
+    *,
+    reservation: Reservation,
+    payment_reference: str,
+    now: datetime | None = None,
+    cause: str = Cause.CUSTOMER,
+    actor: AbstractBaseUser | None = None,
 ) -> Reservation:
     """
     Mark a pending reservation paid, if its hold has not lapsed.
@@ -168,61 +218,125 @@ def reservation_pay(
         paid = _transition(
             reservation,
             expect={"status": Status.PENDING, "expires_at__gt": now},
+            at=now,
+            cause=cause,
+            actor=actor,
+            detail=f"Payment reference {payment_reference}",
             status=Status.PAID,
             paid_at=now,
             payment_reference=payment_reference,
         )
-    if paid:
-        return reservation
-    _refuse_stale(reservation, now=now)
+    if not paid:
+        _refuse_stale(reservation, now=now, cause=cause)
+    return reservation
 
 
 def reservation_cancel(
-    *, reservation: Reservation, reason: str = Reason.CUSTOMER, now: datetime | None = None
+    *,
+    reservation: Reservation,
+    reason: str = Reason.CUSTOMER,
+    now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
 ) -> Reservation:
     """
     Cancel a pending reservation and release its slot.
 
-    ``reason`` is a ``Reservation.CancellationReason``; ``expired`` is reserved
-    for ``reservation_expire``. A hold that has lapsed is expired instead and
+    ``reason`` is ``customer`` or ``staff`` (``expired`` belongs to
+    ``reservation_expire``; ``ValueError`` otherwise) and is also the cause in
+    the audit trail. A hold that has lapsed is expired instead and
     ``HoldExpired`` raised, like a payment. Raises ``HoldExpired``,
     ``AlreadyPaid`` or ``AlreadyCancelled``.
     """
-    if reason == Reason.EXPIRED:
-        raise ValueError("Use reservation_expire() to expire a reservation.")
+    if reason not in (Reason.CUSTOMER, Reason.STAFF):
+        raise ValueError(f"Cancel with reason customer or staff, not {reason!r}.")
     now = now or timezone.now()
+    cause = Cause.STAFF if reason == Reason.STAFF else Cause.CUSTOMER
     with transaction.atomic():
         cancelled = _transition(
             reservation,
             expect={"status": Status.PENDING, "expires_at__gt": now},
+            at=now,
+            cause=cause,
+            actor=actor,
             status=Status.CANCELLED,
             cancelled_at=now,
             cancellation_reason=reason,
         )
         if cancelled:
             _release_slot(reservation.time_slot_id)
-    if cancelled:
-        return reservation
-    _refuse_stale(reservation, now=now)
+    if not cancelled:
+        _refuse_stale(reservation, now=now, cause=cause)
+    return reservation
 
 
-def _refuse_stale(reservation: Reservation, *, now: datetime):
+def reservation_extend_hold(
+    *,
+    reservation: Reservation,
+    by: timedelta,
+    now: datetime | None = None,
+    cause: str = Cause.STAFF,
+    actor: AbstractBaseUser | None = None,
+) -> Reservation:
+    """
+    Move a pending reservation's ``expires_at`` later by ``by`` (a positive timedelta).
+
+    Compare-and-set on the ``expires_at`` that was read, so two extensions
+    never apply as one; the ``post_save`` receiver moves the expiry job. A hold
+    that has already lapsed cannot be extended: it is expired and
+    ``HoldExpired`` raised. Raises ``ValueError`` for a non-positive ``by``,
+    and ``HoldExpired``, ``AlreadyPaid`` or ``AlreadyCancelled``.
+    """
+    if by <= timedelta(0):
+        raise ValueError("A hold can only be extended by a positive duration.")
+    now = now or timezone.now()
+    reservation.refresh_from_db(fields=["status", "expires_at"])
+    new_expiry = reservation.expires_at + by
+    with transaction.atomic():
+        extended = _transition(
+            reservation,
+            expect={
+                "status": Status.PENDING,
+                "expires_at": reservation.expires_at,
+                "expires_at__gt": now,
+            },
+            at=now,
+            cause=cause,
+            actor=actor,
+            detail=f"Hold extended by {_minutes(by)} to {new_expiry.isoformat()}",
+            expires_at=new_expiry,
+        )
+    if not extended:
+        _refuse_stale(reservation, now=now, cause=cause)
+    return reservation
+
+
+def _minutes(duration: timedelta) -> str:
+    minutes = duration.total_seconds() / 60
+    return f"{minutes:g} min"
+
+
+def _refuse_stale(reservation: Reservation, *, now: datetime, cause: str) -> NoReturn:
     """Explain why a compare-and-set failed: expire a lapsed hold, then raise."""
     reservation.refresh_from_db()
     if reservation.status == Status.PENDING and reservation.expires_at <= now:
-        reservation_expire(reservation_id=reservation.pk, now=now)
+        reservation_expire(reservation_id=reservation.pk, now=now, cause=cause)
         reservation.refresh_from_db()
         raise errors.HoldExpired()
-    _refuse_not_pending(reservation)
+    if reservation.status == Status.PAID:
+        raise errors.AlreadyPaid()
+    if reservation.status == Status.CANCELLED:
+        raise errors.AlreadyCancelled()
     # Pending and within its hold, yet the update matched nothing: the row
     # changed between the update and this read. Say so rather than guess.
     raise errors.ReservationError()
 
 
-def _expire(reservation: Reservation, *, now: datetime) -> bool:
+def _expire(reservation: Reservation, *, now: datetime, cause: str) -> bool:
     if not _transition(
         reservation,
         expect={"status": Status.PENDING, "expires_at__lte": now},
+        at=now,
+        cause=cause,
         status=Status.CANCELLED,
         cancelled_at=now,
         cancellation_reason=Reason.EXPIRED,
@@ -232,14 +346,18 @@ def _expire(reservation: Reservation, *, now: datetime) -> bool:
     return True
 
 
-def reservation_expire(*, reservation_id: int, now: datetime | None = None) -> ExpireResult:
+def reservation_expire(
+    *, reservation_id: int, now: datetime | None = None, cause: str = Cause.EXPIRY_JOB
+) -> ExpireResult:
     """
     Expire the reservation if its hold has lapsed, and release its slot.
 
     Idempotent: on a paid, cancelled, missing or not-yet-due reservation it
-    changes nothing and says so in the result's ``outcome``. The reservation
-    comes back with its slot and room loaded (for the seed's log line), or
-    ``None`` when it does not exist.
+    changes nothing and says so in the result's ``outcome``. ``cause`` goes to
+    the audit trail (``expiry_job``, ``sweep``, ``reconcile``, ...) with the
+    lateness: seconds from ``expires_at`` to ``now``. The reservation comes
+    back with its slot and room loaded (for the seed's log line), or ``None``
+    when it does not exist.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -248,7 +366,7 @@ def reservation_expire(*, reservation_id: int, now: datetime | None = None) -> E
         )
         if reservation is None:
             return ExpireResult(ExpireOutcome.NOT_FOUND, None)
-        if _expire(reservation, now=now):
+        if _expire(reservation, now=now, cause=cause):
             return ExpireResult(ExpireOutcome.EXPIRED, reservation)
     reservation.refresh_from_db()
     if reservation.status == Status.PAID:
