@@ -28,7 +28,7 @@ import copy
 import logging
 import signal
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ EXPIRY_JOB_PREFIX = "expire_reservation:"
 # Stored jobs name their function by import path: these are public APIs. A job
 # whose function cannot be imported any more is deleted by APScheduler.
 EXPIRY_JOB_FUNC = "escape_rooms_backend.scheduler:expire_reservation"
-SWEEP_JOB_FUNC = "escape_rooms_backend.scheduler:cancel_expired_reservations"
+SWEEP_JOB_FUNC = "escape_rooms_backend.scheduler:sweep"
 
 CANCELLED_LOG = "Cancelled expired reservation %s for %s - %s on %s at %s"
 SWEEP_SUMMARY_LOG = "Successfully cancelled %d expired reservations"
@@ -163,6 +163,31 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
         _close_old_connections()
 
 
+def sweep() -> int:
+    """
+    Job ``cancel_expired_reservations``: run the sweep, then record a heartbeat.
+
+    The heartbeat (``apps.operations``) tells ``scheduler_status`` and
+    ``/healthz`` that a runner is alive and what its last sweep did. Returns
+    the number cancelled; never raises.
+    """
+    cancelled = cancel_expired_reservations()
+    _record_heartbeat(sweep_cancelled=cancelled)
+    return cancelled
+
+
+def _record_heartbeat(**fields: Any) -> None:
+    from apps.operations.services import heartbeat_record
+
+    _close_old_connections()
+    try:
+        heartbeat_record(**fields)
+    except Exception:
+        logger.exception("Could not record the scheduler heartbeat")
+    finally:
+        _close_old_connections()
+
+
 # ---------------------------------------------------------------------------
 # The scheduler
 # ---------------------------------------------------------------------------
@@ -238,15 +263,16 @@ def _writable_scheduler() -> BackgroundScheduler:
     return scheduler
 
 
-def schedule_reservation_expiry(reservation) -> None:
+def schedule_reservation_expiry(reservation) -> bool:
     """
     Add or move the expiry job of ``reservation`` to its ``expires_at``.
 
     Writes ``expire_reservation:<pk>`` (a ``DateTrigger``, ``misfire_grace_time=None``
     and ``coalesce=True``, so a job missed while no scheduler ran still runs at
     the next start) to the persistent store before returning, from any
-    process. Call after the reservation's transaction committed. Never raises:
-    a store failure is logged, and the sweep expires the hold instead.
+    process. Call after the reservation's transaction committed. Returns
+    whether the store has the job. Never raises: a store failure is logged, and
+    the sweep expires the hold instead.
     """
     try:
         _writable_scheduler().add_job(
@@ -265,14 +291,17 @@ def schedule_reservation_expiry(reservation) -> None:
             "Could not schedule the expiry job of reservation %s; the sweep will expire it",
             reservation.pk,
         )
+        return False
+    return True
 
 
-def unschedule_reservation_expiry(reservation_id: int) -> None:
+def unschedule_reservation_expiry(reservation_id: int) -> bool:
     """
     Remove the expiry job of a reservation; a missing job is no error.
 
-    Never raises: a store failure is logged, and the orphan job, when it runs,
-    finds the reservation no longer pending and does nothing.
+    Returns whether the store is now without the job. Never raises: a store
+    failure is logged, and the orphan job, when it runs, finds the reservation
+    no longer pending and does nothing.
     """
     try:
         _writable_scheduler().remove_job(expiry_job_id(reservation_id))
@@ -280,6 +309,44 @@ def unschedule_reservation_expiry(reservation_id: int) -> None:
         pass
     except Exception:
         logger.exception("Could not remove the expiry job of reservation %s", reservation_id)
+        return False
+    return True
+
+
+def _job_store():
+    # The default SQLAlchemyJobStore of this process's (started) scheduler.
+    # BaseScheduler has no public accessor; _lookup_jobstore is stable in 3.x.
+    return _writable_scheduler()._lookup_jobstore("default")
+
+
+def stored_expiry_jobs() -> dict[int, datetime | None]:
+    """
+    Read every expiry job in the store: reservation id -> run time (aware UTC).
+
+    Reads ids and run times only (no unpickling, unlike ``get_jobs()``), for
+    reconcile and status. Raises what SQLAlchemy raises when the store is
+    unreachable.
+    """
+    from sqlalchemy import select
+
+    store = _job_store()
+    table = store.jobs_t
+    query = select(table.c.id, table.c.next_run_time).where(
+        table.c.id.startswith(EXPIRY_JOB_PREFIX)
+    )
+    with store.engine.begin() as db:
+        rows = db.execute(query).all()
+    jobs = {}
+    for job_id, ts in rows:
+        suffix = job_id.removeprefix(EXPIRY_JOB_PREFIX)
+        if suffix.isdigit():
+            jobs[int(suffix)] = None if ts is None else datetime.fromtimestamp(ts, UTC)
+    return jobs
+
+
+def job_store_next_run_time() -> datetime | None:
+    """The earliest run time of any job in the store (one indexed query); raises if unreachable."""
+    return _job_store().get_next_run_time()
 
 
 def _start_poller(scheduler: BackgroundScheduler, interval: float) -> None:
@@ -344,6 +411,7 @@ def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None
             logger.exception("Scheduler failed to start")
             raise
         _start_poller(scheduler, settings.SCHEDULER_POLL_SECONDS)
+    _record_heartbeat(started=True)
     logger.info(
         "Scheduler started: sweep every %ss, looking for new jobs every %ss",
         settings.SCHEDULER_SWEEP_SECONDS,
@@ -394,4 +462,5 @@ def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:
     except SchedulerNotRunningError:
         return  # already stopped, or another thread stopped it first
     if was_running:
+        _record_heartbeat(stopped=True)
         logger.info("Scheduler stopped")

@@ -17,6 +17,11 @@ class JobStore:
         self.url = url
         self.path = Path(make_url(url).database)
 
+    def delete(self) -> None:
+        """Delete the store as an operator would: the file with its WAL and shared-memory files."""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
     def jobs(self) -> dict[str, datetime]:
         """Job id -> next run time, as committed to the store file."""
         if not self.path.exists():

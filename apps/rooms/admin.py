@@ -1,13 +1,23 @@
 from django.contrib import admin
+from django.utils import timezone
 
+from config.admin_actions import action_input
+
+from .forms import SlotGenerationForm
 from .models import Room, TimeSlot
+from .services import timeslots_generate
 
 
-class TimeSlotInline(admin.TabularInline):
+class UpcomingTimeSlotInline(admin.TabularInline):
     model = TimeSlot
+    verbose_name_plural = "Upcoming time slots"
     extra = 0
     fields = ["starts_at", "ends_at", "status"]
     readonly_fields = ["status"]
+    show_change_link = True
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(starts_at__gte=timezone.now())
 
 
 @admin.register(Room)
@@ -25,11 +35,35 @@ class RoomAdmin(admin.ModelAdmin):
     list_filter = ["is_active"]
     prepopulated_fields = {"slug": ["name"]}
     search_fields = ["name", "slug"]
+    inlines = [UpcomingTimeSlotInline]
+    actions = ["generate_slots"]
+
+    @admin.action(description="Generate time slots…", permissions=["add_slots"])
+    def generate_slots(self, request, queryset):
+        form = SlotGenerationForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            for room in queryset:
+                created = timeslots_generate(room=room, **form.cleaned_data)
+                self.message_user(request, f"{room}: created {len(created)} time slots.")
+            return None
+        return action_input(
+            self,
+            request,
+            queryset,
+            form,
+            action="generate_slots",
+            title="Generate time slots",
+            intro="Missing slots are created for each selected room; existing ones are kept.",
+        )
+
+    def has_add_slots_permission(self, request) -> bool:
+        return request.user.has_perm("rooms.add_timeslot")
 
 
 @admin.register(TimeSlot)
 class TimeSlotAdmin(admin.ModelAdmin):
     list_display = ["room", "starts_at", "ends_at", "status"]
-    list_filter = ["room", "status"]
+    list_filter = ["room", "status", ("starts_at", admin.DateFieldListFilter)]
     date_hierarchy = "starts_at"
     readonly_fields = ["status"]
+    list_select_related = ["room"]

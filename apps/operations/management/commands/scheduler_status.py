@@ -1,0 +1,66 @@
+from django.core.management.base import BaseCommand
+from django.utils import timezone
+
+from apps.operations.selectors import heartbeat_stale_after, scheduler_status_get
+
+
+def _when(value) -> str:
+    return "never" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+class Command(BaseCommand):
+    help = (
+        "Show whether an expiry scheduler is running and where, its last heartbeat and sweep, "
+        "the expiry jobs in the store, overdue holds and the expiry lateness of the last hour."
+    )
+
+    def handle(self, *args, **options) -> None:
+        status = scheduler_status_get()
+        beat = status.heartbeat
+        if beat is None:
+            scheduler = "not running (no heartbeat from a running scheduler)"
+        else:
+            state = "running" if status.running else "NOT RESPONDING"
+            scheduler = (
+                f"{state} on {beat.hostname} pid {beat.pid}, started {_when(beat.started_at)}, "
+                f"last heartbeat {_ago(status.heartbeat_age_seconds)} ago "
+                f"(stale after {_ago(heartbeat_stale_after())})"
+            )
+        if status.job_store_error:
+            jobs = f"job store unreachable: {status.job_store_error}"
+        else:
+            jobs = f"{status.expiry_jobs}, next due {_when(status.next_run_time)}"
+        overdue = f"{status.overdue.count}"
+        if status.overdue.count:
+            overdue += f", oldest {_ago(status.overdue.oldest_age_seconds)} past expires_at"
+        if beat is None or beat.last_sweep_at is None:
+            sweep = "none recorded"
+        else:
+            sweep = f"{_when(beat.last_sweep_at)}, cancelled {beat.last_sweep_cancelled}"
+        late = status.lateness
+        lateness = "no expiries"
+        if late.count:
+            lateness = f"p50 {_ms(late.p50)}, p95 {_ms(late.p95)}, max {_ms(late.max)}"
+            lateness += f" over {late.count} expiries"
+        for label, value in [
+            ("Scheduler", scheduler),
+            ("Expiry jobs", jobs),
+            ("Overdue holds", overdue),
+            ("Last sweep", sweep),
+            ("Lateness (1 h)", lateness),
+        ]:
+            self.stdout.write(f"{label + ':':<16}{value}")

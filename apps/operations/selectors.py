@@ -1,0 +1,110 @@
+"""Reads about the expiry machinery, shared by scheduler_status, /healthz and the admin."""
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Count, Min
+from django.utils import timezone
+
+from apps.reservations.models import Reservation, ReservationEvent
+
+from .models import SchedulerHeartbeat
+
+LATENESS_WINDOW = timedelta(hours=1)
+
+
+def heartbeat_stale_after() -> float:
+    """Seconds after which a runner's heartbeat counts as stale: two sweep intervals."""
+    return 2 * settings.SCHEDULER_SWEEP_SECONDS
+
+
+def latest_heartbeat() -> SchedulerHeartbeat | None:
+    """The most recent heartbeat of a scheduler that has not stopped cleanly."""
+    return SchedulerHeartbeat.objects.filter(stopped_at__isnull=True).order_by("-beat_at").first()
+
+
+def heartbeat_age(heartbeat: SchedulerHeartbeat | None, now: datetime) -> float | None:
+    return None if heartbeat is None else (now - heartbeat.beat_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Overdue:
+    count: int
+    oldest_age_seconds: float | None
+
+
+def overdue_holds(now: datetime) -> Overdue:
+    """Pending reservations past ``expires_at``: what the jobs and the sweep have yet to tidy."""
+    due = Reservation.objects.due_for_expiry(now).aggregate(
+        count=Count("pk"), oldest=Min("expires_at")
+    )
+    oldest = None if due["oldest"] is None else (now - due["oldest"]).total_seconds()
+    return Overdue(due["count"], oldest)
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    # Nearest rank: the smallest value with at least ``fraction`` of the data at or below it.
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+@dataclass(frozen=True)
+class Lateness:
+    count: int
+    p50: float | None = None
+    p95: float | None = None
+    max: float | None = None
+
+
+def expiry_lateness(now: datetime, window: timedelta = LATENESS_WINDOW) -> Lateness:
+    """Seconds from ``expires_at`` to release, over the expiries of the last ``window``."""
+    values = sorted(
+        ReservationEvent.objects.filter(
+            at__gte=now - window, lateness_seconds__isnull=False
+        ).values_list("lateness_seconds", flat=True)
+    )
+    if not values:
+        return Lateness(0)
+    return Lateness(len(values), _percentile(values, 0.5), _percentile(values, 0.95), values[-1])
+
+
+@dataclass(frozen=True)
+class SchedulerStatus:
+    now: datetime
+    heartbeat: SchedulerHeartbeat | None
+    heartbeat_age_seconds: float | None
+    running: bool
+    overdue: Overdue
+    lateness: Lateness
+    expiry_jobs: int | None = None
+    next_run_time: datetime | None = None
+    job_store_error: str = ""
+
+
+def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
+    """Everything ``scheduler_status`` shows; reads the job store, so not for hot paths."""
+    from escape_rooms_backend import scheduler
+
+    now = now or timezone.now()
+    heartbeat = latest_heartbeat()
+    age = heartbeat_age(heartbeat, now)
+    expiry_jobs = next_run_time = None
+    job_store_error = ""
+    try:
+        jobs = scheduler.stored_expiry_jobs()
+        expiry_jobs = len(jobs)
+        next_run_time = min((t for t in jobs.values() if t is not None), default=None)
+    except Exception as exc:  # reported, not raised: status must work when the store does not
+        job_store_error = f"{type(exc).__name__}: {exc}"
+    return SchedulerStatus(
+        now=now,
+        heartbeat=heartbeat,
+        heartbeat_age_seconds=age,
+        running=age is not None and age <= heartbeat_stale_after(),
+        overdue=overdue_holds(now),
+        lateness=expiry_lateness(now),
+        expiry_jobs=expiry_jobs,
+        next_run_time=next_run_time,
+        job_store_error=job_store_error,
+    )

@@ -1,0 +1,48 @@
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from escape_rooms_backend import scheduler
+
+from .selectors import heartbeat_age, heartbeat_stale_after, latest_heartbeat
+
+
+@require_GET
+@never_cache
+def healthz(request: HttpRequest) -> JsonResponse:
+    """
+    Health for load balancers and watchdogs: 200 when healthy, 503 otherwise.
+
+    Unhealthy: the database or the job store does not answer, or no running
+    scheduler has sent a heartbeat within two sweep intervals. Three small
+    queries; cheap enough to call every few seconds.
+    """
+    now = timezone.now()
+    checks: dict = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+        heartbeat = latest_heartbeat()
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+        heartbeat = None
+    try:
+        scheduler.job_store_next_run_time()
+        checks["job_store"] = "ok"
+    except Exception as exc:
+        checks["job_store"] = f"error: {type(exc).__name__}"
+    age = heartbeat_age(heartbeat, now)
+    fresh = age is not None and age <= heartbeat_stale_after()
+    checks["scheduler"] = "ok" if fresh else ("no heartbeat" if age is None else "stale")
+    healthy = all(value == "ok" for value in checks.values())
+    body = {
+        "status": "ok" if healthy else "unhealthy",
+        "checks": checks,
+        "heartbeat_age_seconds": None if age is None else round(age, 3),
+        "heartbeat_stale_after_seconds": heartbeat_stale_after(),
+        "runner": None if heartbeat is None else f"{heartbeat.hostname}:{heartbeat.pid}",
+    }
+    return JsonResponse(body, status=200 if healthy else 503)

@@ -1,0 +1,194 @@
+"""Staff change reservations through the admin's actions, which call the services."""
+
+from datetime import timedelta
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from apps.reservations.models import Reservation, ReservationEvent
+from apps.reservations.services import reservation_create
+from apps.rooms.models import TimeSlot
+
+from .factories import RoomFactory, TimeSlotFactory
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "/admin/reservations/reservation/"
+
+
+@pytest.fixture
+def staff(client):
+    user = get_user_model().objects.create_user("desk", password="pw", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_reservation", "change_reservation"])
+    )
+    client.force_login(user)
+    return user
+
+
+def reserve(hold_seconds=600):
+    return reservation_create(
+        time_slot_id=TimeSlotFactory().pk,
+        customer_name="John Doe",
+        customer_email="john@example.com",
+        party_size=3,
+        hold_seconds=hold_seconds,
+    )
+
+
+def act(client, action, reservations, **data):
+    return client.post(
+        CHANGELIST,
+        {"action": action, ACTION_CHECKBOX_NAME: [r.pk for r in reservations], **data},
+        follow=True,
+    )
+
+
+def messages_of(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_staff_find_reservations_by_email_and_token(client, staff):
+    reservation = reserve()
+    other = reservation_create(
+        time_slot_id=TimeSlotFactory().pk,
+        customer_name="Jane Roe",
+        customer_email="jane@example.com",
+        party_size=2,
+    )
+
+    by_email = client.get(CHANGELIST, {"q": "john@example.com"})
+    by_token = client.get(CHANGELIST, {"q": str(other.token)})
+
+    assert list(by_email.context["cl"].result_list) == [reservation]
+    assert list(by_token.context["cl"].result_list) == [other]
+    assert "left" in by_email.content.decode()  # time left is shown
+
+
+def test_mark_paid_asks_for_a_reference_then_pays(client, staff):
+    reservation = reserve()
+
+    asked = act(client, "mark_paid", [reservation])
+    assert asked.templates[0].name == "admin/action_form.html"
+    assert Reservation.objects.get(pk=reservation.pk).status == "pending"
+
+    done = act(client, "mark_paid", [reservation], apply="1", payment_reference="BANK-42")
+
+    reservation.refresh_from_db()
+    assert (reservation.status, reservation.payment_reference) == ("paid", "BANK-42")
+    assert messages_of(done) == ["1 reservation(s) marked paid."]
+    event = reservation.events.last()
+    assert (event.cause, event.staff_user) == (ReservationEvent.Cause.STAFF, staff)
+
+
+def test_cancel_by_staff_releases_the_slot(client, staff):
+    reservation = reserve()
+
+    act(client, "cancel", [reservation])
+
+    reservation.refresh_from_db()
+    assert (reservation.status, reservation.cancellation_reason) == ("cancelled", "staff")
+    assert TimeSlot.objects.get(pk=reservation.time_slot_id).status == "active"
+
+
+def test_extend_hold_moves_expires_at(client, staff):
+    reservation = reserve()
+    before = reservation.expires_at
+
+    act(client, "extend_hold", [reservation], apply="1", minutes="15")
+
+    reservation.refresh_from_db()
+    assert reservation.expires_at == before + timedelta(minutes=15)
+
+
+def test_a_refused_action_says_why_and_changes_nothing(client, staff):
+    paid = reserve()
+    act(client, "mark_paid", [paid], apply="1", payment_reference="BANK-1")
+    lapsed = reserve()
+    Reservation.objects.filter(pk=lapsed.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    response = act(client, "extend_hold", [paid], apply="1", minutes="10")
+    lapsed_response = act(client, "mark_paid", [lapsed], apply="1", payment_reference="BANK-2")
+
+    assert messages_of(response) == [f"John Doe ({paid.token}): This reservation is already paid."]
+    assert "payment hold on this reservation has expired" in messages_of(lapsed_response)[0]
+    assert Reservation.objects.get(pk=paid.pk).payment_reference == "BANK-1"
+    lapsed.refresh_from_db()
+    assert (lapsed.status, lapsed.payment_reference) == ("cancelled", "")
+
+
+def test_the_reservation_page_shows_its_history_read_only(client, staff):
+    reservation = reserve()
+    act(client, "cancel", [reservation])
+
+    page = client.get(f"{CHANGELIST}{reservation.pk}/change/")
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "History" in html and "customer" in html and "staff" in html
+    assert 'name="_save"' not in html
+
+
+def test_anonymous_users_are_sent_to_the_login(client):
+    reservation = reserve()
+
+    response = client.post(CHANGELIST, {"action": "cancel", ACTION_CHECKBOX_NAME: [reservation.pk]})
+
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert Reservation.objects.get(pk=reservation.pk).status == "pending"
+
+
+def test_staff_without_the_change_permission_cannot_act(client):
+    viewer = get_user_model().objects.create_user("viewer", password="pw", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_reservation"))
+    client.force_login(viewer)
+    reservation = reserve()
+
+    response = client.post(CHANGELIST, {"action": "cancel", ACTION_CHECKBOX_NAME: [reservation.pk]})
+
+    assert response.status_code in (200, 302, 403)
+    assert Reservation.objects.get(pk=reservation.pk).status == "pending"
+
+
+def test_non_staff_users_are_refused(client):
+    client.force_login(get_user_model().objects.create_user("customer", password="pw"))
+    reservation = reserve()
+
+    response = client.post(CHANGELIST, {"action": "cancel", ACTION_CHECKBOX_NAME: [reservation.pk]})
+
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert Reservation.objects.get(pk=reservation.pk).status == "pending"
+
+
+def test_rooms_admin_generates_slots(client, db):
+    admin_user = get_user_model().objects.create_superuser("boss", password="pw")
+    client.force_login(admin_user)
+    room = RoomFactory(slug="tomb")
+    day = timezone.localdate() + timedelta(days=3)
+
+    client.post(
+        "/admin/rooms/room/",
+        {
+            "action": "generate_slots",
+            ACTION_CHECKBOX_NAME: [room.pk],
+            "apply": "1",
+            "start": day.isoformat(),
+            "end": (day + timedelta(days=1)).isoformat(),
+            "times": "10:00, 14:00",
+        },
+    )
+
+    assert TimeSlot.objects.filter(room=room).count() == 4
+
+
+def test_the_admin_index_warns_when_no_scheduler_reports(client, db):
+    client.force_login(get_user_model().objects.create_superuser("boss", password="pw"))
+
+    html = client.get("/admin/").content.decode()
+
+    assert "No expiry scheduler has reported in" in html
