@@ -28,6 +28,7 @@ import copy
 import logging
 import signal
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ EXPIRY_JOB_PREFIX = "expire_reservation:"
 # whose function cannot be imported any more is deleted by APScheduler.
 EXPIRY_JOB_FUNC = "escape_rooms_backend.scheduler:expire_reservation"
 SWEEP_JOB_FUNC = "escape_rooms_backend.scheduler:sweep"
+RECONCILE_JOB_ID = "reconcile_expiry_jobs"
+RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
 
 CANCELLED_LOG = "Cancelled expired reservation %s for %s - %s on %s at %s"
 SWEEP_SUMMARY_LOG = "Successfully cancelled %d expired reservations"
@@ -176,6 +179,32 @@ def sweep() -> int:
     return cancelled
 
 
+def reconcile_at_start() -> None:
+    """
+    Job ``reconcile_expiry_jobs``, once at start: give every pending hold its job.
+
+    Repairs what a lost or deleted job store leaves behind (pending
+    reservations with no job, orphan and mistimed jobs) so that their expiry
+    is prompt again, rather than waiting for the sweep. Overdue holds are left
+    to the sweep, which runs at start too. Never raises.
+    """
+    from apps.operations.services import expiry_jobs_reconcile
+
+    _close_old_connections()
+    try:
+        report = expiry_jobs_reconcile(fix=True, include_overdue=False)
+        if report.drift:
+            counts = Counter(item.kind.value for item in report.drift)
+            logger.warning(
+                "Repaired drift between reservations and the job store at start: %s",
+                ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items())),
+            )
+    except Exception:
+        logger.exception("Could not reconcile the job store at start; run reconcile_expiry_jobs")
+    finally:
+        _close_old_connections()
+
+
 def _record_heartbeat(**fields: Any) -> None:
     from apps.operations.services import heartbeat_record
 
@@ -194,14 +223,42 @@ def _record_heartbeat(**fields: Any) -> None:
 
 
 class _Scheduler(BackgroundScheduler):
+    """APScheduler's BackgroundScheduler with three failure modes of 3.11 closed."""
+
     def _process_jobs(self):
-        # APScheduler 3.11 makes one more pass after shutdown() stopped the
-        # executors: a due date job then fails to submit and a due interval job
-        # (the sweep) is pushed back one period without running. A stopped
-        # scheduler has no business touching the store.
+        # 1. After shutdown() stopped the executors, 3.11 makes one more pass:
+        #    a due date job then fails to submit and a due interval job (the
+        #    sweep) is pushed back one period without running. A stopped
+        #    scheduler has no business touching the store.
         if self.state == STATE_STOPPED:
             return None
-        return super()._process_jobs()
+        # 2. An exception escaping a pass ends the scheduler's thread for good,
+        #    silently: the process lives on and nothing runs again, the sweep
+        #    included. It happens when another process removes a due job between
+        #    this pass reading it and deleting it (JobLookupError), or when the
+        #    store is locked or down. Log it and try again.
+        try:
+            return super()._process_jobs()
+        except JobLookupError as exc:
+            logger.info("A due job was removed by another process while it ran: %s", exc)
+            return 0
+        except Exception:
+            logger.exception("Scheduler pass failed; retrying in %ss", self.jobstore_retry_interval)
+            return self.jobstore_retry_interval
+
+    def shutdown(self, wait: bool = True) -> None:
+        # 3. shutdown(wait=True) joins the executor's threads while holding the
+        #    job store lock; a running job that writes to the store (an expiry
+        #    removes its job after commit) then waits for that lock forever.
+        #    Stop submitting, let running jobs finish outside the lock, then
+        #    shut down.
+        if wait and self.state == STATE_RUNNING:
+            self.pause()
+            with self._executors_lock:
+                executors = list(self._executors.values())
+            for executor in executors:
+                executor.shutdown(wait=True)
+        super().shutdown(wait=False)
 
 
 _lock = threading.RLock()
@@ -379,12 +436,14 @@ def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None
 
     ``config`` replaces ``settings.SCHEDULER_CONFIG`` (the seed's
     ``apscheduler.*`` format) if this process's scheduler has not started yet.
-    Adds the sweep (every ``SCHEDULER_SWEEP_SECONDS``, first run now) and the
-    poller. With ``blocking=True`` (the dedicated worker) it returns only after
-    SIGINT or SIGTERM, once the scheduler has shut down; call it from the main
-    thread then. Raises what APScheduler raises when the job store cannot be
-    opened, after logging it.
+    Adds the sweep (every ``SCHEDULER_SWEEP_SECONDS``, first run now), a
+    one-off reconcile that gives every pending reservation its job (after a
+    lost or deleted job store), and the poller. With ``blocking=True`` (the
+    dedicated worker) it returns only after SIGINT or SIGTERM, once the
+    scheduler has shut down; call it from the main thread then. Raises what
+    APScheduler raises when the job store cannot be opened, after logging it.
     """
+    stop = _catch_stop_signals() if blocking else None
     global _scheduler
     with _lock:
         if config is not None and (_scheduler is None or _scheduler.state == STATE_STOPPED):
@@ -395,6 +454,7 @@ def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None
                 scheduler.start()
             elif scheduler.state == STATE_PAUSED:
                 scheduler.resume()
+            now = timezone.now()
             scheduler.add_job(
                 SWEEP_JOB_FUNC,
                 trigger="interval",
@@ -402,13 +462,23 @@ def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None
                 id=SWEEP_JOB_ID,
                 name="Sweep expired reservations",
                 replace_existing=True,
-                next_run_time=timezone.now(),
+                next_run_time=now,
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
             )
+            scheduler.add_job(
+                RECONCILE_JOB_FUNC,
+                trigger=DateTrigger(run_date=now),
+                id=RECONCILE_JOB_ID,
+                name="Reconcile expiry jobs at start",
+                replace_existing=True,
+                misfire_grace_time=None,
+            )
         except Exception:
             logger.exception("Scheduler failed to start")
+            if stop is not None:
+                stop.restore()
             raise
         _start_poller(scheduler, settings.SCHEDULER_POLL_SECONDS)
     _record_heartbeat(started=True)
@@ -417,26 +487,45 @@ def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None
         settings.SCHEDULER_SWEEP_SECONDS,
         settings.SCHEDULER_POLL_SECONDS,
     )
-    if blocking:
-        _wait_for_stop_signal()
-        stop_scheduler(scheduler)
+    if stop is not None:
+        try:
+            stop.wait()
+            stop_scheduler(scheduler)
+        finally:
+            stop.restore()
     return scheduler
 
 
-def _wait_for_stop_signal() -> None:
-    stop = threading.Event()
+class _StopSignals:
+    """SIGINT and SIGTERM set an event instead of killing the process; restore() undoes it."""
 
-    def handle(signum, frame) -> None:
-        logger.info("Received %s, stopping the scheduler", signal.Signals(signum).name)
-        stop.set()
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(1.0):
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            logger.info("Received %s again; still stopping", name)
+        else:
+            logger.info("Received %s, stopping the scheduler", name)
+        self.event.set()
+
+    def wait(self) -> None:
+        while not self.event.wait(1.0):
             pass
-    finally:
-        for sig, handler in previous.items():
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def _catch_stop_signals() -> _StopSignals:
+    # Installed before the scheduler starts, and kept until it has shut down,
+    # so that no signal kills the worker half-way through either.
+    return _StopSignals()
 
 
 def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:

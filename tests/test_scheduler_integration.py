@@ -14,7 +14,7 @@ from django.db.models.signals import post_save
 from django.utils import timezone
 from factory.django import mute_signals
 
-from apps.reservations.models import Reservation
+from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create, reservation_pay
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend.scheduler import (
@@ -66,10 +66,9 @@ def test_an_unpaid_reservation_is_cancelled_within_a_second_of_its_expiry(job_st
     assert 0 <= lateness < 1.0
     # Cancelled by its own job, at its own expiry, with the seed's log line.
     assert 0 <= (reservation.cancelled_at - reservation.expires_at).total_seconds() < 1.0
-    assert any(
-        m.startswith(f"Cancelled expired reservation {reservation.pk} for John Doe")
-        for m in caplog.messages
-    )
+    seed_line = f"Cancelled expired reservation {reservation.pk} for John Doe"
+    # The line is written just after the commit that released the slot.
+    assert wait_for(lambda: any(m.startswith(seed_line) for m in caplog.messages), timeout=1)
     assert expiry_job_id(reservation.pk) not in job_store.jobs()
     assert TimeSlot.objects.with_availability(timezone.now()).get(pk=slot.pk).available
 
@@ -110,9 +109,9 @@ def test_holds_that_lapsed_while_no_scheduler_ran_are_cancelled_at_start(job_sto
 
 def test_the_sweep_cancels_a_reservation_that_has_no_job(job_store, settings):
     settings.SCHEDULER_SWEEP_SECONDS = 1
+    start_scheduler()
     with mute_signals(post_save):  # as if its job had been lost
         lost = ReservationFactory(expires_at=timezone.now() + timedelta(seconds=0.5))
-    start_scheduler()
     assert expiry_job_id(lost.pk) not in job_store.jobs()
 
     cancelled = wait_for(
@@ -121,7 +120,23 @@ def test_the_sweep_cancels_a_reservation_that_has_no_job(job_store, settings):
     )
 
     assert cancelled, "the sweep did not expire the reservation without a job"
+    assert lost.events.last().cause == ReservationEvent.Cause.SWEEP
     assert TimeSlot.objects.get(pk=lost.time_slot_id).status == TimeSlot.Status.ACTIVE
+
+
+def test_after_the_job_store_was_deleted_holds_still_expire_on_time(job_store, settings):
+    settings.SCHEDULER_SWEEP_SECONDS = 3600  # the sweep will not come to the rescue
+    reservations = [reserve(TimeSlotFactory(), hold_seconds=1.5) for _ in range(3)]
+    stop_scheduler()
+    job_store.delete()
+
+    start_scheduler()  # rebuilds the missing jobs from the database
+    freed = [wait_for(lambda r=r: released_at(r), timeout=4) for r in reservations]
+
+    assert all(freed), "a hold whose job was lost waited for the sweep"
+    for reservation, at in zip(reservations, freed, strict=True):
+        assert (at - reservation.expires_at).total_seconds() < 1.0
+        assert reservation.events.last().cause == ReservationEvent.Cause.EXPIRY_JOB
 
 
 def test_a_job_written_by_another_process_runs_on_time(job_store, settings):

@@ -87,7 +87,9 @@ class ReconcileReport:
 RUN_TIME_TOLERANCE = timedelta(milliseconds=1)
 
 
-def expiry_jobs_reconcile(*, fix: bool = False, now: datetime | None = None) -> ReconcileReport:
+def expiry_jobs_reconcile(
+    *, fix: bool = False, include_overdue: bool = True, now: datetime | None = None
+) -> ReconcileReport:
     """
     Compare pending reservations with the expiry jobs in the store; with ``fix``, repair.
 
@@ -98,7 +100,9 @@ def expiry_jobs_reconcile(*, fix: bool = False, now: datetime | None = None) -> 
     schedule the missing and move the mistimed. Every repair goes through the
     services or the scheduler module, each idempotent, so running it beside a
     live scheduler is safe: a job that fires meanwhile finds its work done.
-    Raises what SQLAlchemy raises when the job store is unreachable.
+    ``include_overdue=False`` leaves overdue holds alone (the scheduler's
+    start-up reconcile, where the sweep expires them). Raises what SQLAlchemy
+    raises when the job store is unreachable.
     """
     now = now or timezone.now()
     jobs = stored_expiry_jobs()
@@ -112,8 +116,10 @@ def expiry_jobs_reconcile(*, fix: bool = False, now: datetime | None = None) -> 
     for pk, reservation in sorted(pending.items()):
         run_time = jobs.get(pk)
         if reservation.expires_at <= now:
-            drift.append(Drift(DriftKind.OVERDUE, pk, reservation.expires_at, run_time))
-        elif pk not in jobs:
+            if include_overdue:
+                drift.append(Drift(DriftKind.OVERDUE, pk, reservation.expires_at, run_time))
+            continue
+        if pk not in jobs:
             drift.append(Drift(DriftKind.MISSING_JOB, pk, reservation.expires_at))
         elif run_time is None or abs(run_time - reservation.expires_at) > RUN_TIME_TOLERANCE:
             drift.append(Drift(DriftKind.WRONG_RUN_TIME, pk, reservation.expires_at, run_time))
