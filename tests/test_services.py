@@ -291,3 +291,36 @@ def test_a_lapsed_hold_reads_as_expired_before_any_job_runs(slot):
     assert reservation.seconds_left(later) == 0
     assert TimeSlot.objects.with_availability(later).get(pk=slot.pk).available is True
     assert TimeSlot.objects.with_availability(now).get(pk=slot.pk).available is False
+
+
+def test_a_hold_never_outlasts_the_start_of_its_slot(db, settings):
+    settings.RESERVATION_HOLD_SECONDS = 1800
+    now = timezone.now()
+    slot = TimeSlotFactory(starts_at=now + timedelta(minutes=10))
+
+    reservation = reserve(slot, now=now)
+
+    assert reservation.expires_at == slot.starts_at
+
+
+def test_a_slot_whose_reservation_was_deleted_outside_the_services_is_bookable(slot):
+    reserve(slot).delete()
+    assert slot_status(slot) == TimeSlot.Status.RESERVED  # the mirror is stale...
+
+    reservation = reserve(slot, customer_name="Jane Roe")  # ...but the holders decide
+
+    assert reservation.status == Status.PENDING
+    assert slot_status(slot) == TimeSlot.Status.RESERVED
+
+
+def test_paying_a_hold_the_expiry_job_already_released_says_hold_expired(slot):
+    now = timezone.now()
+    reservation = reserve(slot, now=now, hold_seconds=60)
+    reservation_expire(reservation_id=reservation.pk, now=now + timedelta(seconds=60))
+
+    with pytest.raises(errors.HoldExpired):
+        reservation_pay(
+            reservation=reservation, payment_reference="PAY-1", now=now + timedelta(seconds=61)
+        )
+    with pytest.raises(errors.HoldExpired):
+        reservation_cancel(reservation=reservation, now=now + timedelta(seconds=61))

@@ -123,6 +123,19 @@ def _record(
     )
 
 
+def _now_after_lock(reservation: Reservation, now: datetime | None) -> datetime:
+    """
+    Lock the reservation's row, then read the clock (unless ``now`` was given).
+
+    A decision against ``expires_at`` must use the time at which it takes
+    effect: a payment that waited for a lock past the end of its hold must
+    not be judged by the time it arrived. On SQLite the IMMEDIATE transaction
+    already holds the write lock; on PostgreSQL this takes the row lock.
+    """
+    Reservation.objects.select_for_update().filter(pk=reservation.pk).exists()
+    return now or timezone.now()
+
+
 def _release_slot(time_slot_id: int) -> None:
     TimeSlot.objects.filter(pk=time_slot_id, status=TimeSlot.Status.RESERVED).update(
         status=TimeSlot.Status.ACTIVE
@@ -144,8 +157,9 @@ def reservation_create(
     """
     Reserve a time slot and hold it for payment.
 
-    The hold lasts ``hold_seconds`` (default ``settings.RESERVATION_HOLD_SECONDS``):
-    the new reservation is pending with ``expires_at = now + hold``. A pending
+    The hold lasts ``hold_seconds`` (default ``settings.RESERVATION_HOLD_SECONDS``)
+    and ends at the slot's start at the latest: the new reservation is pending
+    with ``expires_at = min(now + hold, starts_at)``. A pending
     reservation on the slot whose hold has already lapsed is expired first, in
     the same transaction (cause ``reclaim``), so a lapsed hold never blocks a
     booking.
@@ -154,7 +168,6 @@ def reservation_create(
     room is inactive), ``InvalidReservation`` (party size outside the room's
     limits; ``fields`` says so) and ``SlotTaken`` (someone holds it).
     """
-    now = now or timezone.now()
     if hold_seconds is None:
         hold_seconds = settings.RESERVATION_HOLD_SECONDS
     with transaction.atomic():
@@ -162,6 +175,7 @@ def reservation_create(
             slot = TimeSlot.objects.select_for_update().select_related("room").get(pk=time_slot_id)
         except TimeSlot.DoesNotExist:
             raise errors.SlotNotFound() from None
+        now = now or timezone.now()  # read after the lock: see _now_after_lock
         room = slot.room
         if slot.starts_at <= now or not room.is_active:
             raise errors.SlotUnavailable()
@@ -173,10 +187,10 @@ def reservation_create(
 
         for stale in Reservation.objects.due_for_expiry(now).filter(time_slot=slot):
             _expire(stale, now=now, cause=Cause.RECLAIM)
-        if not TimeSlot.objects.filter(pk=slot.pk, status=TimeSlot.Status.ACTIVE).update(
-            status=TimeSlot.Status.RESERVED
-        ):
+        # The holders decide, not the slot's stored status: that only mirrors them.
+        if Reservation.objects.holding(now).filter(time_slot=slot).exists():
             raise errors.SlotTaken()
+        TimeSlot.objects.filter(pk=slot.pk).update(status=TimeSlot.Status.RESERVED)
         try:
             with transaction.atomic():
                 reservation = Reservation.objects.create(
@@ -187,7 +201,8 @@ def reservation_create(
                     party_size=party_size,
                     status=Status.PENDING,
                     created_at=now,
-                    expires_at=now + timedelta(seconds=hold_seconds),
+                    # No hold outlasts the game it holds a place in.
+                    expires_at=min(now + timedelta(seconds=hold_seconds), slot.starts_at),
                 )
         except IntegrityError:
             # The slot's status said free but a holder exists: the partial
@@ -213,8 +228,8 @@ def reservation_pay(
     payments). Raises ``HoldExpired``, ``AlreadyPaid`` or ``AlreadyCancelled``;
     a refused payment changes nothing but that expiry.
     """
-    now = now or timezone.now()
     with transaction.atomic():
+        now = _now_after_lock(reservation, now)
         paid = _transition(
             reservation,
             expect={"status": Status.PENDING, "expires_at__gt": now},
@@ -249,9 +264,9 @@ def reservation_cancel(
     """
     if reason not in (Reason.CUSTOMER, Reason.STAFF):
         raise ValueError(f"Cancel with reason customer or staff, not {reason!r}.")
-    now = now or timezone.now()
     cause = Cause.STAFF if reason == Reason.STAFF else Cause.CUSTOMER
     with transaction.atomic():
+        now = _now_after_lock(reservation, now)
         cancelled = _transition(
             reservation,
             expect={"status": Status.PENDING, "expires_at__gt": now},
@@ -288,10 +303,10 @@ def reservation_extend_hold(
     """
     if by <= timedelta(0):
         raise ValueError("A hold can only be extended by a positive duration.")
-    now = now or timezone.now()
-    reservation.refresh_from_db(fields=["status", "expires_at"])
-    new_expiry = reservation.expires_at + by
     with transaction.atomic():
+        now = _now_after_lock(reservation, now)
+        reservation.refresh_from_db(fields=["status", "expires_at"])
+        new_expiry = reservation.expires_at + by
         extended = _transition(
             reservation,
             expect={
@@ -324,6 +339,9 @@ def _refuse_stale(reservation: Reservation, *, now: datetime, cause: str) -> NoR
         raise errors.HoldExpired()
     if reservation.status == Status.PAID:
         raise errors.AlreadyPaid()
+    if reservation.cancellation_reason == Reason.EXPIRED:
+        # The same answer whether the expiry job ran first or not.
+        raise errors.HoldExpired()
     if reservation.status == Status.CANCELLED:
         raise errors.AlreadyCancelled()
     # Pending and within its hold, yet the update matched nothing: the row
@@ -359,8 +377,8 @@ def reservation_expire(
     back with its slot and room loaded (for the seed's log line), or ``None``
     when it does not exist.
     """
-    now = now or timezone.now()
     with transaction.atomic():
+        now = now or timezone.now()
         reservation = (
             Reservation.objects.select_related("time_slot__room").filter(pk=reservation_id).first()
         )
