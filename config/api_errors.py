@@ -5,6 +5,7 @@ One error shape for the whole API: ``{"error": {"code", "message", "fields"?}}``
 for conflicts; the codes are those of ``apps.reservations.errors``.
 """
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
@@ -12,6 +13,7 @@ from ninja.errors import HttpError, ValidationError
 from apps.reservations.errors import ReservationError
 
 INVALID_MESSAGE = "Some fields are not valid."
+TOO_LARGE_MESSAGE = "The request body is too large."
 MALFORMED_MESSAGE = "The request body is not valid JSON."
 NOT_FOUND_MESSAGE = "Not found."
 
@@ -75,6 +77,11 @@ def install_error_handlers(api: NinjaAPI) -> None:
                 api, request, status=400, code="malformed", message=MALFORMED_MESSAGE
             )
         return error_response(api, request, status=exc.status_code, code="error", message=str(exc))
+
+    @api.exception_handler(RequestDataTooBig)
+    def too_large(request, exc):
+        # Django refuses bodies over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB).
+        return error_response(api, request, status=413, code="too_large", message=TOO_LARGE_MESSAGE)
 
     @api.exception_handler(Http404)
     def not_found(request, exc):

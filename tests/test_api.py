@@ -286,3 +286,56 @@ def test_the_openapi_document_describes_every_endpoint(api):
         "/api/reservations/{token}/cancel/",
     }
     assert set(paths["/api/reservations/"]["post"]["responses"]) == {"201", "400", "404", "409"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"party_size": "3"}, "party_size"),  # a string is not a number
+        ({"party_size": 3.0}, "party_size"),
+        ({"slot_id": True}, "slot_id"),  # true is not an id
+        ({"customer_name": "John\x00Doe"}, "customer_name"),
+        ({"customer_name": "John\u200fDoe\x07"}, "customer_name"),
+        ({"status": "paid"}, "status"),  # an unknown field is an error, not ignored
+    ],
+)
+def test_input_is_taken_strictly(api, change, field):
+    slot = TimeSlotFactory()
+
+    response = api.post("/reservations/", booking(slot, **change))
+
+    assert response.status_code == 400, response.json()
+    assert field in response.json()["error"]["fields"]
+    assert nothing_changed(slot)
+
+
+def test_a_body_of_several_megabytes_is_refused_with_413(client):
+    slot = TimeSlotFactory()
+    body = '{"customer_name": "' + "a" * 3_000_000 + '"}'
+
+    response = client.post("/api/reservations/", body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "too_large"
+    assert nothing_changed(slot)
+
+
+@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "2000-01-01"])
+def test_dates_far_away_are_400(api, day):
+    RoomFactory(slug="tomb")
+
+    response = api.get(f"/rooms/tomb/slots/?date={day}")
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "date": ["Pick a date within ten years of today."]
+    }
+
+
+def test_only_the_canonical_token_names_a_reservation(api):
+    token = api.post("/reservations/", booking(TimeSlotFactory())).json()["token"]
+
+    assert api.get(f"/reservations/{token}/").status_code == 200
+    assert api.get(f"/reservations/{token.upper()}/").status_code == 200
+    for variant in (token.replace("-", ""), f"urn:uuid:{token}", f"{{{token}}}"):
+        assert api.get(f"/reservations/{variant}/").status_code == 404

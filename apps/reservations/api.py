@@ -1,3 +1,4 @@
+import unicodedata
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -8,7 +9,7 @@ from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
-from pydantic import StringConstraints, field_validator
+from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
 
 from config.api_errors import ErrorOut
 
@@ -19,19 +20,40 @@ router = Router(tags=["reservations"])
 
 INVALID_EMAIL = "Enter a valid email address."
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+NO_CONTROL_CHARACTERS = "Control characters are not allowed."
+
+
+def _printable(value: str) -> str:
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError(NO_CONTROL_CHARACTERS)
+    return value
+
+
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(_printable),
+]
 Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=254),
     Field(json_schema_extra={"format": "email"}),
 ]
-Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=32)]
+Phone = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=32), AfterValidator(_printable)
+]
 PaymentReference = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
 ]
 
 
-class ReservationIn(Schema):
+class StrictIn(Schema):
+    # JSON in, no guessing: "3" is not a number, true is not an id, and an
+    # unknown field (a typo, or "status": "paid") is an error, not ignored.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class ReservationIn(StrictIn):
     slot_id: int = Field(..., ge=1)
     customer_name: Name
     customer_email: Email
@@ -48,7 +70,7 @@ class ReservationIn(Schema):
         return value
 
 
-class PayIn(Schema):
+class PayIn(StrictIn):
     payment_reference: PaymentReference
 
 
@@ -100,9 +122,12 @@ def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
 def _get(token: str | UUID) -> Reservation:
     """The reservation with this token; 404 for an unknown or malformed token alike."""
     try:
-        token = UUID(str(token))
+        parsed = UUID(str(token))
     except ValueError:
         raise Http404 from None
+    if str(parsed) != str(token).lower():  # only the canonical form names a reservation
+        raise Http404
+    token = parsed
     return get_object_or_404(Reservation.objects.select_related("time_slot__room"), token=token)
 
 

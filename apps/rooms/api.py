@@ -5,11 +5,15 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Router, Schema
 
+from apps.reservations.errors import InvalidReservation
 from config.api_errors import ErrorOut
 
 from .selectors import room_list_active, timeslot_list_for_day
 
 router = Router(tags=["rooms"])
+
+MAX_DAYS_AWAY = 3660
+DATE_OUT_OF_RANGE = "Pick a date within ten years of today."
 
 
 class RoomOut(Schema):
@@ -49,4 +53,6 @@ def list_slots(request, slug: str, date: date | None = None):
     now = timezone.now()
     room = get_object_or_404(room_list_active(), slug=slug)
     day = date or timezone.localdate(now)
+    if abs((day - timezone.localdate(now)).days) > MAX_DAYS_AWAY:
+        raise InvalidReservation(fields={"date": [DATE_OUT_OF_RANGE]})
     return timeslot_list_for_day(room=room, day=day, now=now)

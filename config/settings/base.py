@@ -152,5 +152,8 @@ LOGGING = {
         "escape_rooms_backend": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "apps": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "apscheduler": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # Django's own console handler prints only under DEBUG; one line each.
+        "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
