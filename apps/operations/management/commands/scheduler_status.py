@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
+from apps.operations.models import SchedulerHeartbeat
 from apps.operations.selectors import heartbeat_stale_after, scheduler_status_get
 
 
@@ -30,9 +31,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         status = scheduler_status_get()
-        beat = status.heartbeat
+        beat = status.heartbeat or SchedulerHeartbeat.objects.order_by("-beat_at").first()
         if beat is None:
-            scheduler = "not running (no heartbeat from a running scheduler)"
+            scheduler = "not running (no scheduler has ever reported)"
+        elif status.heartbeat is None:
+            scheduler = (
+                f"not running (last: {beat.hostname} pid {beat.pid}, "
+                f"stopped {_when(beat.stopped_at)})"
+            )
         else:
             state = "running" if status.running else "NOT RESPONDING"
             scheduler = (
