@@ -37,7 +37,7 @@ def error_response(
     message: str,
     fields: dict[str, list[str]] | None = None,
 ) -> HttpResponse:
-    error = {"code": code, "message": message}
+    error: dict[str, object] = {"code": code, "message": message}
     if fields:
         error["fields"] = fields
     return api.create_response(request, {"error": error}, status=status)

@@ -10,4 +10,8 @@ application = get_asgi_application()
 
 from django.apps import apps  # noqa: E402
 
-apps.get_app_config("reservations").start_background_scheduler()
+from apps.reservations.apps import ReservationsConfig  # noqa: E402
+
+config = apps.get_app_config("reservations")
+assert isinstance(config, ReservationsConfig)  # noqa: S101
+config.start_background_scheduler()

@@ -31,9 +31,10 @@ import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPPED
@@ -42,6 +43,9 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 from sqlalchemy.engine import make_url
+
+if TYPE_CHECKING:
+    from apps.reservations.models import Reservation
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ def _close_old_connections() -> None:
         close_old_connections()
 
 
-def _log_cancelled(reservation) -> None:
+def _log_cancelled(reservation: "Reservation") -> None:
     starts_at = timezone.localtime(reservation.time_slot.starts_at)
     logger.info(
         CANCELLED_LOG,
@@ -105,9 +109,9 @@ def expire_reservation(reservation_id: int) -> None:
     _close_old_connections()
     try:
         result = reservation_expire(reservation_id=reservation_id)
-        if result.expired:
+        if result.reservation is not None and result.expired:
             _log_cancelled(result.reservation)
-        elif result.outcome is ExpireOutcome.NOT_DUE:
+        elif result.reservation is not None and result.outcome is ExpireOutcome.NOT_DUE:
             schedule_reservation_expiry(result.reservation)
         else:
             logger.debug("Reservation %s needs no expiry: %s", reservation_id, result.outcome.value)
@@ -157,7 +161,7 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
             except Exception:
                 logger.exception("Failed to cancel expired reservation %s", reservation_id)
                 continue
-            if result.expired:
+            if result.reservation is not None and result.expired:
                 _log_cancelled(result.reservation)
                 cancelled += 1
         logger.info(SWEEP_SUMMARY_LOG, cancelled)
@@ -225,7 +229,7 @@ def _record_heartbeat(**fields: Any) -> None:
 class _Scheduler(BackgroundScheduler):
     """APScheduler's BackgroundScheduler with three failure modes of 3.11 closed."""
 
-    def _process_jobs(self):
+    def _process_jobs(self) -> float | None:
         # 1. After shutdown() stopped the executors, 3.11 makes one more pass:
         #    a due date job then fails to submit and a due interval job (the
         #    sweep) is pushed back one period without running. A stopped
@@ -320,7 +324,7 @@ def _writable_scheduler() -> BackgroundScheduler:
     return scheduler
 
 
-def schedule_reservation_expiry(reservation) -> bool:
+def schedule_reservation_expiry(reservation: "Reservation") -> bool:
     """
     Add or move the expiry job of ``reservation`` to its ``expires_at``.
 
@@ -370,7 +374,7 @@ def unschedule_reservation_expiry(reservation_id: int) -> bool:
     return True
 
 
-def _job_store():
+def _job_store() -> SQLAlchemyJobStore:
     # The default SQLAlchemyJobStore of this process's (started) scheduler.
     # BaseScheduler has no public accessor; _lookup_jobstore is stable in 3.x.
     return _writable_scheduler()._lookup_jobstore("default")
@@ -430,7 +434,9 @@ def _stop_poller() -> None:
         _poller = None
 
 
-def start_scheduler(blocking: bool = False, config: dict[str, Any] | None = None):
+def start_scheduler(
+    blocking: bool = False, config: dict[str, Any] | None = None
+) -> BackgroundScheduler:
     """
     Start running jobs in this process and return the scheduler.
 

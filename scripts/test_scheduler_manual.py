@@ -42,7 +42,7 @@ else:
         reservation.refresh_from_db()
         slot.refresh_from_db()
         print(f"{timezone.now():%H:%M:%S} status={reservation.status} slot={slot.status}")
-        if reservation.status == Reservation.Status.CANCELLED:
+        if reservation.status == Reservation.Status.CANCELLED and reservation.cancelled_at:
             late = (reservation.cancelled_at - reservation.expires_at).total_seconds()
             print(f"Expired {late:.3f} s after expires_at ({reservation.cancellation_reason}).")
             break

@@ -60,9 +60,11 @@ class Lateness:
 def expiry_lateness(now: datetime, window: timedelta = LATENESS_WINDOW) -> Lateness:
     """Seconds from ``expires_at`` to release, over the expiries of the last ``window``."""
     values = sorted(
-        ReservationEvent.objects.filter(
+        value
+        for value in ReservationEvent.objects.filter(
             at__gte=now - window, lateness_seconds__isnull=False
         ).values_list("lateness_seconds", flat=True)
+        if value is not None
     )
     if not values:
         return Lateness(0)

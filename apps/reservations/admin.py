@@ -17,8 +17,15 @@ class ReservationEventInline(admin.TabularInline):
     verbose_name_plural = "History"
     extra = 0
     can_delete = False
-    fields = ["at", "from_status", "to_status", "cause", "staff_user", "lateness_seconds", "detail"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "at",
+        "from_status",
+        "to_status",
+        "cause",
+        "staff_user",
+        "lateness_seconds",
+        "detail",
+    )
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False

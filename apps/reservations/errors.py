@@ -14,10 +14,10 @@ class ReservationError(Exception):
 
     code: ClassVar[str] = "reservation_error"
     status: ClassVar[int] = 409
-    message: ClassVar[str] = "The reservation could not be changed."
+    default_message: ClassVar[str] = "The reservation could not be changed."
 
     def __init__(self, message: str | None = None, *, fields: dict[str, list[str]] | None = None):
-        self.message = message or self.message
+        self.message = message or self.default_message
         self.fields = fields or {}
         super().__init__(self.message)
 
@@ -25,38 +25,42 @@ class ReservationError(Exception):
 class SlotNotFound(ReservationError):
     code = "slot_not_found"
     status = 404
-    message = "No time slot with this id exists."
+    default_message = "No time slot with this id exists."
 
 
 class SlotUnavailable(ReservationError):
     code = "slot_unavailable"
-    message = "This time slot can no longer be booked: it has started or its room is closed."
+    default_message = (
+        "This time slot can no longer be booked: it has started or its room is closed."
+    )
 
 
 class SlotTaken(ReservationError):
     code = "slot_taken"
-    message = "This time slot was just taken by someone else."
+    default_message = "This time slot was just taken by someone else."
 
 
 class InvalidReservation(ReservationError):
     code = "invalid"
     status = 400
-    message = "Some fields are not valid."
+    default_message = "Some fields are not valid."
 
 
 class HoldExpired(ReservationError):
     code = "hold_expired"
-    message = "The payment hold on this reservation has expired; the time slot was released."
+    default_message = (
+        "The payment hold on this reservation has expired; the time slot was released."
+    )
 
 
 class AlreadyPaid(ReservationError):
     code = "already_paid"
-    message = "This reservation is already paid."
+    default_message = "This reservation is already paid."
 
 
 class AlreadyCancelled(ReservationError):
     code = "already_cancelled"
-    message = "This reservation is cancelled."
+    default_message = "This reservation is cancelled."
 
 
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."

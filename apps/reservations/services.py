@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
@@ -117,7 +118,7 @@ def _record(
         to_status=reservation.status,
         at=at,
         cause=cause,
-        staff_user=actor if actor is not None and actor.is_authenticated else None,
+        staff_user=actor if isinstance(actor, User) and actor.is_authenticated else None,
         detail=detail,
         lateness_seconds=lateness_seconds,
     )

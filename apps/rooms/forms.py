@@ -1,4 +1,5 @@
 from datetime import time, timedelta
+from typing import Any
 
 from django import forms
 
@@ -31,8 +32,8 @@ class SlotGenerationForm(forms.Form):
     def clean_times(self) -> list[time]:
         return parse_times(self.cleaned_data["times"])
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         start, end = data.get("start"), data.get("end")
         if start and end:
             if end < start:

@@ -4,7 +4,7 @@ from .base import *  # noqa: F403
 from .base import DATABASES, VAR_DIR
 
 DEBUG = False
-SECRET_KEY = "test-only-secret-key"
+SECRET_KEY = "test-only-secret-key"  # noqa: S105 (tests only, never deployed)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Scheduler threads and worker subprocesses need a database they can all open:
@@ -14,7 +14,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 
 # Each test points the scheduler at a job store of its own (tests/conftest.py).
 SCHEDULER_JOBSTORE_URL = f"sqlite:///{VAR_DIR / 'test_jobs.sqlite3'}"
-SCHEDULER_CONFIG["apscheduler.jobstores.default"]["url"] = SCHEDULER_JOBSTORE_URL  # noqa: F405
+SCHEDULER_CONFIG = {  # noqa: F405
+    **SCHEDULER_CONFIG,  # noqa: F405
+    "apscheduler.jobstores.default": {"type": "sqlalchemy", "url": SCHEDULER_JOBSTORE_URL},
+}
 SCHEDULER_POLL_SECONDS = 0.2
 
 # Let pytest's caplog see our log lines (it listens on the root logger).

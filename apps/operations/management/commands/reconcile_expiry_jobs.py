@@ -1,5 +1,7 @@
 import json
 from argparse import ArgumentParser
+from datetime import datetime
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -8,7 +10,7 @@ from tabulate import tabulate
 from apps.operations.services import ReconcileReport, expiry_jobs_reconcile
 
 
-def _time(value) -> str:
+def _time(value: datetime | None) -> str:
     return "" if value is None else timezone.localtime(value).isoformat(timespec="milliseconds")
 
 
@@ -23,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--fix", action="store_true", help="Repair the drift found.")
         parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         fix = options["fix"]
         try:
             report = expiry_jobs_reconcile(fix=fix)

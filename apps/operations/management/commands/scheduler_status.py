@@ -1,3 +1,6 @@
+from datetime import datetime
+from typing import Any
+
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
@@ -5,7 +8,7 @@ from apps.operations.models import SchedulerHeartbeat
 from apps.operations.selectors import heartbeat_stale_after, scheduler_status_get
 
 
-def _when(value) -> str:
+def _when(value: datetime | None) -> str:
     return "never" if value is None else timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
@@ -29,7 +32,7 @@ class Command(BaseCommand):
         "the expiry jobs in the store, overdue holds and the expiry lateness of the last hour."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         status = scheduler_status_get()
         beat = status.heartbeat or SchedulerHeartbeat.objects.order_by("-beat_at").first()
         if beat is None:

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -10,7 +12,7 @@ class Command(BaseCommand):
         "Run exactly one per job store, with SCHEDULER_WORKER_MODE=true for the web processes."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         if not settings.SCHEDULER_WORKER_MODE:
             self.stderr.write(
                 self.style.WARNING(

@@ -1,4 +1,5 @@
 from argparse import ArgumentParser
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -25,7 +26,7 @@ class Command(BaseCommand):
             "--dry-run", action="store_true", help="Print what would be created; create nothing."
         )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         try:
             room = Room.objects.get(slug=options["room"])
         except Room.DoesNotExist:
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         )
         if not form.is_valid():
             errors = "; ".join(
-                f"--{name if name != 'start' else 'from'}: {' '.join(messages)}"
+                f"--{name if name != 'start' else 'from'}: {' '.join(str(m) for m in messages)}"
                 for name, messages in form.errors.items()
             )
             raise CommandError(errors.replace("--end", "--to"))

@@ -1,5 +1,6 @@
 from datetime import time, timedelta
 from decimal import Decimal
+from typing import Any
 
 from django.core.management.base import BaseCommand
 from django.utils import timezone
@@ -46,7 +47,7 @@ class Command(BaseCommand):
         "(venue time zone). Safe to run again: it adds only what is missing."
     )
 
-    def handle(self, *args, **options) -> None:
+    def handle(self, *args: Any, **options: Any) -> None:
         today = timezone.localdate()
         created_slots = 0
         for fields in DEMO_ROOMS:
