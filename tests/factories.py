@@ -47,3 +47,13 @@ class ReservationFactory(factory.django.DjangoModelFactory):
     party_size = 3
     status = Reservation.Status.PENDING
     expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=30))
+
+
+def reserve(slot=None, **overrides):
+    """Reserve through the service as a customer would: John Doe, a party of 3, on ``slot``."""
+    from apps.reservations.services import reservation_create
+
+    fields = {"customer_name": "John Doe", "customer_email": "john@example.com", "party_size": 3}
+    return reservation_create(
+        time_slot_id=(slot or TimeSlotFactory()).pk, **{**fields, **overrides}
+    )

@@ -12,7 +12,7 @@ from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory
+from .factories import RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -27,16 +27,6 @@ def staff(client):
     )
     client.force_login(user)
     return user
-
-
-def reserve(hold_seconds=600):
-    return reservation_create(
-        time_slot_id=TimeSlotFactory().pk,
-        customer_name="John Doe",
-        customer_email="john@example.com",
-        party_size=3,
-        hold_seconds=hold_seconds,
-    )
 
 
 def act(client, action, reservations, **data):

@@ -10,30 +10,17 @@ from apps.reservations import errors
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import (
     reservation_cancel,
-    reservation_create,
     reservation_expire,
     reservation_extend_hold,
     reservation_pay,
 )
 from escape_rooms_backend.scheduler import cancel_expired_reservations, expire_reservation
 
-from .factories import TimeSlotFactory
+from .factories import TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
 Cause = ReservationEvent.Cause
-
-
-def reserve(slot=None, now=None, hold_seconds=60, **kwargs):
-    return reservation_create(
-        time_slot_id=(slot or TimeSlotFactory()).pk,
-        customer_name="John Doe",
-        customer_email="john@example.com",
-        party_size=3,
-        now=now,
-        hold_seconds=hold_seconds,
-        **kwargs,
-    )
 
 
 def trail(reservation):

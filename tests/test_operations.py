@@ -16,11 +16,10 @@ from factory.django import mute_signals
 from apps.operations.models import SchedulerHeartbeat
 from apps.operations.services import heartbeat_record
 from apps.reservations.models import Reservation, ReservationEvent
-from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend import scheduler
 
-from .factories import ReservationFactory, RoomFactory, TimeSlotFactory
+from .factories import ReservationFactory, RoomFactory, reserve
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -32,16 +31,6 @@ def reconcile(*args) -> tuple[int, str]:
     except CommandError as error:
         return error.returncode, out.getvalue()
     return 0, out.getvalue()
-
-
-def reserve(hold_seconds=600):
-    return reservation_create(
-        time_slot_id=TimeSlotFactory().pk,
-        customer_name="John Doe",
-        customer_email="john@example.com",
-        party_size=3,
-        hold_seconds=hold_seconds,
-    )
 
 
 @pytest.mark.django_db(transaction=True)

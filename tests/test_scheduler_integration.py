@@ -15,7 +15,7 @@ from django.utils import timezone
 from factory.django import mute_signals
 
 from apps.reservations.models import Reservation, ReservationEvent
-from apps.reservations.services import reservation_create, reservation_pay
+from apps.reservations.services import reservation_pay
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend.scheduler import (
     SWEEP_JOB_ID,
@@ -25,21 +25,11 @@ from escape_rooms_backend.scheduler import (
 )
 
 from .conftest import wait_for
-from .factories import ReservationFactory, TimeSlotFactory
+from .factories import ReservationFactory, TimeSlotFactory, reserve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 HOLD_SECONDS = 1
-
-
-def reserve(slot, hold_seconds=HOLD_SECONDS):
-    return reservation_create(
-        time_slot_id=slot.pk,
-        customer_name="John Doe",
-        customer_email="john@example.com",
-        party_size=3,
-        hold_seconds=hold_seconds,
-    )
 
 
 def released_at(reservation):
@@ -56,7 +46,7 @@ def test_an_unpaid_reservation_is_cancelled_within_a_second_of_its_expiry(job_st
     caplog.set_level(logging.INFO, logger="escape_rooms_backend.scheduler")
     start_scheduler()
     slot = TimeSlotFactory()
-    reservation = reserve(slot)
+    reservation = reserve(slot, hold_seconds=HOLD_SECONDS)
 
     freed = wait_for(lambda: released_at(reservation), timeout=HOLD_SECONDS + 3)
 
@@ -75,7 +65,7 @@ def test_an_unpaid_reservation_is_cancelled_within_a_second_of_its_expiry(job_st
 
 def test_a_paid_reservation_stays_paid_with_no_job_left(job_store):
     start_scheduler()
-    reservation = reserve(TimeSlotFactory())
+    reservation = reserve(hold_seconds=HOLD_SECONDS)
     reservation_pay(reservation=reservation, payment_reference="PAY-1")
     assert expiry_job_id(reservation.pk) not in job_store.jobs()
 
@@ -104,7 +94,7 @@ def test_holds_that_lapsed_while_no_scheduler_ran_are_cancelled_at_start(job_sto
 
     assert done, "overdue holds were not expired after start"
     assert time.monotonic() - started < 1.0
-    assert set(job_store.jobs()) == {SWEEP_JOB_ID}
+    assert wait_for(lambda: set(job_store.jobs()) == {SWEEP_JOB_ID}, timeout=2), job_store.jobs()
 
 
 def test_the_sweep_cancels_a_reservation_that_has_no_job(job_store, settings):

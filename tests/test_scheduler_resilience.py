@@ -17,19 +17,9 @@ from apps.rooms.models import TimeSlot
 from escape_rooms_backend.scheduler import expiry_job_id, start_scheduler
 
 from .conftest import wait_for
-from .factories import TimeSlotFactory
+from .factories import reserve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
-
-
-def reserve(hold_seconds=1.0):
-    return services.reservation_create(
-        time_slot_id=TimeSlotFactory().pk,
-        customer_name="John Doe",
-        customer_email="john@example.com",
-        party_size=3,
-        hold_seconds=hold_seconds,
-    )
 
 
 def expired_on_time(reservation, timeout=3.0) -> bool:

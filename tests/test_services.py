@@ -16,22 +16,11 @@ from apps.reservations.services import (
 )
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory
+from .factories import RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
 Status = Reservation.Status
-
-
-def reserve(slot, now=None, **overrides):
-    fields = {
-        "time_slot_id": slot.pk,
-        "customer_name": "John Doe",
-        "customer_email": "john@example.com",
-        "party_size": 3,
-        "now": now,
-    }
-    return reservation_create(**{**fields, **overrides})
 
 
 def slot_status(slot) -> str:

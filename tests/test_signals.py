@@ -6,20 +6,10 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from apps.reservations.services import reservation_cancel, reservation_create, reservation_pay
+from apps.reservations.services import reservation_cancel, reservation_pay
 from escape_rooms_backend.scheduler import expiry_job_id
 
-from .factories import ReservationFactory, TimeSlotFactory
-
-
-def reserve(slot, **overrides):
-    return reservation_create(
-        time_slot_id=slot.pk,
-        customer_name="John Doe",
-        customer_email="john@example.com",
-        party_size=3,
-        **overrides,
-    )
+from .factories import ReservationFactory, TimeSlotFactory, reserve
 
 
 @pytest.mark.django_db(transaction=True)
