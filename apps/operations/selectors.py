@@ -1,6 +1,8 @@
 """Reads about the expiry machinery, shared by scheduler_status, /healthz and the admin."""
 
 import math
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,9 +22,29 @@ def heartbeat_stale_after() -> float:
     return 2 * settings.SCHEDULER_SWEEP_SECONDS
 
 
+def _alive(heartbeat: SchedulerHeartbeat) -> bool:
+    # A process on this host can be asked; one elsewhere is judged by its age.
+    if heartbeat.hostname != socket.gethostname():
+        return True
+    try:
+        os.kill(heartbeat.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def latest_heartbeat() -> SchedulerHeartbeat | None:
-    """The most recent heartbeat of a scheduler that has not stopped cleanly."""
-    return SchedulerHeartbeat.objects.filter(stopped_at__isnull=True).order_by("-beat_at").first()
+    """
+    The most recent heartbeat of a scheduler that has not stopped.
+
+    Skips processes on this host that no longer exist (a ``runserver`` killed
+    without a clean stop), so they do not count as running until their
+    heartbeat goes stale.
+    """
+    candidates = SchedulerHeartbeat.objects.filter(stopped_at__isnull=True).order_by("-beat_at")
+    return next((beat for beat in candidates[:20] if _alive(beat)), None)
 
 
 def heartbeat_age(heartbeat: SchedulerHeartbeat | None, now: datetime) -> float | None:

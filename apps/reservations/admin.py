@@ -56,7 +56,7 @@ class ReservationAdmin(admin.ModelAdmin):
         "cancellation_reason",
         ("time_slot__starts_at", admin.DateFieldListFilter),
     ]
-    search_fields = ["customer_name", "customer_email", "=token"]
+    search_fields = ["customer_name", "customer_email", "^token"]
     date_hierarchy = "time_slot__starts_at"
     list_select_related = ["time_slot__room"]
     readonly_fields = [

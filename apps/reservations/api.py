@@ -6,7 +6,6 @@ from uuid import UUID
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.http import Http404
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
@@ -15,6 +14,7 @@ from config.api_errors import ErrorOut
 
 from . import services
 from .models import Reservation
+from .selectors import reservation_by_token
 
 router = Router(tags=["reservations"])
 
@@ -119,16 +119,12 @@ def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
     }
 
 
-def _get(token: str | UUID) -> Reservation:
+def _get(token: str) -> Reservation:
     """The reservation with this token; 404 for an unknown or malformed token alike."""
-    try:
-        parsed = UUID(str(token))
-    except ValueError:
-        raise Http404 from None
-    if str(parsed) != str(token).lower():  # only the canonical form names a reservation
+    reservation = reservation_by_token(token)
+    if reservation is None:
         raise Http404
-    token = parsed
-    return get_object_or_404(Reservation.objects.select_related("time_slot__room"), token=token)
+    return reservation
 
 
 @router.post(
@@ -144,7 +140,7 @@ def create_reservation(request, payload: ReservationIn):
         customer_phone=payload.customer_phone,
         party_size=payload.party_size,
     )
-    return Status(201, reservation_out(_get(reservation.token), now=timezone.now()))
+    return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
 
 
 @router.get(

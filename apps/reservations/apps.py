@@ -1,3 +1,4 @@
+import atexit
 import logging
 
 from django.apps import AppConfig
@@ -40,7 +41,10 @@ class ReservationsConfig(AppConfig):
         if settings.SCHEDULER_WORKER_MODE:
             logger.info("SCHEDULER_WORKER_MODE is on: jobs run in `manage.py start_scheduler`")
             return False
-        from escape_rooms_backend.scheduler import start_scheduler
+        from escape_rooms_backend.scheduler import start_scheduler, stop_scheduler
 
-        start_scheduler(blocking=False)
+        scheduler = start_scheduler(blocking=False)
+        # A clean exit (Ctrl+C under runserver, a gunicorn worker retiring)
+        # waits for running jobs and records the stop in the heartbeat.
+        atexit.register(stop_scheduler, scheduler)
         return True

@@ -63,4 +63,11 @@ class AlreadyCancelled(ReservationError):
     default_message = "This reservation is cancelled."
 
 
+class HoldNotExtendable(ReservationError):
+    code = "hold_not_extendable"
+    default_message = "This hold cannot be extended."
+
+
+EXTENSION_LIMIT = "This hold has already been extended {limit} times, the most allowed."
+HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."

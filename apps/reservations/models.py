@@ -47,6 +47,16 @@ class Reservation(models.Model):
     cancelled_at = models.DateTimeField(null=True, blank=True)
     cancellation_reason = models.CharField(max_length=10, choices=CancellationReason, blank=True)
     payment_reference = models.CharField(max_length=100, blank=True)
+    extensions = models.PositiveSmallIntegerField(
+        default=0, help_text="How often the customer kept the slot (extended the hold)."
+    )
+    request_key = models.UUIDField(
+        null=True,
+        blank=True,
+        unique=True,
+        editable=False,
+        help_text="The booking form's submission key: a resubmission finds this reservation.",
+    )
 
     objects = ReservationQuerySet.as_manager()
 

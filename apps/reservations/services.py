@@ -14,6 +14,7 @@ and is injected by tests.
 """
 
 import enum
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -146,6 +147,7 @@ def _release_slot(time_slot_id: int) -> None:
 def reservation_create(
     *,
     time_slot_id: int,
+    request_key: uuid.UUID | None = None,
     customer_name: str,
     customer_email: str,
     customer_phone: str = "",
@@ -165,6 +167,10 @@ def reservation_create(
     the same transaction (cause ``reclaim``), so a lapsed hold never blocks a
     booking.
 
+    ``request_key`` makes a submission idempotent: a second call with the
+    same key (a double click, a resubmitted form) returns the reservation the
+    first one made and creates nothing.
+
     Raises ``SlotNotFound`` (no such slot), ``SlotUnavailable`` (started, or its
     room is inactive), ``InvalidReservation`` (party size outside the room's
     limits; ``fields`` says so) and ``SlotTaken`` (someone holds it).
@@ -177,6 +183,10 @@ def reservation_create(
         except TimeSlot.DoesNotExist:
             raise errors.SlotNotFound() from None
         now = now or timezone.now()  # read after the lock: see _now_after_lock
+        if request_key is not None:
+            earlier = Reservation.objects.filter(request_key=request_key).first()
+            if earlier is not None:
+                return earlier
         room = slot.room
         if slot.starts_at <= now or not room.is_active:
             raise errors.SlotUnavailable()
@@ -196,6 +206,7 @@ def reservation_create(
             with transaction.atomic():
                 reservation = Reservation.objects.create(
                     time_slot=slot,
+                    request_key=request_key,
                     customer_name=customer_name,
                     customer_email=customer_email,
                     customer_phone=customer_phone,
@@ -206,8 +217,12 @@ def reservation_create(
                     expires_at=min(now + timedelta(seconds=hold_seconds), slot.starts_at),
                 )
         except IntegrityError:
-            # The slot's status said free but a holder exists: the partial
-            # unique constraint is the last word.
+            # The same submission won a race against itself, or a holder
+            # appeared: the unique constraints are the last word.
+            if request_key is not None:
+                earlier = Reservation.objects.filter(request_key=request_key).first()
+                if earlier is not None:
+                    return earlier
             raise errors.SlotTaken() from None
         _record(reservation, from_status="", at=now, cause=cause, actor=actor)
         return reservation
@@ -243,7 +258,7 @@ def reservation_pay(
             payment_reference=payment_reference,
         )
     if not paid:
-        _refuse_stale(reservation, now=now, cause=cause)
+        _refuse_stale(reservation, now=now, cause=cause, actor=actor)
     return reservation
 
 
@@ -281,7 +296,7 @@ def reservation_cancel(
         if cancelled:
             _release_slot(reservation.time_slot_id)
     if not cancelled:
-        _refuse_stale(reservation, now=now, cause=cause)
+        _refuse_stale(reservation, now=now, cause=cause, actor=actor)
     return reservation
 
 
@@ -292,38 +307,71 @@ def reservation_extend_hold(
     now: datetime | None = None,
     cause: str = Cause.STAFF,
     actor: AbstractBaseUser | None = None,
+    limit: int | None = None,
 ) -> Reservation:
     """
     Move a pending reservation's ``expires_at`` later by ``by`` (a positive timedelta).
 
-    Compare-and-set on the ``expires_at`` that was read, so two extensions
-    never apply as one; the ``post_save`` receiver moves the expiry job. A hold
-    that has already lapsed cannot be extended: it is expired and
-    ``HoldExpired`` raised. Raises ``ValueError`` for a non-positive ``by``,
-    and ``HoldExpired``, ``AlreadyPaid`` or ``AlreadyCancelled``.
+    Compare-and-set on the ``expires_at`` (and, with ``limit``, the count of
+    extensions) that was read, so two extensions never apply as one; the
+    ``post_save`` receiver moves the expiry job. The hold never runs past the
+    slot's start. With ``limit``, the reservation's ``extensions`` count goes up
+    by one and must stay within it. A hold that has already lapsed cannot be
+    extended: it is expired and ``HoldExpired`` raised. Raises ``ValueError``
+    for a non-positive ``by``; ``HoldNotExtendable`` at the limit or the slot's
+    start; ``HoldExpired``, ``AlreadyPaid`` or ``AlreadyCancelled``.
     """
     if by <= timedelta(0):
         raise ValueError("A hold can only be extended by a positive duration.")
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
-        reservation.refresh_from_db(fields=["status", "expires_at"])
-        new_expiry = reservation.expires_at + by
+        reservation.refresh_from_db(fields=["status", "expires_at", "extensions"])
+        current = Reservation.objects.filter(pk=reservation.pk).values_list(
+            "time_slot__starts_at", flat=True
+        )
+        new_expiry = min(reservation.expires_at + by, current.get())
+        expect: dict[str, Any] = {
+            "status": Status.PENDING,
+            "expires_at": reservation.expires_at,
+            "expires_at__gt": now,
+        }
+        changes: dict[str, Any] = {"expires_at": new_expiry}
+        if reservation.status == Status.PENDING and reservation.expires_at > now:
+            if limit is not None and reservation.extensions >= limit:
+                raise errors.HoldNotExtendable(errors.EXTENSION_LIMIT.format(limit=limit))
+            if new_expiry <= reservation.expires_at:
+                raise errors.HoldNotExtendable(errors.HOLD_ENDS_AT_START)
+        if limit is not None:
+            expect["extensions"] = reservation.extensions
+            changes["extensions"] = reservation.extensions + 1
         extended = _transition(
             reservation,
-            expect={
-                "status": Status.PENDING,
-                "expires_at": reservation.expires_at,
-                "expires_at__gt": now,
-            },
+            expect=expect,
             at=now,
             cause=cause,
             actor=actor,
             detail=f"Hold extended by {_minutes(by)} to {new_expiry.isoformat()}",
-            expires_at=new_expiry,
+            **changes,
         )
     if not extended:
-        _refuse_stale(reservation, now=now, cause=cause)
+        _refuse_stale(reservation, now=now, cause=cause, actor=actor)
     return reservation
+
+
+def reservation_keep_slot(*, reservation: Reservation, now: datetime | None = None) -> Reservation:
+    """
+    The customer's *Keep my slot*: extend the hold by one hold length.
+
+    At most ``settings.RESERVATION_MAX_EXTENSIONS`` times per reservation
+    (issue 3), never past the slot's start. Raises as ``reservation_extend_hold``.
+    """
+    return reservation_extend_hold(
+        reservation=reservation,
+        by=timedelta(seconds=settings.RESERVATION_HOLD_SECONDS),
+        now=now,
+        cause=Cause.CUSTOMER,
+        limit=settings.RESERVATION_MAX_EXTENSIONS,
+    )
 
 
 def _minutes(duration: timedelta) -> str:
@@ -331,11 +379,17 @@ def _minutes(duration: timedelta) -> str:
     return f"{minutes:g} min"
 
 
-def _refuse_stale(reservation: Reservation, *, now: datetime, cause: str) -> NoReturn:
+def _refuse_stale(
+    reservation: Reservation,
+    *,
+    now: datetime,
+    cause: str,
+    actor: AbstractBaseUser | None = None,
+) -> NoReturn:
     """Explain why a compare-and-set failed: expire a lapsed hold, then raise."""
     reservation.refresh_from_db()
     if reservation.status == Status.PENDING and reservation.expires_at <= now:
-        reservation_expire(reservation_id=reservation.pk, now=now, cause=cause)
+        reservation_expire(reservation_id=reservation.pk, now=now, cause=cause, actor=actor)
         reservation.refresh_from_db()
         raise errors.HoldExpired()
     if reservation.status == Status.PAID:
@@ -350,12 +404,19 @@ def _refuse_stale(reservation: Reservation, *, now: datetime, cause: str) -> NoR
     raise errors.ReservationError()
 
 
-def _expire(reservation: Reservation, *, now: datetime, cause: str) -> bool:
+def _expire(
+    reservation: Reservation,
+    *,
+    now: datetime,
+    cause: str,
+    actor: AbstractBaseUser | None = None,
+) -> bool:
     if not _transition(
         reservation,
         expect={"status": Status.PENDING, "expires_at__lte": now},
         at=now,
         cause=cause,
+        actor=actor,
         status=Status.CANCELLED,
         cancelled_at=now,
         cancellation_reason=Reason.EXPIRED,
@@ -366,7 +427,11 @@ def _expire(reservation: Reservation, *, now: datetime, cause: str) -> bool:
 
 
 def reservation_expire(
-    *, reservation_id: int, now: datetime | None = None, cause: str = Cause.EXPIRY_JOB
+    *,
+    reservation_id: int,
+    now: datetime | None = None,
+    cause: str = Cause.EXPIRY_JOB,
+    actor: AbstractBaseUser | None = None,
 ) -> ExpireResult:
     """
     Expire the reservation if its hold has lapsed, and release its slot.
@@ -385,7 +450,7 @@ def reservation_expire(
         )
         if reservation is None:
             return ExpireResult(ExpireOutcome.NOT_FOUND, None)
-        if _expire(reservation, now=now, cause=cause):
+        if _expire(reservation, now=now, cause=cause, actor=actor):
             return ExpireResult(ExpireOutcome.EXPIRED, reservation)
     reservation.refresh_from_db()
     if reservation.status == Status.PAID:

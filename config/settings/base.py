@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "apps.rooms",
     "apps.reservations",
     "apps.operations",
+    "apps.booking",
 ]
 
 MIDDLEWARE = [
@@ -100,6 +101,8 @@ STATIC_ROOT = VAR_DIR / "static"
 # ------------------------------------------------------------------------------
 # How long a pending reservation holds its time slot before it expires (seconds).
 RESERVATION_HOLD_SECONDS = env.int("RESERVATION_HOLD_SECONDS", default=1800)
+# How often a customer may "keep my slot" (extend the hold by one hold length).
+RESERVATION_MAX_EXTENSIONS = env.int("RESERVATION_MAX_EXTENSIONS", default=2)
 
 # SCHEDULER
 # ------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class Command(BaseCommand):
             if report.fixed:
                 row.append(item.action)
             rows.append(row)
-        return f"{summary}{len(report.drift)} found.\n{tabulate(rows, headers=headers)}"
+        return f"{summary}found {len(report.drift)} drifts.\n{tabulate(rows, headers=headers)}"
 
     def _json(self, report: ReconcileReport) -> str:
         return json.dumps(

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from apps.operations.models import SchedulerHeartbeat
@@ -29,7 +29,8 @@ def _ms(seconds: float | None) -> str:
 class Command(BaseCommand):
     help = (
         "Show whether an expiry scheduler is running and where, its last heartbeat and sweep, "
-        "the expiry jobs in the store, overdue holds and the expiry lateness of the last hour."
+        "the expiry jobs in the store, overdue holds and the expiry lateness of the last hour. "
+        "Exits 1 when no scheduler is running."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -73,3 +74,5 @@ class Command(BaseCommand):
             ("Lateness (1 h)", lateness),
         ]:
             self.stdout.write(f"{label + ':':<16}{value}")
+        if not status.running:
+            raise CommandError("No scheduler is running: holds are not released promptly.")

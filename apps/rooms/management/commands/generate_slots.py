@@ -1,4 +1,5 @@
 from argparse import ArgumentParser
+from datetime import UTC
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -44,7 +45,6 @@ class Command(BaseCommand):
         verb = "Would create" if options["dry_run"] else "Created"
         for slot in slots:
             local = timezone.localtime(slot.starts_at)
-            self.stdout.write(
-                f"{verb} {room.slug} {local:%Y-%m-%d %H:%M %Z} ({slot.starts_at:%H:%M} UTC)"
-            )
+            utc = slot.starts_at.astimezone(UTC)
+            self.stdout.write(f"{verb} {room.slug} {local:%Y-%m-%d %H:%M %Z} ({utc:%H:%M} UTC)")
         self.stdout.write(self.style.SUCCESS(f"{verb} {len(slots)} slots for {room.name}."))

@@ -1,0 +1,37 @@
+import unicodedata
+from typing import Any
+
+from django import forms
+
+from apps.rooms.models import Room
+
+NO_CONTROL_CHARACTERS = "Control characters are not allowed."
+
+
+def _printable(value: str) -> None:
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise forms.ValidationError(NO_CONTROL_CHARACTERS)
+
+
+class ReserveForm(forms.Form):
+    """The customer's details; the room's player limits are checked by the service."""
+
+    customer_name = forms.CharField(label="Your name", max_length=100, validators=[_printable])
+    customer_email = forms.EmailField(label="Email", max_length=254)
+    customer_phone = forms.CharField(
+        label="Phone (optional)", max_length=32, required=False, validators=[_printable]
+    )
+    party_size = forms.IntegerField(label="Players", min_value=1, max_value=100)
+    # A key per rendered form: submitting it twice finds the first reservation.
+    request_key = forms.UUIDField(widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, room: Room | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if room is not None:
+            # A hint for the browser; the service enforces the room's limits.
+            size = self.fields["party_size"]
+            size.widget.attrs.update({"min": room.min_players, "max": room.max_players})
+            size.help_text = f"{room.min_players} to {room.max_players} players"
+        self.fields["customer_email"].widget.attrs["autocomplete"] = "email"
+        self.fields["customer_name"].widget.attrs["autocomplete"] = "name"
+        self.fields["customer_phone"].widget.attrs["autocomplete"] = "tel"

@@ -1,0 +1,198 @@
+"""
+The customer's booking pages: interfaces over the reservation services.
+
+Each view parses its input, calls one service and presents the result; the
+rules (who may book, pay, cancel or keep a slot, and until when) live in
+``apps.reservations.services``.
+"""
+
+import secrets
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from apps.reservations import errors, services
+from apps.reservations.models import Reservation
+from apps.reservations.selectors import reservation_by_token
+from apps.rooms.models import Room, TimeSlot
+from apps.rooms.selectors import room_list_active, timeslot_list_for_day
+
+from .forms import ReserveForm
+
+DAYS_SHOWN = 14
+SLOT_KEY_FORMAT = "%Y%m%dT%H%MZ"
+SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
+
+
+def slot_key(slot: TimeSlot) -> str:
+    """The slot's start in UTC, its public name in URLs (no sequential ids in public)."""
+    return slot.starts_at.astimezone(UTC).strftime(SLOT_KEY_FORMAT)
+
+
+def _slot_from_key(room: Room, key: str) -> TimeSlot:
+    try:
+        starts_at = datetime.strptime(key, SLOT_KEY_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise Http404 from None
+    slots = TimeSlot.objects.select_related("room")
+    return get_object_or_404(slots, room=room, starts_at=starts_at)
+
+
+def _reservation(token: str) -> Reservation:
+    reservation = reservation_by_token(token)
+    if reservation is None:
+        raise Http404
+    return reservation
+
+
+def _room_url(room: Room, day: date | None = None) -> str:
+    url = reverse("booking:room", args=[room.slug])
+    return f"{url}?date={day.isoformat()}" if day else url
+
+
+def rooms(request: HttpRequest) -> HttpResponse:
+    return render(request, "booking/rooms.html", {"rooms": room_list_active()})
+
+
+def room(request: HttpRequest, slug: str) -> HttpResponse:
+    room = get_object_or_404(room_list_active(), slug=slug)
+    now = timezone.now()
+    today = timezone.localdate(now)
+    days = [today + timedelta(days=offset) for offset in range(DAYS_SHOWN)]
+    try:
+        day = date.fromisoformat(request.GET.get("date", "")) if request.GET.get("date") else today
+    except ValueError:
+        day = today
+    if day not in days:
+        day = today
+    slots = list(timeslot_list_for_day(room=room, day=day, now=now))
+    holders = {
+        r.time_slot_id: r for r in Reservation.objects.holding(now).filter(time_slot__in=slots)
+    }
+    rows = []
+    for slot in slots:
+        holder = holders.get(slot.pk)
+        if slot.available:  # type: ignore[attr-defined]  # annotated by with_availability
+            state = "available"
+        elif holder is not None and holder.status == Reservation.Status.PENDING:
+            state = "held"
+        elif holder is not None:
+            state = "booked"
+        else:
+            state = "closed"  # started already
+        rows.append({"slot": slot, "state": state, "key": slot_key(slot)})
+    return render(
+        request,
+        "booking/room.html",
+        {"room": room, "days": days, "day": day, "rows": rows, "now": now},
+    )
+
+
+def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
+    room = get_object_or_404(room_list_active(), slug=slug)
+    slot = _slot_from_key(room, key)
+    local_day = timezone.localdate(slot.starts_at)
+    if request.method == "POST":
+        form = ReserveForm(request.POST, room=room)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                reservation = services.reservation_create(
+                    time_slot_id=slot.pk,
+                    request_key=data["request_key"],
+                    customer_name=data["customer_name"],
+                    customer_email=data["customer_email"],
+                    customer_phone=data["customer_phone"],
+                    party_size=data["party_size"],
+                )
+            except errors.InvalidReservation as invalid:
+                for field, problems in invalid.fields.items():
+                    for problem in problems:
+                        form.add_error(field if field in form.fields else None, problem)
+            except (errors.SlotTaken, errors.SlotUnavailable):
+                messages.error(request, SLOT_TAKEN_MESSAGE)
+                return redirect(_room_url(room, local_day))
+            else:
+                return redirect("booking:reservation", token=reservation.token)
+    else:
+        form = ReserveForm(room=room, initial={"request_key": uuid.uuid4()})
+    available = TimeSlot.objects.with_availability(timezone.now()).get(pk=slot.pk).available
+    if not available and request.method != "POST":
+        messages.error(request, SLOT_TAKEN_MESSAGE)
+        return redirect(_room_url(room, local_day))
+    return render(
+        request,
+        "booking/reserve.html",
+        {"room": room, "slot": slot, "form": form, "back": _room_url(room, local_day)},
+        status=400 if form.errors else 200,
+    )
+
+
+def reservation(request: HttpRequest, token: str) -> HttpResponse:
+    reservation = _reservation(token)
+    now = timezone.now()
+    status = reservation.current_status(now)
+    reason = reservation.current_cancellation_reason(now)
+    slot = reservation.time_slot
+    return render(
+        request,
+        "booking/reservation.html",
+        {
+            "reservation": reservation,
+            "slot": slot,
+            "room": slot.room,
+            "status": status,
+            "reason": reason,
+            "seconds_left": reservation.seconds_left(now),
+            "warn_seconds": 5 * 60,
+            "extensions_left": max(0, settings.RESERVATION_MAX_EXTENSIONS - reservation.extensions),
+            "hold_minutes": settings.RESERVATION_HOLD_SECONDS // 60,
+            "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
+        },
+    )
+
+
+def _act(request: HttpRequest, token: str, change, done: str) -> HttpResponse:
+    reservation = _reservation(token)
+    try:
+        change(reservation)
+    except errors.ReservationError as refused:
+        messages.error(request, refused.message)
+    else:
+        if done:
+            messages.success(request, done)
+    return redirect("booking:reservation", token=reservation.token)
+
+
+@require_POST
+def pay(request: HttpRequest, token: str) -> HttpResponse:
+    # Stands in for a payment provider's confirmation: a simulated reference.
+    reference = f"SIM-{secrets.token_hex(6).upper()}"
+    return _act(
+        request,
+        token,
+        lambda r: services.reservation_pay(reservation=r, payment_reference=reference),
+        "",
+    )
+
+
+@require_POST
+def cancel(request: HttpRequest, token: str) -> HttpResponse:
+    return _act(request, token, lambda r: services.reservation_cancel(reservation=r), "")
+
+
+@require_POST
+def keep(request: HttpRequest, token: str) -> HttpResponse:
+    return _act(
+        request,
+        token,
+        lambda r: services.reservation_keep_slot(reservation=r),
+        "Your slot is held for longer.",
+    )
