@@ -6,6 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PORT ?= 8000
+
 .PHONY: run test worker install lint clean
 
 $(BIN)/python:
@@ -18,11 +22,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-## Serve the API and pages on http://127.0.0.1:8000 with the background scheduler.
+# The browser tests drive Debian's Chromium; never a browser download.
+$(CHROMIUM):
+	@echo "Installing Debian's chromium for the browser tests (apt-get)..."
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+## Serve the pages and the API on http://127.0.0.1:$(PORT) with the background scheduler.
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py load_demo_venue
-	$(BIN)/python manage.py runserver 127.0.0.1:8000
+	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 ## Run the expiry scheduler as a dedicated worker (use with SCHEDULER_WORKER_MODE=true).
 worker: $(STAMP)
@@ -31,7 +41,7 @@ worker: $(STAMP)
 
 ## Run the whole test suite with branch coverage; the services and the
 ## scheduler module must stay at 90 % or more.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 	$(BIN)/coverage report --include='apps/*/services.py,escape_rooms_backend/scheduler.py' \
 		--fail-under=90 --skip-covered --precision=1

@@ -1,5 +1,6 @@
 """Reservation services: each transition and each refusal, with an injected ``now``."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,8 @@ from apps.reservations.services import (
     reservation_cancel,
     reservation_create,
     reservation_expire,
+    reservation_extend_hold,
+    reservation_keep_slot,
     reservation_pay,
 )
 from apps.rooms.models import TimeSlot
@@ -313,3 +316,42 @@ def test_paying_a_hold_the_expiry_job_already_released_says_hold_expired(slot):
         )
     with pytest.raises(errors.HoldExpired):
         reservation_cancel(reservation=reservation, now=now + timedelta(seconds=61))
+
+
+def test_keep_my_slot_extends_by_one_hold_up_to_the_limit(slot, settings):
+    settings.RESERVATION_HOLD_SECONDS = 600
+    settings.RESERVATION_MAX_EXTENSIONS = 2
+    now = timezone.now()
+    reservation = reserve(slot, now=now)
+
+    reservation_keep_slot(reservation=reservation, now=now)
+    reservation_keep_slot(reservation=reservation, now=now)
+    with pytest.raises(errors.HoldNotExtendable):
+        reservation_keep_slot(reservation=reservation, now=now)
+
+    reservation.refresh_from_db()
+    assert reservation.expires_at == now + timedelta(seconds=1800)
+    assert reservation.extensions == 2
+
+
+def test_no_extension_runs_past_the_slots_start(db):
+    now = timezone.now()
+    slot = TimeSlotFactory(starts_at=now + timedelta(minutes=20))
+    reservation = reserve(slot, now=now, hold_seconds=600)
+
+    reservation_extend_hold(reservation=reservation, by=timedelta(hours=2), now=now)
+    reservation.refresh_from_db()
+    assert reservation.expires_at == slot.starts_at
+
+    with pytest.raises(errors.HoldNotExtendable):
+        reservation_extend_hold(reservation=reservation, by=timedelta(minutes=5), now=now)
+
+
+def test_the_same_request_key_returns_the_first_reservation(slot):
+    key = uuid.uuid4()
+
+    first = reserve(slot, request_key=key)
+    again = reserve(slot, request_key=key, customer_name="Someone Else")
+
+    assert again.pk == first.pk
+    assert Reservation.objects.count() == 1

@@ -27,7 +27,9 @@ from apps.rooms.selectors import room_list_active, timeslot_list_for_day
 from .forms import ReserveForm
 
 DAYS_SHOWN = 14
-SLOT_KEY_FORMAT = "%Y%m%dT%H%MZ"
+SLOT_KEY_FORMAT = "%Y%m%dT%H%M%SZ"
+SESSION_KEY = "booking_reservations"
+REMEMBERED = 10
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
 
 
@@ -120,19 +122,33 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 messages.error(request, SLOT_TAKEN_MESSAGE)
                 return redirect(_room_url(room, local_day))
             else:
+                _remember(request, reservation)
                 return redirect("booking:reservation", token=reservation.token)
     else:
         form = ReserveForm(room=room, initial={"request_key": uuid.uuid4()})
-    available = TimeSlot.objects.with_availability(timezone.now()).get(pk=slot.pk).available
-    if not available and request.method != "POST":
-        messages.error(request, SLOT_TAKEN_MESSAGE)
-        return redirect(_room_url(room, local_day))
+        now = timezone.now()
+        if not TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+            # Back to the form after booking it: show this browser its own hold.
+            mine = Reservation.objects.holding(now).filter(
+                time_slot=slot, token__in=request.session.get(SESSION_KEY, [])
+            )
+            if (own := mine.first()) is not None:
+                messages.info(request, "You already hold this slot.")
+                return redirect("booking:reservation", token=own.token)
+            messages.error(request, SLOT_TAKEN_MESSAGE)
+            return redirect(_room_url(room, local_day))
     return render(
         request,
         "booking/reserve.html",
         {"room": room, "slot": slot, "form": form, "back": _room_url(room, local_day)},
         status=400 if form.errors else 200,
     )
+
+
+def _remember(request: HttpRequest, reservation: Reservation) -> None:
+    """Keep this browser's latest reservations in its session (tokens only)."""
+    tokens = [str(reservation.token), *request.session.get(SESSION_KEY, [])]
+    request.session[SESSION_KEY] = list(dict.fromkeys(tokens))[:REMEMBERED]
 
 
 def reservation(request: HttpRequest, token: str) -> HttpResponse:

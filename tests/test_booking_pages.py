@@ -1,0 +1,146 @@
+"""The booking pages without a browser: each field error, idempotent submissions, refusals."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from apps.booking.views import slot_key
+from apps.reservations.models import Reservation
+
+from .factories import RoomFactory, TimeSlotFactory, reserve
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def slot():
+    room = RoomFactory(name="The Lost Tomb", slug="tomb", min_players=2, max_players=4)
+    return TimeSlotFactory(room=room)
+
+
+def reserve_url(slot) -> str:
+    return f"/rooms/{slot.room.slug}/{slot_key(slot)}/reserve/"
+
+
+def booking(**changes):
+    return {
+        "customer_name": "John Doe",
+        "customer_email": "john@example.com",
+        "customer_phone": "",
+        "party_size": "3",
+        "request_key": str(uuid.uuid4()),
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        ({"customer_name": ""}, "customer_name", "This field is required."),
+        ({"customer_email": "john-at-example"}, "customer_email", "Enter a valid email address."),
+        ({"party_size": "three"}, "party_size", "Enter a whole number."),
+        ({"party_size": "5"}, "party_size", "This room takes 2 to 4 players."),
+        ({"party_size": "1"}, "party_size", "This room takes 2 to 4 players."),
+        ({"customer_name": "John\x07"}, "customer_name", "Control characters are not allowed."),
+        ({"customer_phone": "1" * 40}, "customer_phone", "Ensure this value has at most 32"),
+    ],
+)
+def test_each_field_error_shows_beside_its_field_and_keeps_what_was_typed(
+    client, slot, change, field, message
+):
+    data = booking(**change)
+
+    response = client.post(reserve_url(slot), data)
+
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert f'id="id_{field}_error"' in html
+    assert message in html
+    assert response.context["form"].errors[field][0].startswith(message)
+    assert 'value="john@example.com"' in html or field == "customer_email"
+    assert not Reservation.objects.exists()
+
+
+def test_a_resubmitted_form_finds_the_first_reservation(client, slot):
+    data = booking()
+
+    first = client.post(reserve_url(slot), data)
+    again = client.post(reserve_url(slot), data)
+
+    reservation = Reservation.objects.get()
+    assert first["Location"] == again["Location"] == f"/reservations/{reservation.token}/"
+
+
+def test_a_slot_taken_meanwhile_shows_the_current_slots_with_a_message(client, slot):
+    reserve(slot)
+
+    response = client.post(reserve_url(slot), booking(), follow=True)
+
+    assert response.redirect_chain[-1][0].startswith(f"/rooms/{slot.room.slug}/?date=")
+    assert "this slot was just taken" in response.content.decode()
+    assert Reservation.objects.count() == 1
+
+
+def test_the_room_page_shows_a_lapsed_hold_as_available(client, slot):
+    reservation = reserve(slot)
+    Reservation.objects.filter(pk=reservation.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    response = client.get(f"/rooms/{slot.room.slug}/?date={timezone.localdate(slot.starts_at)}")
+
+    rows = {row["key"]: row["state"] for row in response.context["rows"]}
+    assert rows[slot_key(slot)] == "available"
+
+
+def test_times_are_shown_in_the_venue_time_zone_with_its_name(client, slot, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+
+    html = client.get(reserve_url(slot)).content.decode()
+
+    local = timezone.localtime(slot.starts_at)
+    assert f"{local:%H:%M} {local.tzname()}" in html
+    assert "Times in Europe/Berlin" in html
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/reservations/{token}/pay/", "/reservations/{token}/cancel/", "/reservations/{token}/keep/"],
+)
+def test_actions_take_posts_only(client, slot, path):
+    reservation = reserve(slot)
+
+    assert client.get(path.format(token=reservation.token)).status_code == 405
+
+
+def test_every_form_needs_its_csrf_token(slot):
+    strict = Client(enforce_csrf_checks=True)
+    reservation = reserve(slot)
+
+    assert strict.post(reserve_url(slot), booking()).status_code == 403
+    assert strict.post(f"/reservations/{reservation.token}/pay/").status_code == 403
+    assert Reservation.objects.get().status == "pending"
+
+
+@pytest.mark.parametrize("token", [str(uuid.uuid4()), "123", "not-a-token"])
+def test_unknown_tokens_are_404(client, token):
+    assert client.get(f"/reservations/{token}/").status_code == 404
+    assert client.post(f"/reservations/{token}/pay/").status_code == 404
+
+
+def test_an_unknown_slot_is_404(client, slot):
+    assert client.get(f"/rooms/{slot.room.slug}/20000101T100000Z/reserve/").status_code == 404
+    assert client.get(f"/rooms/{slot.room.slug}/yesterday/reserve/").status_code == 404
+
+
+def test_refusals_show_as_messages_and_change_nothing(client, slot):
+    reservation = reserve(slot)
+    client.post(f"/reservations/{reservation.token}/pay/")
+
+    response = client.post(f"/reservations/{reservation.token}/cancel/", follow=True)
+
+    assert "This reservation is already paid." in response.content.decode()
+    assert Reservation.objects.get().status == "paid"
