@@ -320,3 +320,58 @@ def test_generate_slots_refuses_operator_mistakes(args, message):
         call_command("generate_slots", *args)
 
     assert TimeSlot.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_generate_slots_reports_times_the_clocks_skip_and_measures_slots_in_real_time(settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    room = RoomFactory(slug="tomb", duration_minutes=60)
+    err = StringIO()
+
+    # 26 March 2028: 02:00 -> 03:00 (02:30 does not exist). 29 October 2028: 03:00 -> 02:00.
+    call_command(
+        "generate_slots",
+        "--room",
+        "tomb",
+        "--from",
+        "2028-03-26",
+        "--to",
+        "2028-03-26",
+        "--times",
+        "02:30,03:30",
+        stdout=StringIO(),
+        stderr=err,
+    )
+    call_command(
+        "generate_slots",
+        "--room",
+        "tomb",
+        "--from",
+        "2028-10-29",
+        "--to",
+        "2028-10-29",
+        "--times",
+        "02:30",
+        stdout=StringIO(),
+    )
+    again = StringIO()
+    call_command(
+        "generate_slots",
+        "--room",
+        "tomb",
+        "--from",
+        "2028-10-29",
+        "--to",
+        "2028-10-29",
+        "--times",
+        "02:30",
+        stdout=again,
+    )
+
+    assert "Skipped 2028-03-26 02:30: the clocks skip that time" in err.getvalue()
+    slots = list(TimeSlot.objects.filter(room=room).order_by("starts_at"))
+    assert [(s.starts_at.isoformat(), s.ends_at - s.starts_at) for s in slots] == [
+        ("2028-03-26T01:30:00+00:00", timedelta(hours=1)),  # 03:30 CEST
+        ("2028-10-29T00:30:00+00:00", timedelta(hours=1)),  # the first 02:30, CEST
+    ]
+    assert "Created 0 slots for" in again.getvalue()

@@ -43,8 +43,13 @@ class RoomAdmin(admin.ModelAdmin):
         form = SlotGenerationForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             for room in queryset:
-                created = timeslots_generate(room=room, **form.cleaned_data)
-                self.message_user(request, f"{room}: created {len(created)} time slots.")
+                result = timeslots_generate(room=room, **form.cleaned_data)
+                self.message_user(
+                    request,
+                    f"{room}: created {len(result.created)} time slots, "
+                    f"{result.existing} already existed, {len(result.nonexistent)} skipped "
+                    "(times the clocks skip).",
+                )
             return None
         return action_input(
             self,

@@ -41,10 +41,20 @@ class Command(BaseCommand):
                 for name, messages in form.errors.items()
             )
             raise CommandError(errors.replace("--end", "--to"))
-        slots = timeslots_generate(room=room, dry_run=options["dry_run"], **form.cleaned_data)
+        result = timeslots_generate(room=room, dry_run=options["dry_run"], **form.cleaned_data)
         verb = "Would create" if options["dry_run"] else "Created"
-        for slot in slots:
+        for local_time in result.nonexistent:
+            self.stderr.write(
+                f"Skipped {local_time:%Y-%m-%d %H:%M}: the clocks skip that time in "
+                f"{timezone.get_default_timezone_name()}."
+            )
+        for slot in result.created:
             local = timezone.localtime(slot.starts_at)
             utc = slot.starts_at.astimezone(UTC)
             self.stdout.write(f"{verb} {room.slug} {local:%Y-%m-%d %H:%M %Z} ({utc:%H:%M} UTC)")
-        self.stdout.write(self.style.SUCCESS(f"{verb} {len(slots)} slots for {room.name}."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{verb} {len(result.created)} slots for {room.name}; "
+                f"{result.existing} already existed."
+            )
+        )

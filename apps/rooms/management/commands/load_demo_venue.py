@@ -59,7 +59,7 @@ class Command(BaseCommand):
                 start=today,
                 end=today + timedelta(days=DEMO_DAYS - 1),
                 times=DEMO_TIMES,
-            )
+            ).created
             created_slots += len(slots)
             self.stdout.write(
                 f"{room.name}: {'created' if created else 'exists'}, {len(slots)} new slots"
