@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -59,6 +59,11 @@ RECONCILE_JOB_ID = "reconcile_expiry_jobs"
 RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
 
 CANCELLED_LOG = "Cancelled expired reservation %s for %s - %s on %s at %s"
+JOB_STORE_BUSY_TIMEOUT = 2  # seconds a SQLite job store write waits for a lock
+JOB_NOT_SCHEDULED_LOG = (
+    "Could not schedule the expiry job of reservation %s: the sweep expires it once its "
+    "hold lapses, and the next start's reconcile restores the job"
+)
 SWEEP_SUMMARY_LOG = "Successfully cancelled %d expired reservations"
 SWEEP_NONE_LOG = "No expired reservations found"
 
@@ -130,13 +135,16 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
     The safety net behind the per-reservation jobs (the seed's function, now
     run every ``SCHEDULER_SWEEP_SECONDS``). Returns how many it cancelled. One
     reservation that fails is logged and skipped; a database error while
-    listing them is logged and the sweep returns 0. Never raises.
+    listing them is logged and the sweep returns 0. Never raises. Without
+    ``now``, each reservation is expired at the moment it is released, so the
+    lateness recorded is the real one.
     """
     from apps.reservations.models import Reservation, ReservationEvent
     from apps.reservations.services import reservation_expire
 
     _close_old_connections()
     try:
+        given_now = now
         now = now or timezone.now()
         try:
             due = list(
@@ -155,8 +163,12 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
         cancelled = 0
         for reservation_id in due:
             try:
+                # Each at the moment it is released: the lateness recorded is
+                # the real one, not the start of the pass.
                 result = reservation_expire(
-                    reservation_id=reservation_id, now=now, cause=ReservationEvent.Cause.SWEEP
+                    reservation_id=reservation_id,
+                    now=given_now,
+                    cause=ReservationEvent.Cause.SWEEP,
                 )
             except Exception:
                 logger.exception("Failed to cancel expired reservation %s", reservation_id)
@@ -284,7 +296,10 @@ def _prepare_jobstore(options: dict[str, Any]) -> dict[str, Any]:
         with sqlite3.connect(database, timeout=30) as db:
             db.execute("PRAGMA journal_mode=WAL")  # persists in the file
     engine_options = dict(options.get("engine_options") or {})
-    engine_options.setdefault("connect_args", {}).setdefault("timeout", 30)
+    # Short: a job write happens after a customer's commit, inside the
+    # request; a store locked for longer is an error, logged, and the sweep
+    # or the next reconcile makes up for the missing job.
+    engine_options.setdefault("connect_args", {}).setdefault("timeout", JOB_STORE_BUSY_TIMEOUT)
     options["engine_options"] = engine_options
     return options
 
@@ -335,25 +350,30 @@ def schedule_reservation_expiry(reservation: "Reservation") -> bool:
     whether the store has the job. Never raises: a store failure is logged, and
     the sweep expires the hold instead.
     """
-    try:
-        _writable_scheduler().add_job(
-            EXPIRY_JOB_FUNC,
-            trigger=DateTrigger(run_date=reservation.expires_at),
-            args=[reservation.pk],
-            id=expiry_job_id(reservation.pk),
-            name=f"Expire reservation {reservation.pk}",
-            replace_existing=True,
-            misfire_grace_time=None,
-            coalesce=True,
-            max_instances=1,
-        )
-    except Exception:
-        logger.exception(
-            "Could not schedule the expiry job of reservation %s; the sweep will expire it",
-            reservation.pk,
-        )
-        return False
-    return True
+    for attempt in (1, 2):
+        try:
+            _writable_scheduler().add_job(
+                EXPIRY_JOB_FUNC,
+                trigger=DateTrigger(run_date=reservation.expires_at),
+                args=[reservation.pk],
+                id=expiry_job_id(reservation.pk),
+                name=f"Expire reservation {reservation.pk}",
+                replace_existing=True,
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+            )
+            return True
+        except (ConflictingIdError, JobLookupError):
+            # replace_existing is an insert, then an update: the runner
+            # deleting the old job in between (it just fell due) makes either
+            # step fail. Once more finds the store settled.
+            if attempt == 2:
+                logger.exception(JOB_NOT_SCHEDULED_LOG, reservation.pk)
+        except Exception:
+            logger.exception(JOB_NOT_SCHEDULED_LOG, reservation.pk)
+            break
+    return False
 
 
 def unschedule_reservation_expiry(reservation_id: int) -> bool:
@@ -380,16 +400,37 @@ def _job_store() -> SQLAlchemyJobStore:
     return _writable_scheduler()._lookup_jobstore("default")
 
 
-def stored_expiry_jobs() -> dict[int, datetime | None]:
+class JobStoreMissing(RuntimeError):
+    """The SQLite job store's file does not exist (read paths never create it)."""
+
+
+def _require_sqlite_store_file() -> None:
+    config: dict[str, Any] = settings.SCHEDULER_CONFIG
+    url = config.get("apscheduler.jobstores.default", {}).get("url", "")
+    if not str(url).startswith("sqlite"):
+        return
+    database = make_url(url).database
+    if database and database != ":memory:" and not Path(database).exists():
+        raise JobStoreMissing(f"no job store at {database}")
+
+
+def stored_expiry_jobs(*, missing_ok: bool = False) -> dict[int, datetime | None]:
     """
     Read every expiry job in the store: reservation id -> run time (aware UTC).
 
     Reads ids and run times only (no unpickling, unlike ``get_jobs()``), for
-    reconcile and status. Raises what SQLAlchemy raises when the store is
-    unreachable.
+    reconcile and status. A SQLite store whose file does not exist is not
+    created: it reads as empty with ``missing_ok``, else ``JobStoreMissing``
+    is raised. Raises what SQLAlchemy raises when the store is unreachable.
     """
     from sqlalchemy import select
 
+    try:
+        _require_sqlite_store_file()
+    except JobStoreMissing:
+        if missing_ok:
+            return {}
+        raise
     store = _job_store()
     table = store.jobs_t
     query = select(table.c.id, table.c.next_run_time).where(
@@ -406,7 +447,13 @@ def stored_expiry_jobs() -> dict[int, datetime | None]:
 
 
 def job_store_next_run_time() -> datetime | None:
-    """The earliest run time of any job in the store (one indexed query); raises if unreachable."""
+    """
+    The earliest run time of any job in the store (one indexed query).
+
+    Raises ``JobStoreMissing`` rather than create a missing SQLite store, and
+    what SQLAlchemy raises when the store is unreachable.
+    """
+    _require_sqlite_store_file()
     return _job_store().get_next_run_time()
 
 

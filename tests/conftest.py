@@ -17,6 +17,11 @@ class JobStore:
         self.url = url
         self.path = Path(make_url(url).database)
 
+    def create(self) -> None:
+        """Create the store, as any process that writes a job does first."""
+        scheduler_module.stop_scheduler()
+        scheduler_module.get_scheduler().start(paused=True)
+
     def delete(self) -> None:
         """Delete the store as an operator would: the file with its WAL and shared-memory files."""
         for suffix in ("", "-wal", "-shm"):

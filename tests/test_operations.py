@@ -172,6 +172,7 @@ def test_scheduler_status_shows_the_runner_jobs_overdue_and_lateness(job_store):
 
 @pytest.mark.django_db
 def test_healthz_is_200_with_a_fresh_heartbeat(client, job_store):
+    job_store.create()
     heartbeat_record(started=True)
 
     response = client.get("/healthz")
@@ -185,6 +186,7 @@ def test_healthz_is_200_with_a_fresh_heartbeat(client, job_store):
 
 @pytest.mark.django_db
 def test_healthz_is_503_without_a_heartbeat_or_with_a_stale_one(client, job_store, settings):
+    job_store.create()
     assert client.get("/healthz").json()["checks"]["scheduler"] == "no heartbeat"
     assert client.get("/healthz").status_code == 503
 
@@ -375,3 +377,17 @@ def test_generate_slots_reports_times_the_clocks_skip_and_measures_slots_in_real
         ("2028-10-29T00:30:00+00:00", timedelta(hours=1)),  # the first 02:30, CEST
     ]
     assert "Created 0 slots for" in again.getvalue()
+
+
+@pytest.mark.django_db
+def test_status_and_health_never_create_a_missing_job_store(client, job_store):
+    heartbeat_record(started=True)
+
+    response = client.get("/healthz")
+    out = StringIO()
+    with pytest.raises(CommandError, match="job store cannot be read"):
+        call_command("scheduler_status", stdout=out)
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["job_store"] == "error: JobStoreMissing"
+    assert not job_store.path.exists()

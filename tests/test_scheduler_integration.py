@@ -18,6 +18,7 @@ from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_pay
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend.scheduler import (
+    RECONCILE_JOB_ID,
     SWEEP_JOB_ID,
     expiry_job_id,
     start_scheduler,
@@ -100,6 +101,8 @@ def test_holds_that_lapsed_while_no_scheduler_ran_are_cancelled_at_start(job_sto
 def test_the_sweep_cancels_a_reservation_that_has_no_job(job_store, settings):
     settings.SCHEDULER_SWEEP_SECONDS = 1
     start_scheduler()
+    # After the start-up reconcile, which would give it a job.
+    assert wait_for(lambda: RECONCILE_JOB_ID not in job_store.jobs(), timeout=3)
     with mute_signals(post_save):  # as if its job had been lost
         lost = ReservationFactory(expires_at=timezone.now() + timedelta(seconds=0.5))
     assert expiry_job_id(lost.pk) not in job_store.jobs()

@@ -85,6 +85,8 @@ class ReconcileReport:
 
 # The job store keeps run times as float seconds; allow for the rounding.
 RUN_TIME_TOLERANCE = timedelta(milliseconds=1)
+# A hold that lapsed less than this long ago is its job's to expire, not drift.
+OVERDUE_GRACE = timedelta(seconds=10)
 
 
 def expiry_jobs_reconcile(
@@ -95,7 +97,8 @@ def expiry_jobs_reconcile(
 
     Drift: a pending reservation with no job; a job whose reservation is not
     pending or no longer exists; a job whose run time is not ``expires_at``; a
-    pending reservation already past ``expires_at``. Repairs, in that order of
+    pending reservation more than ``OVERDUE_GRACE`` (10 s) past
+    ``expires_at`` (one that lapsed just now is its job's to expire). Repairs, in that order of
     safety: expire the overdue (cause ``reconcile``), remove the orphans,
     schedule the missing and move the mistimed. Every repair goes through the
     services or the scheduler module, each idempotent, so running it beside a
@@ -105,7 +108,8 @@ def expiry_jobs_reconcile(
     raises when the job store is unreachable.
     """
     now = now or timezone.now()
-    jobs = stored_expiry_jobs()
+    jobs = stored_expiry_jobs(missing_ok=True)
+    overdue_before = now - OVERDUE_GRACE
     pending = {
         r.pk: r
         for r in Reservation.objects.filter(status=Reservation.Status.PENDING).only(
@@ -116,7 +120,8 @@ def expiry_jobs_reconcile(
     for pk, reservation in sorted(pending.items()):
         run_time = jobs.get(pk)
         if reservation.expires_at <= now:
-            if include_overdue:
+            # Just lapsed: its job is firing or queued; not drift (yet).
+            if include_overdue and reservation.expires_at <= overdue_before:
                 drift.append(Drift(DriftKind.OVERDUE, pk, reservation.expires_at, run_time))
             continue
         if pk not in jobs:
@@ -135,8 +140,9 @@ def expiry_jobs_reconcile(
 
 def _repair(item: Drift, pending: dict[int, Reservation], *, now: datetime) -> None:
     if item.kind is DriftKind.OVERDUE:
+        # At the moment of release, so that the lateness recorded is real.
         result = reservation_expire(
-            reservation_id=item.reservation_id, now=now, cause=ReservationEvent.Cause.RECONCILE
+            reservation_id=item.reservation_id, cause=ReservationEvent.Cause.RECONCILE
         )
         # Expired here, or meanwhile by its job or the sweep: either way done.
         item.repaired = result.outcome is not ExpireOutcome.NOT_DUE

@@ -30,7 +30,7 @@ class Command(BaseCommand):
     help = (
         "Show whether an expiry scheduler is running and where, its last heartbeat and sweep, "
         "the expiry jobs in the store, overdue holds and the expiry lateness of the last hour. "
-        "Exits 1 when no scheduler is running."
+        "Exits 1 when no scheduler is running or the job store cannot be read."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -74,5 +74,7 @@ class Command(BaseCommand):
             ("Lateness (1 h)", lateness),
         ]:
             self.stdout.write(f"{label + ':':<16}{value}")
+        if status.job_store_error:
+            raise CommandError("The job store cannot be read.")
         if not status.running:
             raise CommandError("No scheduler is running: holds are not released promptly.")
