@@ -140,6 +140,7 @@ def test_a_running_scheduler_beats_on_start_sweep_and_stop(job_store):
 
 @pytest.mark.django_db
 def test_scheduler_status_shows_the_runner_jobs_overdue_and_lateness(job_store):
+    job_store.create()
     heartbeat_record(started=True)
     heartbeat_record(sweep_cancelled=2)
     with mute_signals(post_save):
