@@ -392,3 +392,19 @@ def test_status_and_health_never_create_a_missing_job_store(client, job_store):
     assert response.status_code == 503
     assert response.json()["checks"]["job_store"] == "error: JobStoreMissing"
     assert not job_store.path.exists()
+
+
+@pytest.mark.django_db
+def test_scheduler_status_warns_when_two_schedulers_run_on_one_store(job_store):
+    import os
+    import socket
+
+    job_store.create()
+    now = timezone.now()
+    for pid in (os.getpid(), os.getppid()):  # two live processes on this host
+        SchedulerHeartbeat.objects.create(hostname=socket.gethostname(), pid=pid, beat_at=now)
+    out = StringIO()
+
+    call_command("scheduler_status", stdout=out)
+
+    assert "Warning: 2 schedulers run jobs" in out.getvalue()

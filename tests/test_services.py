@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from apps.reservations import errors
@@ -19,7 +20,7 @@ from apps.reservations.services import (
 )
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory, reserve
+from .factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -295,8 +296,18 @@ def test_a_hold_never_outlasts_the_start_of_its_slot(db, settings):
     assert reservation.expires_at == slot.starts_at
 
 
+def test_a_reservation_with_a_history_cannot_be_deleted(slot):
+    reservation = reserve(slot)
+
+    with pytest.raises(ProtectedError):
+        reservation.delete()
+
+    assert Reservation.objects.filter(pk=reservation.pk).exists()
+
+
 def test_a_slot_whose_reservation_was_deleted_outside_the_services_is_bookable(slot):
-    reserve(slot).delete()
+    TimeSlot.objects.filter(pk=slot.pk).update(status=TimeSlot.Status.RESERVED)
+    ReservationFactory(time_slot=slot).delete()  # written and deleted around the services
     assert slot_status(slot) == TimeSlot.Status.RESERVED  # the mirror is stale...
 
     reservation = reserve(slot, customer_name="Jane Roe")  # ...but the holders decide

@@ -47,6 +47,15 @@ def latest_heartbeat() -> SchedulerHeartbeat | None:
     return next((beat for beat in candidates[:20] if _alive(beat)), None)
 
 
+def running_schedulers(now: datetime) -> list[SchedulerHeartbeat]:
+    """Every scheduler whose heartbeat is fresh and not stopped: there should be one."""
+    fresh_since = now - timedelta(seconds=heartbeat_stale_after())
+    candidates = SchedulerHeartbeat.objects.filter(
+        stopped_at__isnull=True, beat_at__gte=fresh_since
+    )
+    return [beat for beat in candidates if _alive(beat)]
+
+
 def heartbeat_age(heartbeat: SchedulerHeartbeat | None, now: datetime) -> float | None:
     return None if heartbeat is None else (now - heartbeat.beat_at).total_seconds()
 

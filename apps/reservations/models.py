@@ -134,7 +134,8 @@ class ReservationEvent(models.Model):
         RECLAIM = "reclaim", "Reclaimed by a new reservation"
         RECONCILE = "reconcile", "Reconcile"
 
-    reservation = models.ForeignKey(Reservation, on_delete=models.CASCADE, related_name="events")
+    # PROTECT: a reservation with a history cannot be deleted with it.
+    reservation = models.ForeignKey(Reservation, on_delete=models.PROTECT, related_name="events")
     from_status = models.CharField(max_length=10, choices=Reservation.Status, blank=True)
     to_status = models.CharField(max_length=10, choices=Reservation.Status)
     at = models.DateTimeField()

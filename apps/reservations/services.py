@@ -258,7 +258,7 @@ def reservation_pay(
             payment_reference=payment_reference,
         )
     if not paid:
-        _refuse_stale(reservation, now=now, cause=cause, actor=actor)
+        _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="payment")
     return reservation
 
 
@@ -296,7 +296,7 @@ def reservation_cancel(
         if cancelled:
             _release_slot(reservation.time_slot_id)
     if not cancelled:
-        _refuse_stale(reservation, now=now, cause=cause, actor=actor)
+        _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="cancellation")
     return reservation
 
 
@@ -354,7 +354,7 @@ def reservation_extend_hold(
             **changes,
         )
     if not extended:
-        _refuse_stale(reservation, now=now, cause=cause, actor=actor)
+        _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="hold extension")
     return reservation
 
 
@@ -385,11 +385,18 @@ def _refuse_stale(
     now: datetime,
     cause: str,
     actor: AbstractBaseUser | None = None,
+    action: str,
 ) -> NoReturn:
     """Explain why a compare-and-set failed: expire a lapsed hold, then raise."""
     reservation.refresh_from_db()
     if reservation.status == Status.PENDING and reservation.expires_at <= now:
-        reservation_expire(reservation_id=reservation.pk, now=now, cause=cause, actor=actor)
+        reservation_expire(
+            reservation_id=reservation.pk,
+            now=now,
+            cause=cause,
+            actor=actor,
+            detail=f"Expired when a {action} came after the hold had lapsed",
+        )
         reservation.refresh_from_db()
         raise errors.HoldExpired()
     if reservation.status == Status.PAID:
@@ -410,6 +417,7 @@ def _expire(
     now: datetime,
     cause: str,
     actor: AbstractBaseUser | None = None,
+    detail: str = "",
 ) -> bool:
     if not _transition(
         reservation,
@@ -417,6 +425,7 @@ def _expire(
         at=now,
         cause=cause,
         actor=actor,
+        detail=detail,
         status=Status.CANCELLED,
         cancelled_at=now,
         cancellation_reason=Reason.EXPIRED,
@@ -432,6 +441,7 @@ def reservation_expire(
     now: datetime | None = None,
     cause: str = Cause.EXPIRY_JOB,
     actor: AbstractBaseUser | None = None,
+    detail: str = "",
 ) -> ExpireResult:
     """
     Expire the reservation if its hold has lapsed, and release its slot.
@@ -450,7 +460,7 @@ def reservation_expire(
         )
         if reservation is None:
             return ExpireResult(ExpireOutcome.NOT_FOUND, None)
-        if _expire(reservation, now=now, cause=cause, actor=actor):
+        if _expire(reservation, now=now, cause=cause, actor=actor, detail=detail):
             return ExpireResult(ExpireOutcome.EXPIRED, reservation)
     reservation.refresh_from_db()
     if reservation.status == Status.PAID:

@@ -5,7 +5,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from apps.operations.models import SchedulerHeartbeat
-from apps.operations.selectors import heartbeat_stale_after, scheduler_status_get
+from apps.operations.selectors import (
+    heartbeat_stale_after,
+    running_schedulers,
+    scheduler_status_get,
+)
 
 
 def _when(value: datetime | None) -> str:
@@ -57,10 +61,17 @@ class Command(BaseCommand):
         overdue = f"{status.overdue.count}"
         if status.overdue.count:
             overdue += f", oldest {_ago(status.overdue.oldest_age_seconds)} past expires_at"
-        if beat is None or beat.last_sweep_at is None:
+        swept = (
+            SchedulerHeartbeat.objects.exclude(last_sweep_at=None)
+            .order_by("-last_sweep_at")
+            .first()
+        )
+        if swept is None or swept.last_sweep_at is None:
             sweep = "none recorded"
         else:
-            sweep = f"{_when(beat.last_sweep_at)}, cancelled {beat.last_sweep_cancelled}"
+            sweep = f"{_when(swept.last_sweep_at)}, cancelled {swept.last_sweep_cancelled}"
+            if swept != beat:
+                sweep += f" (by {swept.hostname} pid {swept.pid})"
         late = status.lateness
         lateness = "no expiries"
         if late.count:
@@ -74,6 +85,15 @@ class Command(BaseCommand):
             ("Lateness (1 h)", lateness),
         ]:
             self.stdout.write(f"{label + ':':<16}{value}")
+        runners = running_schedulers(status.now)
+        if len(runners) > 1:
+            where = ", ".join(f"{b.hostname} pid {b.pid}" for b in runners)
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Warning: {len(runners)} schedulers run jobs ({where}); run exactly one "
+                    "per job store (docs/scheduler.md)."
+                )
+            )
         if status.job_store_error:
             raise CommandError("The job store cannot be read.")
         if not status.running:
