@@ -2,7 +2,7 @@ from ninja import NinjaAPI
 
 from apps.reservations.api import router as reservations_router
 from apps.rooms.api import router as rooms_router
-from config.api_errors import install_error_handlers
+from config.api_errors import JsonOnlyParser, install_error_handlers
 
 api = NinjaAPI(
     title="Escape rooms booking API",
@@ -12,6 +12,7 @@ api = NinjaAPI(
         "hold (RESERVATION_HOLD_SECONDS); unpaid, it is cancelled when the hold ends."
     ),
     urls_namespace="api",
+    parser=JsonOnlyParser(),
 )
 install_error_handlers(api)
 api.add_router("", rooms_router)

@@ -9,11 +9,29 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
+from ninja.parser import Parser
+from ninja.types import DictStrAny
 
 from apps.reservations.errors import ReservationError
 
 INVALID_MESSAGE = "Some fields are not valid."
 TOO_LARGE_MESSAGE = "The request body is too large."
+NOT_JSON_MESSAGE = "Send the request body as JSON (Content-Type: application/json)."
+
+
+class NotJson(Exception):
+    """A request body declared as something other than JSON."""
+
+
+class JsonOnlyParser(Parser):
+    """Read request bodies only when they say they are JSON: no guessing from the bytes."""
+
+    def parse_body(self, request: HttpRequest) -> DictStrAny:
+        if request.content_type != "application/json":
+            raise NotJson(request.content_type)
+        return super().parse_body(request)
+
+
 MALFORMED_MESSAGE = "The request body is not valid JSON."
 NOT_FOUND_MESSAGE = "Not found."
 
@@ -72,6 +90,10 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(HttpError)
     def http_error(request, exc):
+        if isinstance(exc.__cause__, NotJson):  # django-ninja wraps parser errors in a 400
+            return error_response(
+                api, request, status=415, code="unsupported_media_type", message=NOT_JSON_MESSAGE
+            )
         if exc.status_code == 400:
             return error_response(
                 api, request, status=400, code="malformed", message=MALFORMED_MESSAGE

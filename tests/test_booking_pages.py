@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from apps.booking.views import slot_key
 from apps.reservations.models import Reservation
+from apps.reservations.text import NO_CONTROL_CHARACTERS
 
 from .factories import RoomFactory, TimeSlotFactory, reserve
 
@@ -44,7 +45,7 @@ def booking(**changes):
         ({"party_size": "three"}, "party_size", "Enter a whole number."),
         ({"party_size": "5"}, "party_size", "This room takes 2 to 4 players."),
         ({"party_size": "1"}, "party_size", "This room takes 2 to 4 players."),
-        ({"customer_name": "John\x07"}, "customer_name", "Control characters are not allowed."),
+        ({"customer_name": "John\x07"}, "customer_name", NO_CONTROL_CHARACTERS),
         ({"customer_phone": "1" * 40}, "customer_phone", "Ensure this value has at most 32"),
     ],
 )

@@ -1,15 +1,13 @@
-import unicodedata
 from typing import Any
 
 from django import forms
 
+from apps.reservations.text import NO_CONTROL_CHARACTERS, has_control_characters
 from apps.rooms.models import Room
-
-NO_CONTROL_CHARACTERS = "Control characters are not allowed."
 
 
 def _printable(value: str) -> None:
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    if has_control_characters(value):
         raise forms.ValidationError(NO_CONTROL_CHARACTERS)
 
 

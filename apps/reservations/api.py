@@ -1,4 +1,3 @@
-import unicodedata
 from datetime import datetime
 from typing import Annotated
 from uuid import UUID
@@ -15,16 +14,15 @@ from config.api_errors import ErrorOut
 from . import services
 from .models import Reservation
 from .selectors import reservation_by_token
+from .text import NO_CONTROL_CHARACTERS, has_control_characters
 
 router = Router(tags=["reservations"])
 
 INVALID_EMAIL = "Enter a valid email address."
 
-NO_CONTROL_CHARACTERS = "Control characters are not allowed."
-
 
 def _printable(value: str) -> str:
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    if has_control_characters(value):
         raise ValueError(NO_CONTROL_CHARACTERS)
     return value
 
