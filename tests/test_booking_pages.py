@@ -32,7 +32,7 @@ def booking(**changes):
         "customer_email": "john@example.com",
         "customer_phone": "",
         "party_size": "3",
-        "request_key": str(uuid.uuid4()),
+        "request_key": "",
         **changes,
     }
 
@@ -65,14 +65,73 @@ def test_each_field_error_shows_beside_its_field_and_keeps_what_was_typed(
     assert not Reservation.objects.exists()
 
 
+def issued_key(client, slot) -> str:
+    return client.get(reserve_url(slot)).context["form"].initial["request_key"]
+
+
 def test_a_resubmitted_form_finds_the_first_reservation(client, slot):
-    data = booking()
+    data = booking(request_key=issued_key(client, slot))
 
     first = client.post(reserve_url(slot), data)
     again = client.post(reserve_url(slot), data)
 
     reservation = Reservation.objects.get()
     assert first["Location"] == again["Location"] == f"/reservations/{reservation.token}/"
+    assert reservation.request_key is not None
+
+
+def test_someone_elses_form_key_does_not_open_their_reservation(client, slot):
+    other_slot = TimeSlotFactory(room=slot.room)
+    key = issued_key(client, slot)
+    client.post(reserve_url(slot), booking(request_key=key))
+
+    stranger = Client()
+    response = stranger.post(
+        reserve_url(other_slot), booking(request_key=key, customer_name="Mallory")
+    )
+    again = stranger.post(
+        reserve_url(slot), booking(request_key=key, customer_name="Mallory"), follow=True
+    )
+
+    mallory = Reservation.objects.get(customer_name="Mallory")
+    assert response["Location"] == f"/reservations/{mallory.token}/"  # a new one of their own
+    assert mallory.request_key is None
+    assert "this slot was just taken" in again.content.decode()  # not John's page
+
+
+def test_the_same_browser_in_two_tabs_is_shown_its_own_hold(client, slot):
+    first_tab, second_tab = issued_key(client, slot), issued_key(client, slot)
+    client.post(reserve_url(slot), booking(request_key=first_tab))
+
+    response = client.post(reserve_url(slot), booking(request_key=second_tab), follow=True)
+
+    assert "You already hold this slot." in response.content.decode()
+    assert Reservation.objects.count() == 1
+
+
+def test_a_slot_that_has_started_says_so(client):
+    slot = TimeSlotFactory(starts_at=timezone.now() - timedelta(minutes=5))
+
+    response = client.get(reserve_url(slot), follow=True)
+
+    assert "This time has already started" in response.content.decode()
+
+
+def test_a_day_outside_the_two_weeks_shown_says_so(client, slot):
+    response = client.get(f"/rooms/{slot.room.slug}/?date=2099-01-01", follow=True)
+
+    assert "Pick a day within the next two weeks." in response.content.decode()
+    assert response.context["day"] == timezone.localdate()
+
+
+@pytest.mark.parametrize("key", ["20261130T10000Z", "2026113０T100000Z", "20261130T100000"])
+def test_only_the_exact_slot_key_names_a_slot(client, slot, key):
+    assert client.get(f"/rooms/{slot.room.slug}/{key}/reserve/").status_code == 404
+
+
+@pytest.mark.parametrize("method", ["head", "options", "put", "delete"])
+def test_the_reserve_page_takes_get_and_post_only(client, slot, method):
+    assert getattr(client, method)(reserve_url(slot)).status_code == 405
 
 
 def test_a_slot_taken_meanwhile_shows_the_current_slots_with_a_message(client, slot):

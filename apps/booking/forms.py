@@ -2,7 +2,12 @@ from typing import Any
 
 from django import forms
 
-from apps.reservations.text import NO_CONTROL_CHARACTERS, has_control_characters
+from apps.reservations.text import (
+    NEEDS_A_LETTER,
+    NO_CONTROL_CHARACTERS,
+    has_a_letter_or_digit,
+    has_control_characters,
+)
 from apps.rooms.models import Room
 
 
@@ -11,17 +16,26 @@ def _printable(value: str) -> None:
         raise forms.ValidationError(NO_CONTROL_CHARACTERS)
 
 
+def _legible(value: str) -> None:
+    if not has_a_letter_or_digit(value):
+        raise forms.ValidationError(NEEDS_A_LETTER)
+
+
 class ReserveForm(forms.Form):
     """The customer's details; the room's player limits are checked by the service."""
 
-    customer_name = forms.CharField(label="Your name", max_length=100, validators=[_printable])
+    customer_name = forms.CharField(
+        label="Your name", max_length=100, validators=[_printable, _legible]
+    )
     customer_email = forms.EmailField(label="Email", max_length=254)
     customer_phone = forms.CharField(
         label="Phone (optional)", max_length=32, required=False, validators=[_printable]
     )
     party_size = forms.IntegerField(label="Players", min_value=1, max_value=100)
     # A key per rendered form: submitting it twice finds the first reservation.
-    request_key = forms.UUIDField(widget=forms.HiddenInput)
+    # Checked by the view against the keys this browser was given; a missing
+    # or foreign key just makes the submission a new one.
+    request_key = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
 
     def __init__(self, *args: Any, room: Room | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -6,6 +6,7 @@ rules (who may book, pay, cancel or keep a slot, and until when) live in
 ``apps.reservations.services``.
 """
 
+import re
 import secrets
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -16,7 +17,8 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.reservations import errors, services
 from apps.reservations.models import Reservation
@@ -28,8 +30,13 @@ from .forms import ReserveForm
 
 DAYS_SHOWN = 14
 SLOT_KEY_FORMAT = "%Y%m%dT%H%M%SZ"
+SLOT_KEY_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}Z", re.ASCII)
 SESSION_KEY = "booking_reservations"
+ISSUED_KEYS = "booking_form_keys"
 REMEMBERED = 10
+REMEMBERED_KEYS = 20
+SLOT_PASSED_MESSAGE = "This time has already started or can no longer be booked; pick another."
+OUT_OF_RANGE_MESSAGE = "Pick a day within the next two weeks."
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
 
 
@@ -39,12 +46,20 @@ def slot_key(slot: TimeSlot) -> str:
 
 
 def _slot_from_key(room: Room, key: str) -> TimeSlot:
+    if not SLOT_KEY_PATTERN.fullmatch(key):
+        raise Http404
     try:
         starts_at = datetime.strptime(key, SLOT_KEY_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         raise Http404 from None
-    slots = TimeSlot.objects.select_related("room")
-    return get_object_or_404(slots, room=room, starts_at=starts_at)
+    # Within the second: a start with microseconds has the same key.
+    slots = TimeSlot.objects.select_related("room").filter(
+        room=room, starts_at__gte=starts_at, starts_at__lt=starts_at + timedelta(seconds=1)
+    )
+    slot = slots.first()
+    if slot is None:
+        raise Http404
+    return slot
 
 
 def _reservation(token: str) -> Reservation:
@@ -71,9 +86,10 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     try:
         day = date.fromisoformat(request.GET.get("date", "")) if request.GET.get("date") else today
     except ValueError:
-        day = today
+        day = None
     if day not in days:
-        day = today
+        messages.info(request, OUT_OF_RANGE_MESSAGE)
+        return redirect(_room_url(room))
     slots = list(timeslot_list_for_day(room=room, day=day, now=now))
     holders = {
         r.time_slot_id: r for r in Reservation.objects.holding(now).filter(time_slot__in=slots)
@@ -97,6 +113,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
+@require_http_methods(["GET", "POST"])
+@never_cache
 def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
     room = get_object_or_404(room_list_active(), slug=slug)
     slot = _slot_from_key(room, key)
@@ -108,7 +126,7 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
             try:
                 reservation = services.reservation_create(
                     time_slot_id=slot.pk,
-                    request_key=data["request_key"],
+                    request_key=_issued_key(request, data["request_key"]),
                     customer_name=data["customer_name"],
                     customer_email=data["customer_email"],
                     customer_phone=data["customer_phone"],
@@ -118,25 +136,24 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 for field, problems in invalid.fields.items():
                     for problem in problems:
                         form.add_error(field if field in form.fields else None, problem)
-            except (errors.SlotTaken, errors.SlotUnavailable):
-                messages.error(request, SLOT_TAKEN_MESSAGE)
+            except errors.SlotNotFound:
+                raise Http404 from None
+            except errors.SlotUnavailable:
+                messages.error(request, SLOT_PASSED_MESSAGE)
                 return redirect(_room_url(room, local_day))
+            except errors.SlotTaken:
+                return _taken(request, room, slot)
             else:
                 _remember(request, reservation)
                 return redirect("booking:reservation", token=reservation.token)
     else:
-        form = ReserveForm(room=room, initial={"request_key": uuid.uuid4()})
         now = timezone.now()
-        if not TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
-            # Back to the form after booking it: show this browser its own hold.
-            mine = Reservation.objects.holding(now).filter(
-                time_slot=slot, token__in=request.session.get(SESSION_KEY, [])
-            )
-            if (own := mine.first()) is not None:
-                messages.info(request, "You already hold this slot.")
-                return redirect("booking:reservation", token=own.token)
-            messages.error(request, SLOT_TAKEN_MESSAGE)
+        if slot.starts_at <= now:
+            messages.error(request, SLOT_PASSED_MESSAGE)
             return redirect(_room_url(room, local_day))
+        if not TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+            return _taken(request, room, slot)
+        form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
     return render(
         request,
         "booking/reserve.html",
@@ -145,12 +162,40 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
     )
 
 
+def _taken(request: HttpRequest, room: Room, slot: TimeSlot) -> HttpResponse:
+    """The slot is held: by this browser (show its hold), or by someone else (say so)."""
+    mine = Reservation.objects.holding(timezone.now()).filter(
+        time_slot=slot, token__in=request.session.get(SESSION_KEY, [])
+    )
+    if (own := mine.first()) is not None:
+        messages.info(request, "You already hold this slot.")
+        return redirect("booking:reservation", token=own.token)
+    messages.error(request, SLOT_TAKEN_MESSAGE)
+    return redirect(_room_url(room, timezone.localdate(slot.starts_at)))
+
+
+def _issue_key(request: HttpRequest) -> str:
+    """A submission key for a new form, remembered as issued to this browser."""
+    key = str(uuid.uuid4())
+    issued = [key, *request.session.get(ISSUED_KEYS, [])][:REMEMBERED_KEYS]
+    request.session[ISSUED_KEYS] = issued
+    return key
+
+
+def _issued_key(request: HttpRequest, key: str) -> uuid.UUID | None:
+    """The form's key if this browser was given it; otherwise none (a new submission)."""
+    if key not in request.session.get(ISSUED_KEYS, []):
+        return None
+    return uuid.UUID(key)
+
+
 def _remember(request: HttpRequest, reservation: Reservation) -> None:
     """Keep this browser's latest reservations in its session (tokens only)."""
     tokens = [str(reservation.token), *request.session.get(SESSION_KEY, [])]
     request.session[SESSION_KEY] = list(dict.fromkeys(tokens))[:REMEMBERED]
 
 
+@never_cache
 def reservation(request: HttpRequest, token: str) -> HttpResponse:
     reservation = _reservation(token)
     now = timezone.now()
@@ -169,10 +214,16 @@ def reservation(request: HttpRequest, token: str) -> HttpResponse:
             "seconds_left": reservation.seconds_left(now),
             "warn_seconds": 5 * 60,
             "extensions_left": max(0, settings.RESERVATION_MAX_EXTENSIONS - reservation.extensions),
-            "hold_minutes": settings.RESERVATION_HOLD_SECONDS // 60,
+            "hold_length": _duration(settings.RESERVATION_HOLD_SECONDS),
             "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
         },
     )
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{seconds // 60} min"
 
 
 def _act(request: HttpRequest, token: str, change, done: str) -> HttpResponse:

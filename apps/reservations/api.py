@@ -14,7 +14,12 @@ from config.api_errors import ErrorOut
 from . import services
 from .models import Reservation
 from .selectors import reservation_by_token
-from .text import NO_CONTROL_CHARACTERS, has_control_characters
+from .text import (
+    NEEDS_A_LETTER,
+    NO_CONTROL_CHARACTERS,
+    has_a_letter_or_digit,
+    has_control_characters,
+)
 
 router = Router(tags=["reservations"])
 
@@ -27,10 +32,17 @@ def _printable(value: str) -> str:
     return value
 
 
+def _legible(value: str) -> str:
+    if not has_a_letter_or_digit(value):
+        raise ValueError(NEEDS_A_LETTER)
+    return value
+
+
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
     AfterValidator(_printable),
+    AfterValidator(_legible),
 ]
 Email = Annotated[
     str,

@@ -168,8 +168,9 @@ def reservation_create(
     booking.
 
     ``request_key`` makes a submission idempotent: a second call with the
-    same key (a double click, a resubmitted form) returns the reservation the
-    first one made and creates nothing.
+    same key for the same slot (a double click, a resubmitted form) returns
+    the reservation the first one made and creates nothing. Interfaces pass
+    only keys they issued themselves (a key names a reservation).
 
     Raises ``SlotNotFound`` (no such slot), ``SlotUnavailable`` (started, or its
     room is inactive), ``InvalidReservation`` (party size outside the room's
@@ -184,7 +185,7 @@ def reservation_create(
             raise errors.SlotNotFound() from None
         now = now or timezone.now()  # read after the lock: see _now_after_lock
         if request_key is not None:
-            earlier = Reservation.objects.filter(request_key=request_key).first()
+            earlier = Reservation.objects.filter(request_key=request_key, time_slot=slot).first()
             if earlier is not None:
                 return earlier
         room = slot.room
@@ -220,7 +221,9 @@ def reservation_create(
             # The same submission won a race against itself, or a holder
             # appeared: the unique constraints are the last word.
             if request_key is not None:
-                earlier = Reservation.objects.filter(request_key=request_key).first()
+                earlier = Reservation.objects.filter(
+                    request_key=request_key, time_slot=slot
+                ).first()
                 if earlier is not None:
                     return earlier
             raise errors.SlotTaken() from None

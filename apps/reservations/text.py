@@ -2,13 +2,26 @@
 
 import unicodedata
 
-NO_CONTROL_CHARACTERS = "Control characters and text-direction overrides are not allowed."
+NO_CONTROL_CHARACTERS = (
+    "Control characters, invisible formatting and text-direction marks are not allowed."
+)
+NEEDS_A_LETTER = "Enter a name with at least one letter or digit."
 
-# Explicit bidirectional formatting: marks, embeddings, overrides and isolates.
-# They let a name display as something else ("Trojan Source"); no name needs them.
-BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Invisible or layout-changing characters: controls (Cc), format characters
+# such as text-direction marks and overrides (Cf; "Trojan Source"), line and
+# paragraph separators (Zl, Zp), surrogates (Cs) and private use (Co).
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
+# Except the joiners that emoji sequences and some scripts need.
+ALLOWED_FORMAT = frozenset({"\u200c", "\u200d"})
 
 
 def has_control_characters(value: str) -> bool:
-    """True if ``value`` holds a C0/C1 control character or a bidi formatting character."""
-    return any(unicodedata.category(char) == "Cc" or char in BIDI_CONTROLS for char in value)
+    """True if ``value`` holds a character of ``FORBIDDEN_CATEGORIES`` other than a joiner."""
+    return any(
+        unicodedata.category(char) in FORBIDDEN_CATEGORIES and char not in ALLOWED_FORMAT
+        for char in value
+    )
+
+
+def has_a_letter_or_digit(value: str) -> bool:
+    return any(char.isalnum() for char in value)
