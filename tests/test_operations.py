@@ -408,3 +408,19 @@ def test_scheduler_status_warns_when_two_schedulers_run_on_one_store(job_store):
     call_command("scheduler_status", stdout=out)
 
     assert "Warning: 2 schedulers run jobs" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_generate_slots_never_overlaps_existing_slots_after_a_time_zone_change(settings):
+    room = RoomFactory(slug="tomb", duration_minutes=75)
+    args = ["generate_slots", "--room", "tomb", "--from", "2030-06-01", "--to", "2030-06-01"]
+    call_command(*args, "--times", "10:00,12:00", stdout=StringIO())  # UTC
+    settings.TIME_ZONE = "Europe/Berlin"  # 10:00 CEST is 08:00 UTC, 12:00 CEST 10:00 UTC
+    out = StringIO()
+
+    call_command(*args, "--times", "10:00,12:00,15:00", stdout=out)
+
+    starts = sorted(s.starts_at.strftime("%H:%M") for s in TimeSlot.objects.filter(room=room))
+    assert starts == ["08:00", "10:00", "12:00"]  # 15:00 CEST would overlap 12:00 UTC
+    assert "Created 1 slots for" in out.getvalue()
+    assert "1 already existed, 1 skipped as overlapping" in out.getvalue()

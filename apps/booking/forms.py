@@ -2,6 +2,7 @@ from typing import Any
 
 from django import forms
 
+from apps.reservations.services import party_size_problem
 from apps.reservations.text import (
     NEEDS_A_LETTER,
     NO_CONTROL_CHARACTERS,
@@ -29,7 +30,11 @@ class ReserveForm(forms.Form):
     )
     customer_email = forms.EmailField(label="Email", max_length=254)
     customer_phone = forms.CharField(
-        label="Phone (optional)", max_length=32, required=False, validators=[_printable]
+        label="Phone (optional)",
+        max_length=32,
+        required=False,
+        validators=[_printable],
+        widget=forms.TextInput(attrs={"type": "tel"}),
     )
     party_size = forms.IntegerField(label="Players", min_value=1, max_value=100)
     # A key per rendered form: submitting it twice finds the first reservation.
@@ -39,6 +44,7 @@ class ReserveForm(forms.Form):
 
     def __init__(self, *args: Any, room: Room | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.room = room
         if room is not None:
             # A hint for the browser; the service enforces the room's limits.
             size = self.fields["party_size"]
@@ -47,3 +53,10 @@ class ReserveForm(forms.Form):
         self.fields["customer_email"].widget.attrs["autocomplete"] = "email"
         self.fields["customer_name"].widget.attrs["autocomplete"] = "name"
         self.fields["customer_phone"].widget.attrs["autocomplete"] = "tel"
+
+    def clean_party_size(self) -> int:
+        # The service's own rule, asked early so that every error shows at once.
+        size: int = self.cleaned_data["party_size"]
+        if self.room is not None and (problem := party_size_problem(self.room, size)):
+            raise forms.ValidationError(problem)
+        return size

@@ -84,9 +84,11 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     today = timezone.localdate(now)
     days = [today + timedelta(days=offset) for offset in range(DAYS_SHOWN)]
     try:
-        day = date.fromisoformat(request.GET.get("date", "")) if request.GET.get("date") else today
+        day = date.fromisoformat(request.GET["date"]) if "date" in request.GET else None
     except ValueError:
-        day = None
+        day = today - timedelta(days=1)  # not a date: out of range below
+    if day is None:
+        day = _first_day_with_room(room, days, now)
     if day not in days:
         messages.info(request, OUT_OF_RANGE_MESSAGE)
         return redirect(_room_url(room))
@@ -104,13 +106,22 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         elif holder is not None:
             state = "booked"
         else:
-            state = "closed"  # started already
+            state = "started"
         rows.append({"slot": slot, "state": state, "key": slot_key(slot)})
     return render(
         request,
         "booking/room.html",
         {"room": room, "days": days, "day": day, "rows": rows, "now": now},
     )
+
+
+def _first_day_with_room(room: Room, days: list[date], now: datetime) -> date:
+    """The first of ``days`` with a free slot, so that the page opens on something to book."""
+    for day in days:
+        slots = timeslot_list_for_day(room=room, day=day, now=now)
+        if any(slot.available for slot in slots):  # type: ignore[attr-defined]
+            return day
+    return days[0]
 
 
 @require_http_methods(["GET", "POST"])
@@ -168,7 +179,7 @@ def _taken(request: HttpRequest, room: Room, slot: TimeSlot) -> HttpResponse:
         time_slot=slot, token__in=request.session.get(SESSION_KEY, [])
     )
     if (own := mine.first()) is not None:
-        messages.info(request, "You already hold this slot.")
+        messages.info(request, "This slot is already yours.")
         return redirect("booking:reservation", token=own.token)
     messages.error(request, SLOT_TAKEN_MESSAGE)
     return redirect(_room_url(room, timezone.localdate(slot.starts_at)))

@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 from django.utils import timezone
 
-from apps.rooms.models import TimeSlot
+from apps.rooms.models import Room, TimeSlot
 
 from . import errors
 from .models import Reservation, ReservationEvent
@@ -144,6 +144,13 @@ def _release_slot(time_slot_id: int) -> None:
     )
 
 
+def party_size_problem(room: Room, party_size: int) -> str | None:
+    """Why ``party_size`` does not fit ``room`` (its min and max players), or ``None``."""
+    if room.min_players <= party_size <= room.max_players:
+        return None
+    return errors.PARTY_SIZE_OUT_OF_RANGE.format(min=room.min_players, max=room.max_players)
+
+
 def reservation_create(
     *,
     time_slot_id: int,
@@ -191,11 +198,8 @@ def reservation_create(
         room = slot.room
         if slot.starts_at <= now or not room.is_active:
             raise errors.SlotUnavailable()
-        if not room.min_players <= party_size <= room.max_players:
-            message = errors.PARTY_SIZE_OUT_OF_RANGE.format(
-                min=room.min_players, max=room.max_players
-            )
-            raise errors.InvalidReservation(fields={"party_size": [message]})
+        if (problem := party_size_problem(room, party_size)) is not None:
+            raise errors.InvalidReservation(fields={"party_size": [problem]})
 
         for stale in Reservation.objects.due_for_expiry(now).filter(time_slot=slot):
             _expire(stale, now=now, cause=Cause.RECLAIM)

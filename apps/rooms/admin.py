@@ -47,7 +47,8 @@ class RoomAdmin(admin.ModelAdmin):
                 self.message_user(
                     request,
                     f"{room}: created {len(result.created)} time slots, "
-                    f"{result.existing} already existed, {len(result.nonexistent)} skipped "
+                    f"{result.existing} already existed, {result.overlapping} overlapped others, "
+                    f"{len(result.nonexistent)} skipped "
                     "(times the clocks skip).",
                 )
             return None

@@ -12,6 +12,7 @@ from .models import Room, TimeSlot
 class SlotGeneration:
     created: list[TimeSlot]  # or, for a dry run, that would be
     existing: int = 0  # already there, skipped
+    overlapping: int = 0  # would overlap another slot of the room (say, after a TIME_ZONE change)
     nonexistent: list[datetime] = field(default_factory=list)  # local times a DST change skips
 
 
@@ -26,7 +27,8 @@ def timeslots_generate(
     the clocks pass twice (fall back) means its first occurrence. Each slot
     lasts the room's ``duration_minutes`` of real time, computed in UTC. Slots
     that already exist (same room and start) are skipped, so running it twice
-    creates nothing twice.
+    creates nothing twice; one that would overlap another slot of the room is
+    skipped and counted in ``overlapping``.
     """
     tz = timezone.get_default_timezone()
     length = timedelta(minutes=room.duration_minutes)
@@ -46,13 +48,21 @@ def timeslots_generate(
         day += timedelta(days=1)
     if not wanted:
         return result
-    existing = set(
-        TimeSlot.objects.filter(room=room, starts_at__range=(min(wanted), max(wanted))).values_list(
-            "starts_at", flat=True
-        )
+    # One room runs one game at a time: a slot that would overlap another
+    # (not merely repeat it) is skipped too.
+    nearby = list(
+        TimeSlot.objects.filter(
+            room=room, starts_at__lt=max(wanted) + length, ends_at__gt=min(wanted)
+        ).values_list("starts_at", "ends_at")
     )
-    result.created = [slot for at, slot in sorted(wanted.items()) if at not in existing]
-    result.existing = len(wanted) - len(result.created)
+    starts = {start for start, _ in nearby}
+    for begins, slot in sorted(wanted.items()):
+        if begins in starts:
+            result.existing += 1
+        elif any(start < slot.ends_at and begins < end for start, end in nearby):
+            result.overlapping += 1
+        else:
+            result.created.append(slot)
     if not dry_run:
         with transaction.atomic():
             # ignore_conflicts: another run creating the same slots meanwhile.

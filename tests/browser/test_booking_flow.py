@@ -129,7 +129,7 @@ def test_a_double_click_and_a_resubmission_make_one_reservation(page, slot):
     held_at = page.url
     page.go_back()  # back to the form: this browser is shown its own hold
 
-    expect(page.get_by_text("You already hold this slot.")).to_be_visible()
+    expect(page.get_by_text("This slot is already yours.")).to_be_visible()
     assert page.url == held_at
     assert Reservation.objects.count() == 1
     assert TimeSlot.objects.get(pk=slot.pk).status == "reserved"

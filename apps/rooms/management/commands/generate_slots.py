@@ -55,6 +55,6 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"{verb} {len(result.created)} slots for {room.name}; "
-                f"{result.existing} already existed."
+                f"{result.existing} already existed, {result.overlapping} skipped as overlapping."
             )
         )
