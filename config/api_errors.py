@@ -12,7 +12,7 @@ from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.types import DictStrAny
 
-from apps.reservations.errors import ReservationError
+from apps.reservations.errors import ReservationError, TooManyHolds
 
 INVALID_MESSAGE = "Some fields are not valid."
 TOO_LARGE_MESSAGE = "The request body is too large."
@@ -111,6 +111,9 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(ReservationError)
     def refused(request, exc):
-        return error_response(
+        response = error_response(
             api, request, status=exc.status, code=exc.code, message=exc.message, fields=exc.fields
         )
+        if isinstance(exc, TooManyHolds):
+            response["Retry-After"] = str(exc.retry_after)
+        return response

@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
+from apps.payments.models import Payment
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
@@ -97,19 +98,59 @@ def test_extend_hold_moves_expires_at(client, staff):
 def test_a_refused_action_says_why_and_changes_nothing(client, staff):
     paid = reserve()
     act(client, "mark_paid", [paid], apply="1", payment_reference="BANK-1")
+    cancelled = reserve()
+    act(client, "cancel", [cancelled])
+
+    response = act(client, "extend_hold", [paid], apply="1", minutes="10")
+    cancelled_response = act(
+        client, "mark_paid", [cancelled], apply="1", payment_reference="BANK-2"
+    )
+
+    assert messages_of(response) == [f"John Doe ({paid.token}): This reservation is already paid."]
+    assert messages_of(cancelled_response) == [
+        f"John Doe ({cancelled.token}): This reservation is cancelled."
+    ]
+    assert Reservation.objects.get(pk=paid.pk).payment_reference == "BANK-1"
+    cancelled.refresh_from_db()
+    assert (cancelled.status, cancelled.payment_reference) == ("cancelled", "")
+    assert Payment.objects.get(reference="BANK-2").outcome == "refund_due"  # recorded all the same
+
+
+def test_marking_a_lapsed_hold_paid_applies_it_late_while_the_slot_is_free(client, staff):
     lapsed = reserve()
     Reservation.objects.filter(pk=lapsed.pk).update(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
 
-    response = act(client, "extend_hold", [paid], apply="1", minutes="10")
-    lapsed_response = act(client, "mark_paid", [lapsed], apply="1", payment_reference="BANK-2")
+    act(client, "mark_paid", [lapsed], apply="1", payment_reference="BANK-3")
 
-    assert messages_of(response) == [f"John Doe ({paid.token}): This reservation is already paid."]
-    assert "payment hold on this reservation has expired" in messages_of(lapsed_response)[0]
-    assert Reservation.objects.get(pk=paid.pk).payment_reference == "BANK-1"
     lapsed.refresh_from_db()
-    assert (lapsed.status, lapsed.payment_reference) == ("cancelled", "")
+    assert lapsed.status == "paid"
+    assert Payment.objects.get(reference="BANK-3").outcome == "applied_late"
+
+
+def test_staff_see_refunds_due_and_mark_them_refunded(client, staff, db):
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_payment", "change_payment"])
+    )
+    cancelled = reserve()
+    act(client, "cancel", [cancelled])
+    act(client, "mark_paid", [cancelled], apply="1", payment_reference="BANK-9")
+    payment = Payment.objects.get(reference="BANK-9")
+
+    due = client.get("/admin/payments/payment/", {"refund": "due"})
+    assert list(due.context["cl"].result_list) == [payment]
+
+    client.post(
+        "/admin/payments/payment/",
+        {"action": "mark_refunded", ACTION_CHECKBOX_NAME: [payment.pk]},
+    )
+    payment.refresh_from_db()
+    assert payment.refunded_at is not None and payment.refunded_by == staff
+    assert (
+        list(client.get("/admin/payments/payment/", {"refund": "due"}).context["cl"].result_list)
+        == []
+    )
 
 
 def test_the_reservation_page_shows_its_history_read_only(client, staff):

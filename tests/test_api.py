@@ -6,6 +6,7 @@ from uuid import uuid4
 import pytest
 from django.utils import timezone
 
+from apps.payments.models import Payment
 from apps.reservations.models import Reservation
 from apps.rooms.models import TimeSlot
 
@@ -236,17 +237,29 @@ def test_conflicting_actions_are_409_with_a_code(api, first, then, code):
     assert api.get(f"/reservations/{token}/").json() == before
 
 
-def test_paying_after_the_hold_is_409_and_frees_the_slot(api):
+def test_paying_after_the_hold_while_the_slot_is_free_applies_it_late(api):
     slot = TimeSlotFactory()
     token = api.post("/reservations/", booking(slot)).json()["token"]
     Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
 
     response = api.post(f"/reservations/{token}/pay/", {"payment_reference": "PAY-1"})
 
+    assert (response.status_code, response.json()["status"]) == (200, "paid")
+    assert TimeSlot.objects.get(pk=slot.pk).status == "reserved"
+
+
+def test_paying_after_the_hold_when_the_slot_is_gone_is_409_and_a_refund(api):
+    slot = TimeSlotFactory()
+    token = api.post("/reservations/", booking(slot)).json()["token"]
+    Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    api.post("/reservations/", booking(slot, customer_name="Jane Roe"))  # takes the slot over
+
+    response = api.post(f"/reservations/{token}/pay/", {"payment_reference": "PAY-1"})
+
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "hold_expired"
     assert api.get(f"/reservations/{token}/").json()["cancellation_reason"] == "expired"
-    assert TimeSlot.objects.get(pk=slot.pk).status == "active"
+    assert Payment.objects.get(reference="PAY-1").outcome == "refund_due"
 
 
 def test_a_lapsed_hold_reads_as_expired_before_its_job_runs(api):
@@ -284,8 +297,15 @@ def test_the_openapi_document_describes_every_endpoint(api):
         "/api/reservations/{token}/",
         "/api/reservations/{token}/pay/",
         "/api/reservations/{token}/cancel/",
+        "/api/reservations/{token}/checkout/",
     }
-    assert set(paths["/api/reservations/"]["post"]["responses"]) == {"201", "400", "404", "409"}
+    assert set(paths["/api/reservations/"]["post"]["responses"]) == {
+        "201",
+        "400",
+        "404",
+        "409",
+        "429",
+    }
 
 
 @pytest.mark.parametrize(

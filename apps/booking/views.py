@@ -6,6 +6,7 @@ rules (who may book, pay, cancel or keep a slot, and until when) live in
 ``apps.reservations.services``.
 """
 
+import contextlib
 import re
 import secrets
 import uuid
@@ -20,11 +21,13 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from apps.payments.services import payment_confirm, payment_raise_if_refused
 from apps.reservations import errors, services
 from apps.reservations.models import Reservation
 from apps.reservations.selectors import reservation_by_token
 from apps.rooms.models import Room, TimeSlot
 from apps.rooms.selectors import room_list_active, timeslot_list_for_day
+from config.client_address import client_address
 
 from .forms import ReserveForm
 
@@ -142,6 +145,7 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                     customer_email=data["customer_email"],
                     customer_phone=data["customer_phone"],
                     party_size=data["party_size"],
+                    client_address=client_address(request),
                 )
             except errors.InvalidReservation as invalid:
                 for field, problems in invalid.fields.items():
@@ -149,6 +153,16 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                         form.add_error(field if field in form.fields else None, problem)
             except errors.SlotNotFound:
                 raise Http404 from None
+            except errors.TooManyHolds as refused:
+                form.add_error(None, refused.message)
+                response = render(
+                    request,
+                    "booking/reserve.html",
+                    {"room": room, "slot": slot, "form": form, "back": _room_url(room, local_day)},
+                    status=429,
+                )
+                response["Retry-After"] = str(refused.retry_after)
+                return response
             except errors.SlotUnavailable:
                 messages.error(request, SLOT_PASSED_MESSAGE)
                 return redirect(_room_url(room, local_day))
@@ -251,14 +265,24 @@ def _act(request: HttpRequest, token: str, change, done: str) -> HttpResponse:
 
 @require_POST
 def pay(request: HttpRequest, token: str) -> HttpResponse:
-    # Stands in for a payment provider's confirmation: a simulated reference.
-    reference = f"SIM-{secrets.token_hex(6).upper()}"
-    return _act(
-        request,
-        token,
-        lambda r: services.reservation_pay(reservation=r, payment_reference=reference),
-        "",
-    )
+    # Stands in for a payment provider: the customer starts paying (the
+    # payment window), then the provider confirms the price at once.
+    def simulated_payment(reservation: Reservation) -> None:
+        if reservation.status == Reservation.Status.PENDING:
+            # A lapsed hold refuses the checkout; a late payment may still apply.
+            with contextlib.suppress(errors.HoldExpired):
+                services.reservation_checkout(reservation=reservation)
+        room = reservation.time_slot.room
+        confirmation = payment_confirm(
+            reservation_token=str(reservation.token),
+            reference=f"SIM-{secrets.token_hex(6).upper()}",
+            amount=room.price,
+            currency=room.currency,
+            source="customer",
+        )
+        payment_raise_if_refused(confirmation.payment)
+
+    return _act(request, token, simulated_payment, "")
 
 
 @require_POST

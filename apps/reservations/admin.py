@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
+from apps.payments.services import payment_confirm, payment_raise_if_refused
 from config.admin_actions import action_input
 
 from . import services
@@ -127,17 +128,20 @@ class ReservationAdmin(admin.ModelAdmin):
                 self, request, queryset, form, action="mark_paid", title="Mark paid"
             )
         reference = form.cleaned_data["payment_reference"]
-        self._apply(
-            request,
-            queryset,
-            "marked paid",
-            lambda r: services.reservation_pay(
-                reservation=r,
-                payment_reference=reference,
-                cause=services.Cause.STAFF,
+
+        def record_payment(reservation: Reservation) -> None:
+            room = reservation.time_slot.room
+            confirmation = payment_confirm(
+                reservation_token=str(reservation.token),
+                reference=reference,
+                amount=room.price,
+                currency=room.currency,
+                source="staff",
                 actor=request.user,
-            ),
-        )
+            )
+            payment_raise_if_refused(confirmation.payment)
+
+        self._apply(request, queryset, "marked paid", record_payment)
         return None
 
     @admin.action(description="Cancel (staff)", permissions=["change"])

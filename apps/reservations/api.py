@@ -9,7 +9,9 @@ from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
 
+from apps.payments.services import payment_confirm, payment_raise_if_refused
 from config.api_errors import ErrorOut
+from config.client_address import client_address
 
 from . import services
 from .models import Reservation
@@ -139,7 +141,7 @@ def _get(token: str) -> Reservation:
 
 @router.post(
     "/reservations/",
-    response={201: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    response={201: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
     summary="Reserve a time slot and hold it for payment",
 )
 def create_reservation(request, payload: ReservationIn):
@@ -149,6 +151,7 @@ def create_reservation(request, payload: ReservationIn):
         customer_email=payload.customer_email,
         customer_phone=payload.customer_phone,
         party_size=payload.party_size,
+        client_address=client_address(request),
     )
     return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
 
@@ -168,9 +171,32 @@ def get_reservation(request, token: str):
     summary="Confirm payment of a pending reservation",
 )
 def pay_reservation(request, token: str, payload: PayIn):
-    reservation = services.reservation_pay(
-        reservation=_get(token), payment_reference=payload.payment_reference
+    """
+    Stands in for a payment provider's confirmation of the room's price.
+
+    Recorded as a payment like a webhook's: a hold that lapsed is still paid
+    if its slot is free (``applied_late``); otherwise 409 and a refund is due.
+    """
+    reservation = _get(token)
+    room = reservation.time_slot.room
+    confirmation = payment_confirm(
+        reservation_token=str(reservation.token),
+        reference=payload.payment_reference,
+        amount=room.price,
+        currency=room.currency,
+        source="customer",
     )
+    payment_raise_if_refused(confirmation.payment)
+    return reservation_out(_get(token), now=timezone.now())
+
+
+@router.post(
+    "/reservations/{token}/checkout/",
+    response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Start paying: the hold lasts at least PAYMENT_WINDOW_SECONDS more, once",
+)
+def checkout_reservation(request, token: str):
+    reservation = services.reservation_checkout(reservation=_get(token))
     return reservation_out(reservation, now=timezone.now())
 
 

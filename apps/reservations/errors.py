@@ -68,6 +68,28 @@ class HoldNotExtendable(ReservationError):
     default_message = "This hold cannot be extended."
 
 
+class TooManyHolds(ReservationError):
+    code = "too_many_holds"
+    status = 429
+    default_message = "Too many reservations are waiting for payment."
+
+    def __init__(self, message: str | None = None, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AmountMismatch(ReservationError):
+    code = "amount_mismatch"
+    default_message = (
+        "The amount paid does not match the price; the payment will be refunded and the "
+        "reservation is unchanged."
+    )
+
+
+TOO_MANY_HOLDS = (
+    "You already have {limit} reservations waiting for payment: pay or cancel one, "
+    "or wait for a hold to end."
+)
 EXTENSION_LIMIT = "This hold has already been extended {limit} times, the most allowed."
 HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."

@@ -50,6 +50,12 @@ class Reservation(models.Model):
     extensions = models.PositiveSmallIntegerField(
         default=0, help_text="How often the customer kept the slot (extended the hold)."
     )
+    client_address = models.GenericIPAddressField(
+        null=True, blank=True, help_text="Where the reservation came from (hold limits)."
+    )
+    checkout_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the customer started paying (payment window)."
+    )
     request_key = models.UUIDField(
         null=True,
         blank=True,

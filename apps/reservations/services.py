@@ -14,6 +14,7 @@ and is injected by tests.
 """
 
 import enum
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -155,6 +156,7 @@ def reservation_create(
     *,
     time_slot_id: int,
     request_key: uuid.UUID | None = None,
+    client_address: str | None = None,
     customer_name: str,
     customer_email: str,
     customer_phone: str = "",
@@ -200,6 +202,7 @@ def reservation_create(
             raise errors.SlotUnavailable()
         if (problem := party_size_problem(room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
+        holds_limit_check(customer_email=customer_email, client_address=client_address, now=now)
 
         for stale in Reservation.objects.due_for_expiry(now).filter(time_slot=slot):
             _expire(stale, now=now, cause=Cause.RECLAIM)
@@ -212,6 +215,7 @@ def reservation_create(
                 reservation = Reservation.objects.create(
                     time_slot=slot,
                     request_key=request_key,
+                    client_address=client_address,
                     customer_name=customer_name,
                     customer_email=customer_email,
                     customer_phone=customer_phone,
@@ -266,6 +270,106 @@ def reservation_pay(
         )
     if not paid:
         _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="payment")
+    return reservation
+
+
+def reservation_pay_late(
+    *,
+    reservation: Reservation,
+    payment_reference: str,
+    now: datetime | None = None,
+    cause: str = Cause.CUSTOMER,
+    actor: AbstractBaseUser | None = None,
+) -> Reservation:
+    """
+    Pay a reservation whose hold lapsed, if its slot is still free (issue 6).
+
+    The reservation may still be pending past ``expires_at`` or already
+    expired by a job; either way it becomes paid and takes its slot again, in
+    one transaction, and the audit trail says it came late. Raises
+    ``SlotTaken`` when another reservation holds the slot now, and
+    ``ReservationError`` when the reservation's hold has not lapsed or it was
+    cancelled for another reason.
+    """
+    with transaction.atomic():
+        now = _now_after_lock(reservation, now)
+        reservation.refresh_from_db()
+        TimeSlot.objects.select_for_update().filter(pk=reservation.time_slot_id).exists()
+        taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
+        if taken.exclude(pk=reservation.pk).exists():
+            raise errors.SlotTaken()
+        if reservation.status == Status.PENDING and reservation.expires_at <= now:
+            expect: dict[str, Any] = {"status": Status.PENDING, "expires_at__lte": now}
+        elif (
+            reservation.status == Status.CANCELLED
+            and reservation.cancellation_reason == Reason.EXPIRED
+        ):
+            expect = {"status": Status.CANCELLED, "cancellation_reason": Reason.EXPIRED}
+        else:
+            raise errors.ReservationError()
+        try:
+            with transaction.atomic():
+                paid = _transition(
+                    reservation,
+                    expect=expect,
+                    at=now,
+                    cause=cause,
+                    actor=actor,
+                    detail=f"Late payment {payment_reference}: the slot was still free",
+                    status=Status.PAID,
+                    paid_at=now,
+                    payment_reference=payment_reference,
+                    cancelled_at=None,
+                    cancellation_reason="",
+                )
+        except IntegrityError:
+            raise errors.SlotTaken() from None  # a new holder got in first
+        if not paid:
+            raise errors.ReservationError()
+        TimeSlot.objects.filter(pk=reservation.time_slot_id).update(status=TimeSlot.Status.RESERVED)
+    return reservation
+
+
+def reservation_checkout(*, reservation: Reservation, now: datetime | None = None) -> Reservation:
+    """
+    Record that the customer started paying; once, give the payment its window.
+
+    The first call moves ``expires_at`` to the later of its value and
+    ``now + PAYMENT_WINDOW_SECONDS`` (never past the slot's start), so that a
+    slow payment provider does not cut the customer off; the job moves with
+    it. Later calls change nothing. Raises ``HoldExpired``, ``AlreadyPaid`` or
+    ``AlreadyCancelled``.
+    """
+    with transaction.atomic():
+        now = _now_after_lock(reservation, now)
+        reservation.refresh_from_db()
+        already_started = reservation.checkout_started_at is not None
+        if (
+            already_started
+            and reservation.status == Status.PENDING
+            and reservation.expires_at > now
+        ):
+            return reservation  # once per reservation
+        starts_at = TimeSlot.objects.values_list("starts_at", flat=True).get(
+            pk=reservation.time_slot_id
+        )
+        window = now + timedelta(seconds=settings.PAYMENT_WINDOW_SECONDS)
+        started = _transition(
+            reservation,
+            expect={
+                "status": Status.PENDING,
+                "expires_at": reservation.expires_at,
+                "expires_at__gt": now,
+                "checkout_started_at": None,
+            },
+            at=now,
+            cause=Cause.CUSTOMER,
+            detail="Checkout started: payment window",
+            checkout_started_at=now,
+            expires_at=min(max(reservation.expires_at, window), starts_at),
+        )
+    if not started:
+        _refuse_stale(reservation, now=now, cause=Cause.CUSTOMER, action="checkout")
     return reservation
 
 
@@ -416,6 +520,31 @@ def _refuse_stale(
     # Pending and within its hold, yet the update matched nothing: the row
     # changed between the update and this read. Say so rather than guess.
     raise errors.ReservationError()
+
+
+def holds_limit_check(*, customer_email: str, client_address: str | None, now: datetime) -> None:
+    """
+    Refuse a new hold past the limits against hoarding (issue 6).
+
+    At most ``MAX_PENDING_HOLDS_PER_EMAIL`` pending holds per email address
+    (case-insensitive) and ``MAX_PENDING_HOLDS_PER_ADDRESS`` per client
+    address at a time. Raises ``TooManyHolds`` with ``retry_after``: seconds
+    until the earliest of those holds ends.
+    """
+    live = Reservation.objects.filter(status=Status.PENDING, expires_at__gt=now)
+    for holds, limit in (
+        (live.filter(customer_email__iexact=customer_email), settings.MAX_PENDING_HOLDS_PER_EMAIL),
+        (
+            live.filter(client_address=client_address) if client_address else live.none(),
+            settings.MAX_PENDING_HOLDS_PER_ADDRESS,
+        ),
+    ):
+        ends = sorted(holds.values_list("expires_at", flat=True))
+        if len(ends) >= limit:
+            retry_after = max(1, math.ceil((ends[len(ends) - limit] - now).total_seconds()))
+            raise errors.TooManyHolds(
+                errors.TOO_MANY_HOLDS.format(limit=limit), retry_after=retry_after
+            )
 
 
 def _expire(

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "apps.reservations",
     "apps.operations",
     "apps.booking",
+    "apps.payments",
 ]
 
 MIDDLEWARE = [
@@ -104,6 +105,20 @@ STATIC_ROOT = VAR_DIR / "static"
 RESERVATION_HOLD_SECONDS = env.int("RESERVATION_HOLD_SECONDS", default=1800)
 # How often a customer may "keep my slot" (extend the hold by one hold length).
 RESERVATION_MAX_EXTENSIONS = env.int("RESERVATION_MAX_EXTENSIONS", default=2)
+# Against hoarding: pending holds at a time per email address and per client address.
+MAX_PENDING_HOLDS_PER_EMAIL = env.int("MAX_PENDING_HOLDS_PER_EMAIL", default=2)
+MAX_PENDING_HOLDS_PER_ADDRESS = env.int("MAX_PENDING_HOLDS_PER_ADDRESS", default=10)
+# Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated).
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+
+# PAYMENTS
+# ------------------------------------------------------------------------------
+# HMAC-SHA256 key of the payment provider's webhook signatures.
+PAYMENT_WEBHOOK_SECRET = env("PAYMENT_WEBHOOK_SECRET", default="dev-webhook-secret")
+# A signature older or newer than this is refused (replay protection), seconds.
+PAYMENT_WEBHOOK_TOLERANCE_SECONDS = 300
+# Once a customer starts paying, the hold lasts at least this long, seconds.
+PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
 
 # SCHEDULER
 # ------------------------------------------------------------------------------

@@ -29,3 +29,9 @@ LOGGING = {  # noqa: F405
         "apscheduler": {"level": "WARNING", "propagate": True},
     },
 }
+
+# Most tests book many holds for one customer from one address; the hold-limit
+# tests set the real limits themselves.
+MAX_PENDING_HOLDS_PER_EMAIL = 1000
+MAX_PENDING_HOLDS_PER_ADDRESS = 1000
+PAYMENT_WEBHOOK_SECRET = "test-webhook-secret"  # noqa: S105 (tests only)

@@ -1,0 +1,150 @@
+"""
+Payment confirmations: every one recorded with an outcome, none dropped (issue 6).
+
+``payment_confirm`` is the one way money reaches a reservation: the provider's
+webhook, the API's ``pay``, the *Pay* button and the admin's *mark paid* all
+call it. It runs in one transaction with the reservation's row locked, so a
+confirmation racing the expiry job ends as exactly one of:
+
+- ``applied``: the hold was still running; the reservation is paid.
+- ``applied_late``: the hold had lapsed (expired or not yet) but the slot is
+  still free; the reservation takes it again and is paid.
+- ``refund_due``: unknown reservation, wrong amount or currency, already paid,
+  cancelled by the customer or staff, or the slot now belongs to someone else
+  or has started. The reservation is unchanged; staff refund it.
+
+A reference seen before changes nothing and returns the first outcome.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.reservations import errors
+from apps.reservations.models import Reservation, ReservationEvent
+from apps.reservations.selectors import reservation_by_token
+from apps.reservations.services import reservation_pay, reservation_pay_late
+
+from .models import Payment
+
+Outcome = Payment.Outcome
+Reason = Payment.Reason
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    payment: Payment
+    created: bool  # False: a replay of a confirmation already recorded
+
+
+def payment_confirm(
+    *,
+    reservation_token: str,
+    reference: str,
+    amount: Decimal,
+    currency: str,
+    source: str,
+    event_id: str = "",
+    now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
+) -> Confirmation:
+    """
+    Record a payment confirmation and apply it if it can be; never raises for its outcome.
+
+    ``amount`` is a Decimal in ``currency`` (ISO 4217); it must equal the
+    room's price. ``source`` is ``webhook``, ``customer`` or ``staff`` (the
+    audit trail's cause is ``staff`` for staff, ``customer`` otherwise).
+    """
+    earlier = Payment.objects.filter(reference=reference).first()
+    if earlier is not None:
+        return Confirmation(earlier, created=False)
+    try:
+        with transaction.atomic():
+            reservation = reservation_by_token(reservation_token)
+            if reservation is not None:
+                # The row lock orders this against expiry and other payments.
+                Reservation.objects.select_for_update().filter(pk=reservation.pk).exists()
+                reservation.refresh_from_db()
+            now = now or timezone.now()
+            outcome, reason = _apply(reservation, reference, amount, currency, source, now, actor)
+            payment = Payment.objects.create(
+                reference=reference,
+                reservation=reservation,
+                reservation_token=reservation_token[:100],
+                amount=amount,
+                currency=currency.upper(),
+                received_at=now,
+                source=source,
+                event_id=event_id,
+                outcome=outcome,
+                reason=reason,
+            )
+    except IntegrityError:
+        # The same reference recorded meanwhile by a concurrent delivery.
+        return Confirmation(Payment.objects.get(reference=reference), created=False)
+    return Confirmation(payment, created=True)
+
+
+def _apply(
+    reservation: Reservation | None,
+    reference: str,
+    amount: Decimal,
+    currency: str,
+    source: str,
+    now: datetime,
+    actor: AbstractBaseUser | None,
+) -> tuple[str, str]:
+    if reservation is None:
+        return Outcome.REFUND_DUE, Reason.UNKNOWN_RESERVATION
+    room = reservation.time_slot.room
+    if amount != room.price or currency.upper() != room.currency.upper():
+        return Outcome.REFUND_DUE, Reason.AMOUNT_MISMATCH
+    if reservation.status == Reservation.Status.PAID:
+        return Outcome.REFUND_DUE, Reason.ALREADY_PAID
+    lapsed_by_expiry = reservation.cancellation_reason == Reservation.CancellationReason.EXPIRED
+    if reservation.status == Reservation.Status.CANCELLED and not lapsed_by_expiry:
+        return Outcome.REFUND_DUE, Reason.CANCELLED
+    cause = ReservationEvent.Cause.STAFF if source == "staff" else ReservationEvent.Cause.CUSTOMER
+    if reservation.status == Reservation.Status.PENDING and reservation.expires_at > now:
+        reservation_pay(
+            reservation=reservation, payment_reference=reference, now=now, cause=cause, actor=actor
+        )
+        return Outcome.APPLIED, Reason.NONE
+    if reservation.time_slot.starts_at <= now:
+        return Outcome.REFUND_DUE, Reason.SLOT_STARTED
+    try:
+        reservation_pay_late(
+            reservation=reservation, payment_reference=reference, now=now, cause=cause, actor=actor
+        )
+    except errors.SlotTaken:
+        return Outcome.REFUND_DUE, Reason.SLOT_TAKEN
+    return Outcome.APPLIED_LATE, Reason.NONE
+
+
+def payment_raise_if_refused(payment: Payment) -> None:
+    """For interfaces that answer a customer: raise the refusal a ``refund_due`` outcome means."""
+    if payment.outcome != Outcome.REFUND_DUE:
+        return
+    refusal: dict[str, type[errors.ReservationError]] = {
+        Reason.ALREADY_PAID: errors.AlreadyPaid,
+        Reason.CANCELLED: errors.AlreadyCancelled,
+        Reason.AMOUNT_MISMATCH: errors.AmountMismatch,
+    }
+    raise refusal.get(payment.reason, errors.HoldExpired)()
+
+
+def payment_mark_refunded(
+    *, payment: Payment, actor: AbstractBaseUser, now: datetime | None = None
+) -> bool:
+    """Record that staff refunded a ``refund_due`` payment; False if it was not due or done."""
+    updated = Payment.objects.filter(
+        pk=payment.pk, outcome=Outcome.REFUND_DUE, refunded_at__isnull=True
+    ).update(
+        refunded_at=now or timezone.now(), refunded_by=actor if isinstance(actor, User) else None
+    )
+    return bool(updated)
