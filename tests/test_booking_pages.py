@@ -204,3 +204,28 @@ def test_refusals_show_as_messages_and_change_nothing(client, slot):
 
     assert "This reservation is already paid." in response.content.decode()
     assert Reservation.objects.get().status == "paid"
+
+
+def test_the_form_refuses_a_hold_past_the_limit_with_429(client, settings):
+    settings.MAX_PENDING_HOLDS_PER_EMAIL = 1
+    room = RoomFactory(slug="limits", min_players=2, max_players=4)
+    first, second = TimeSlotFactory(room=room), TimeSlotFactory(room=room)
+    client.post(reserve_url(first), booking())
+
+    response = client.post(reserve_url(second), booking())
+
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0
+    assert "reservations waiting for payment" in response.content.decode()
+    assert Reservation.objects.count() == 1
+
+
+def test_the_pay_button_starts_the_payment_window_and_records_the_payment(client, slot, settings):
+    settings.PAYMENT_WINDOW_SECONDS = 300
+    reservation = reserve(slot)
+
+    client.post(f"/reservations/{reservation.token}/pay/")
+
+    reservation.refresh_from_db()
+    assert reservation.status == "paid" and reservation.checkout_started_at is not None
+    assert reservation.payments.get().outcome == "applied"

@@ -7,6 +7,7 @@ DEBUG = False
 # No default: a missing key must stop the process at start, not weaken it.
 SECRET_KEY = env("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
+PAYMENT_WEBHOOK_SECRET = env("PAYMENT_WEBHOOK_SECRET")  # no default: refuse to start
 
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
