@@ -19,6 +19,7 @@ from apps.reservations.models import Reservation, ReservationEvent
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend import scheduler
 
+from .conftest import database_url
 from .factories import ReservationFactory, RoomFactory, reserve
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -93,12 +94,11 @@ def test_reconcile_repairs_a_deleted_job_store(job_store):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_reconcile_script_is_the_same_command(job_store, tmp_path):
-    from django.db import connection
 
     reserve()
     env = {
         "PATH": "/usr/bin:/bin",
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "SCHEDULER_JOBSTORE_URL": job_store.url,
     }
     scheduler.stop_scheduler()
@@ -220,13 +220,13 @@ def test_healthz_is_503_when_the_job_store_is_unreachable(client, settings, tmp_
 
 @pytest.mark.django_db
 def test_healthz_is_503_when_the_database_is_unreachable(client, job_store, monkeypatch):
-    from django.db.backends.sqlite3.base import DatabaseWrapper
+    from django.db import connections
     from django.db.utils import OperationalError
 
     def refuse(self, *args, **kwargs):
-        raise OperationalError("unable to open database file")
+        raise OperationalError("the database is unreachable")
 
-    monkeypatch.setattr(DatabaseWrapper, "create_cursor", refuse)
+    monkeypatch.setattr(type(connections["default"]), "create_cursor", refuse)
 
     response = client.get("/healthz")
 

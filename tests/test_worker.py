@@ -7,13 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
 from apps.reservations.models import Reservation
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 
-from .conftest import wait_for
+from .conftest import database_url, wait_for
 from .factories import TimeSlotFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
@@ -28,7 +27,7 @@ def worker(job_store, tmp_path):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "SCHEDULER_JOBSTORE_URL": job_store.url,
         "SCHEDULER_WORKER_MODE": "true",
         "SCHEDULER_POLL_SECONDS": "0.2",
@@ -90,7 +89,7 @@ def test_a_job_written_by_a_shell_session_is_in_the_store_when_it_exits(job_stor
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
         "SCHEDULER_JOBSTORE_URL": job_store.url,
     }
 

@@ -28,7 +28,7 @@ from django.utils import timezone
 from apps.reservations import errors
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.selectors import reservation_by_token
-from apps.reservations.services import reservation_pay, reservation_pay_late
+from apps.reservations.services import lock_reservation, reservation_pay, reservation_pay_late
 
 from .models import Payment
 
@@ -67,8 +67,8 @@ def payment_confirm(
         with transaction.atomic():
             reservation = reservation_by_token(reservation_token)
             if reservation is not None:
-                # The row lock orders this against expiry and other payments.
-                Reservation.objects.select_for_update().filter(pk=reservation.pk).exists()
+                # Queue behind expiry, other payments and new customers of this slot.
+                lock_reservation(reservation.pk)
                 reservation.refresh_from_db()
             now = now or timezone.now()
             outcome, reason = _apply(reservation, reference, amount, currency, source, now, actor)

@@ -126,16 +126,30 @@ def _record(
     )
 
 
+def lock_reservation(reservation_id: int) -> None:
+    """
+    Lock a reservation's slot row, then its own row, for the rest of the transaction.
+
+    Every change of a reservation takes its locks in this order, slot first, so
+    that two changes of one slot (a payment, the expiry job, a new customer
+    reclaiming a lapsed hold) queue behind each other instead of deadlocking
+    on PostgreSQL. On SQLite the IMMEDIATE transaction already holds the
+    database's one write lock.
+    """
+    slot_id = Reservation.objects.filter(pk=reservation_id).values("time_slot_id")
+    TimeSlot.objects.select_for_update().filter(pk__in=slot_id).exists()
+    Reservation.objects.select_for_update().filter(pk=reservation_id).exists()
+
+
 def _now_after_lock(reservation: Reservation, now: datetime | None) -> datetime:
     """
-    Lock the reservation's row, then read the clock (unless ``now`` was given).
+    Lock the reservation (``lock_reservation``), then read the clock (unless ``now`` was given).
 
     A decision against ``expires_at`` must use the time at which it takes
     effect: a payment that waited for a lock past the end of its hold must
-    not be judged by the time it arrived. On SQLite the IMMEDIATE transaction
-    already holds the write lock; on PostgreSQL this takes the row lock.
+    not be judged by the time it arrived.
     """
-    Reservation.objects.select_for_update().filter(pk=reservation.pk).exists()
+    lock_reservation(reservation.pk)
     return now or timezone.now()
 
 
@@ -294,7 +308,6 @@ def reservation_pay_late(
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
         reservation.refresh_from_db()
-        TimeSlot.objects.select_for_update().filter(pk=reservation.time_slot_id).exists()
         taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
         if taken.exclude(pk=reservation.pk).exists():
             raise errors.SlotTaken()
@@ -590,6 +603,7 @@ def reservation_expire(
     when it does not exist.
     """
     with transaction.atomic():
+        lock_reservation(reservation_id)
         now = now or timezone.now()
         reservation = (
             Reservation.objects.select_related("time_slot__room").filter(pk=reservation_id).first()
