@@ -24,10 +24,12 @@ Nothing here is needed for correctness: a lapsed hold reads as expired and
 can be rebooked before any job runs. The jobs make expiry prompt.
 """
 
+import contextlib
 import copy
 import logging
 import signal
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,12 +39,14 @@ from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING, STATE_STOPPED
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
 from apscheduler.triggers.date import DateTrigger
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 from sqlalchemy.engine import make_url
+
+from .runner import NOTIFY_CHANNEL, Listener, Runner, lock_for
 
 if TYPE_CHECKING:
     from apps.reservations.models import Reservation
@@ -293,8 +297,14 @@ def _prepare_jobstore(options: dict[str, Any]) -> dict[str, Any]:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
         import sqlite3
 
-        with sqlite3.connect(database, timeout=30) as db:
-            db.execute("PRAGMA journal_mode=WAL")  # persists in the file
+        # WAL persists in the file: set it once. Switching needs the file to
+        # itself, so a busy store (another process starting) keeps its mode.
+        with contextlib.closing(sqlite3.connect(database, timeout=30)) as db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError:
+                    logger.warning("Could not switch the job store %s to WAL yet", database)
     engine_options = dict(options.get("engine_options") or {})
     # Short: a job write happens after a customer's commit, inside the
     # request; a store locked for longer is an error, logged, and the sweep
@@ -363,6 +373,7 @@ def schedule_reservation_expiry(reservation: "Reservation") -> bool:
                 coalesce=True,
                 max_instances=1,
             )
+            _notify_runner()
             return True
         except (ConflictingIdError, JobLookupError):
             # replace_existing is an insert, then an update: the runner
@@ -392,6 +403,17 @@ def unschedule_reservation_expiry(reservation_id: int) -> bool:
         logger.exception("Could not remove the expiry job of reservation %s", reservation_id)
         return False
     return True
+
+
+def _notify_runner() -> None:
+    """On PostgreSQL, wake the runner (LISTENing in any process) after a job write."""
+    try:
+        store = _job_store()
+        if store.engine.dialect.name == "postgresql":
+            with store.engine.begin() as db:
+                db.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+    except Exception:
+        logger.warning("Could not notify the runner of a new job; it polls", exc_info=True)
 
 
 def _job_store() -> SQLAlchemyJobStore:
@@ -485,58 +507,52 @@ def start_scheduler(
     blocking: bool = False, config: dict[str, Any] | None = None
 ) -> BackgroundScheduler:
     """
-    Start running jobs in this process and return the scheduler.
+    Offer to run jobs in this process and return the scheduler.
 
     ``config`` replaces ``settings.SCHEDULER_CONFIG`` (the seed's
     ``apscheduler.*`` format) if this process's scheduler has not started yet.
-    Adds the sweep (every ``SCHEDULER_SWEEP_SECONDS``, first run now), a
-    one-off reconcile that gives every pending reservation its job (after a
-    lost or deleted job store), and the poller. With ``blocking=True`` (the
-    dedicated worker) it returns only after SIGINT or SIGTERM, once the
-    scheduler has shut down; call it from the main thread then. Raises what
-    APScheduler raises when the job store cannot be opened, after logging it.
+    The scheduler starts paused and competes for the job store's runner lock
+    (``escape_rooms_backend.runner``): as the runner it resumes, adds the
+    sweep (every ``SCHEDULER_SWEEP_SECONDS``, first run now) and a one-off
+    reconcile; as a standby it stays paused, still writing jobs, and takes
+    over when the runner dies. With ``blocking=True`` (the dedicated worker)
+    it returns only after SIGINT or SIGTERM, once the scheduler has shut down;
+    call it from the main thread then. Raises what APScheduler raises when the
+    job store cannot be opened, after logging it.
     """
     stop = _catch_stop_signals() if blocking else None
-    global _scheduler
+    global _scheduler, _runner, _listener
     with _lock:
         if config is not None and (_scheduler is None or _scheduler.state == STATE_STOPPED):
             _scheduler = _build_scheduler(config)
         scheduler = get_scheduler()
         try:
             if scheduler.state == STATE_STOPPED:
-                scheduler.start()
-            elif scheduler.state == STATE_PAUSED:
-                scheduler.resume()
-            now = timezone.now()
-            scheduler.add_job(
-                SWEEP_JOB_FUNC,
-                trigger="interval",
-                seconds=settings.SCHEDULER_SWEEP_SECONDS,
-                id=SWEEP_JOB_ID,
-                name="Sweep expired reservations",
-                replace_existing=True,
-                next_run_time=now,
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=None,
-            )
-            scheduler.add_job(
-                RECONCILE_JOB_FUNC,
-                trigger=DateTrigger(run_date=now),
-                id=RECONCILE_JOB_ID,
-                name="Reconcile expiry jobs at start",
-                replace_existing=True,
-                misfire_grace_time=None,
-            )
+                _start_paused(scheduler)
+            url = _jobstore_url(scheduler)
+            if _runner is None:
+                _runner = Runner(
+                    lock_for(url),
+                    interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
+                    on_runner=lambda: _become_runner(scheduler),
+                    on_standby=lambda: _become_standby(scheduler),
+                )
+                _runner.start()
+            if _listener is None and make_url(url).get_backend_name() == "postgresql":
+                _listener = Listener(url, scheduler.wakeup)
+                _listener.start()
         except Exception:
             logger.exception("Scheduler failed to start")
             if stop is not None:
                 stop.restore()
             raise
         _start_poller(scheduler, settings.SCHEDULER_POLL_SECONDS)
-    _record_heartbeat(started=True)
+        role = "runner" if _runner.is_runner else "standby"
+    if role == "standby":
+        _record_heartbeat(started=True, role=role)
     logger.info(
-        "Scheduler started: sweep every %ss, looking for new jobs every %ss",
+        "Scheduler started as the %s: sweep every %ss, looking for new jobs every %ss",
+        role,
         settings.SCHEDULER_SWEEP_SECONDS,
         settings.SCHEDULER_POLL_SECONDS,
     )
@@ -547,6 +563,62 @@ def start_scheduler(
         finally:
             stop.restore()
     return scheduler
+
+
+def _start_paused(scheduler: BackgroundScheduler, attempts: int = 5) -> None:
+    # Several workers starting at once all create the store's table; on SQLite
+    # one may find the file locked past the short busy timeout. Try again.
+    for attempt in range(1, attempts + 1):
+        try:
+            scheduler.start(paused=True)
+            return
+        except Exception:
+            if attempt == attempts or scheduler.state != STATE_STOPPED:
+                raise
+            logger.warning("Job store busy at start; trying again (%s/%s)", attempt, attempts)
+            time.sleep(attempt * 0.5)
+
+
+_runner: Runner | None = None
+_listener: Listener | None = None
+
+
+def _jobstore_url(scheduler: BackgroundScheduler) -> str:
+    store = scheduler._lookup_jobstore("default")  # see _job_store()
+    return store.engine.url.render_as_string(hide_password=False)
+
+
+def _become_runner(scheduler: BackgroundScheduler) -> None:
+    """This process took the runner lock: run the jobs, sweep now, reconcile once."""
+    now = timezone.now()
+    scheduler.add_job(
+        SWEEP_JOB_FUNC,
+        trigger="interval",
+        seconds=settings.SCHEDULER_SWEEP_SECONDS,
+        id=SWEEP_JOB_ID,
+        name="Sweep expired reservations",
+        replace_existing=True,
+        next_run_time=now,
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=None,
+    )
+    scheduler.add_job(
+        RECONCILE_JOB_FUNC,
+        trigger=DateTrigger(run_date=now),
+        id=RECONCILE_JOB_ID,
+        name="Reconcile expiry jobs at start",
+        replace_existing=True,
+        misfire_grace_time=None,
+    )
+    scheduler.resume()
+    _record_heartbeat(started=True, role="runner")
+    logger.info("This process is the runner: it runs the expiry jobs")
+
+
+def _become_standby(scheduler: BackgroundScheduler) -> None:
+    scheduler.pause()
+    _record_heartbeat(role="standby")
 
 
 class _StopSignals:
@@ -588,7 +660,8 @@ def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:
     Idempotent. Afterwards ``get_scheduler`` builds a fresh scheduler from the
     settings. Jobs due but not yet run stay in the store for the next start.
     """
-    global _scheduler
+    global _scheduler, _runner, _listener
+    runner = None
     with _lock:
         scheduler = scheduler or _scheduler
         if scheduler is None:
@@ -596,6 +669,12 @@ def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:
         if scheduler is _scheduler:
             _stop_poller()
             _scheduler = None
+            runner, _runner = _runner, None
+            if _listener is not None:
+                _listener.stop()
+                _listener = None
+    if runner is not None:
+        runner.stop_checking()
     # Outside the lock: a running job may itself write a job (and take the lock)
     # while shutdown() waits for it to finish.
     was_running = scheduler.state == STATE_RUNNING
@@ -603,6 +682,9 @@ def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:
         scheduler.shutdown(wait=True)
     except SchedulerNotRunningError:
         return  # already stopped, or another thread stopped it first
-    if was_running:
+    finally:
+        if runner is not None:
+            runner.lock.release()  # after the running jobs finished: a standby takes over
+    if was_running or runner is not None:
         _record_heartbeat(stopped=True)
         logger.info("Scheduler stopped")

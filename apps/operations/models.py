@@ -12,6 +12,9 @@ class SchedulerHeartbeat(models.Model):
 
     hostname = models.CharField(max_length=255)
     pid = models.PositiveIntegerField()
+    role = models.CharField(
+        max_length=10, default="runner", help_text="runner (runs the jobs) or standby"
+    )
     started_at = models.DateTimeField(default=timezone.now)
     beat_at = models.DateTimeField(default=timezone.now)
     stopped_at = models.DateTimeField(null=True, blank=True)

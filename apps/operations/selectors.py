@@ -47,11 +47,11 @@ def latest_heartbeat() -> SchedulerHeartbeat | None:
     return next((beat for beat in candidates[:20] if _alive(beat)), None)
 
 
-def running_schedulers(now: datetime) -> list[SchedulerHeartbeat]:
-    """Every scheduler whose heartbeat is fresh and not stopped: there should be one."""
+def running_schedulers(now: datetime, role: str = "runner") -> list[SchedulerHeartbeat]:
+    """Every scheduler in ``role`` whose heartbeat is fresh and not stopped (one runner)."""
     fresh_since = now - timedelta(seconds=heartbeat_stale_after())
     candidates = SchedulerHeartbeat.objects.filter(
-        stopped_at__isnull=True, beat_at__gte=fresh_since
+        stopped_at__isnull=True, beat_at__gte=fresh_since, role=role
     )
     return [beat for beat in candidates if _alive(beat)]
 

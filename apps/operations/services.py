@@ -22,17 +22,21 @@ def heartbeat_record(
     *,
     started: bool = False,
     stopped: bool = False,
+    role: str | None = None,
     sweep_cancelled: int | None = None,
     now: datetime | None = None,
 ) -> SchedulerHeartbeat:
     """
     Record that this process's scheduler is alive (one row per host and pid).
 
-    ``started`` marks a (re)start, ``stopped`` a clean stop, and
+    ``started`` marks a (re)start, ``stopped`` a clean stop, ``role`` whether
+    it runs the jobs (``runner``) or waits to (``standby``), and
     ``sweep_cancelled`` the result of the sweep that just ran.
     """
     now = now or timezone.now()
     fields: dict = {"beat_at": now}
+    if role is not None:
+        fields["role"] = role
     if started:
         fields |= {"started_at": now, "stopped_at": None}
     if stopped:

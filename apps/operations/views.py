@@ -6,7 +6,7 @@ from django.views.decorators.http import require_GET
 
 from escape_rooms_backend import scheduler
 
-from .selectors import heartbeat_age, heartbeat_stale_after, latest_heartbeat
+from .selectors import heartbeat_age, heartbeat_stale_after, latest_heartbeat, running_schedulers
 
 
 @require_GET
@@ -35,6 +35,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:
         checks["job_store"] = f"error: {type(exc).__name__}"
     age = heartbeat_age(heartbeat, now)
+    try:
+        standbys = [f"{b.hostname}:{b.pid}" for b in running_schedulers(now, role="standby")]
+    except Exception:
+        standbys = []
     fresh = age is not None and age <= heartbeat_stale_after()
     checks["scheduler"] = "ok" if fresh else ("no heartbeat" if age is None else "stale")
     healthy = all(value == "ok" for value in checks.values())
@@ -44,5 +48,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "heartbeat_age_seconds": None if age is None else round(age, 3),
         "heartbeat_stale_after_seconds": heartbeat_stale_after(),
         "runner": None if heartbeat is None else f"{heartbeat.hostname}:{heartbeat.pid}",
+        "standbys": standbys,
     }
     return JsonResponse(body, status=200 if healthy else 503)

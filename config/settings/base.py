@@ -125,15 +125,25 @@ PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
 # The job store keeps one DateTrigger job per pending reservation plus the
 # sweep. The default SQLite file is an absolute path computed from the project,
 # so every process finds the same store whatever its working directory.
-SCHEDULER_JOBSTORE_URL = env(
-    "SCHEDULER_JOBSTORE_URL", default=f"sqlite:///{VAR_DIR / 'jobs.sqlite3'}"
-)
+# On PostgreSQL the default is Django's own database (its own table), so that
+# the runner lock, LISTEN/NOTIFY and the jobs share one server.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    _db = DATABASES["default"]
+    _default_jobstore = (
+        f"postgresql+psycopg://{_db['USER']}:{_db['PASSWORD']}@{_db['HOST'] or 'localhost'}"
+        f":{_db['PORT'] or 5432}/{_db['NAME']}"
+    )
+else:
+    _default_jobstore = f"sqlite:///{VAR_DIR / 'jobs.sqlite3'}"
+SCHEDULER_JOBSTORE_URL = env("SCHEDULER_JOBSTORE_URL", default=_default_jobstore)
 # The safety net: how often the sweep expires holds whose job was missed.
 SCHEDULER_SWEEP_SECONDS = env.int("SCHEDULER_SWEEP_SECONDS", default=600)
 # How often a running scheduler looks for jobs that other processes wrote.
 SCHEDULER_POLL_SECONDS = env.float("SCHEDULER_POLL_SECONDS", default=5.0)
 # True: the web process only writes jobs; `manage.py start_scheduler` runs them.
 SCHEDULER_WORKER_MODE = env.bool("SCHEDULER_WORKER_MODE", default=False)
+# A standby takes over within this many seconds of the runner dying.
+SCHEDULER_FAILOVER_SECONDS = env.float("SCHEDULER_FAILOVER_SECONDS", default=10.0)
 
 SCHEDULER_CONFIG = {
     "apscheduler.jobstores.default": {

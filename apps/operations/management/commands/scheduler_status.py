@@ -85,6 +85,11 @@ class Command(BaseCommand):
             ("Lateness (1 h)", lateness),
         ]:
             self.stdout.write(f"{label + ':':<16}{value}")
+        standbys = running_schedulers(status.now, role="standby")
+        if standbys:
+            self.stdout.write(
+                f"{'Standbys:':<16}" + ", ".join(f"{b.hostname} pid {b.pid}" for b in standbys)
+            )
         runners = running_schedulers(status.now)
         if len(runners) > 1:
             where = ", ".join(f"{b.hostname} pid {b.pid}" for b in runners)
