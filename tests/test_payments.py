@@ -17,6 +17,7 @@ from django.utils import timezone
 from apps.payments.models import Payment
 from apps.payments.services import payment_confirm
 from apps.payments.webhook import sign
+from apps.reservations import errors
 from apps.reservations.models import Reservation
 from apps.reservations.services import (
     reservation_cancel,
@@ -143,14 +144,49 @@ def test_a_reference_seen_before_changes_nothing_and_returns_the_first_outcome()
     again = payment_confirm(
         reservation_token=str(reservation.token),
         reference="PSP-1",
-        amount=Decimal("1.00"),
-        currency="EUR",
+        amount=PRICE,
+        currency="eur",
         source="webhook",
     )
 
     assert again.created is False
     assert again.payment.pk == first.pk and again.payment.outcome == Outcome.APPLIED
     assert Payment.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_reference_reused_for_another_reservation_or_amount_is_a_conflict(client):
+    first, second = reserve(), reserve()
+    confirm(first, reference="PSP-1")
+
+    with pytest.raises(errors.PaymentReferenceConflict):
+        confirm(second, reference="PSP-1")
+    with pytest.raises(errors.PaymentReferenceConflict):
+        confirm(first, reference="PSP-1", amount=Decimal("1.00"))
+    api = client.post(
+        f"/api/reservations/{second.token}/pay/",
+        {"payment_reference": "PSP-1"},
+        content_type="application/json",
+    )
+
+    assert (api.status_code, api.json()["error"]["code"]) == (409, "reference_conflict")
+    assert Reservation.objects.get(pk=second.pk).status == "pending"
+    assert Payment.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_late_payment_reclaims_a_slot_whose_newer_hold_lapsed_too():
+    now = timezone.now()
+    slot = TimeSlotFactory()
+    first = reserve(slot, now=now - timedelta(minutes=5), hold_seconds=60)
+    second = reserve(slot, now=now - timedelta(minutes=3), hold_seconds=60)  # lapsed, no job yet
+
+    payment = confirm(first, now=now)
+
+    assert payment.outcome == Outcome.APPLIED_LATE
+    assert Reservation.objects.get(pk=first.pk).status == "paid"
+    second.refresh_from_db()
+    assert (second.status, second.cancellation_reason) == ("cancelled", "expired")
 
 
 # The webhook ----------------------------------------------------------------
@@ -209,6 +245,24 @@ def test_a_bad_signature_is_400_and_records_nothing(client, signing):
     assert (response.status_code, response.json()["error"]["code"]) == (400, "bad_signature")
     assert not Payment.objects.exists()
     assert Reservation.objects.get(pk=reservation.pk).status == "pending"
+
+
+@pytest.mark.django_db
+def test_signatures_allow_secret_rotation_and_any_hex_case_but_nothing_else(client):
+    reservation = reserve()
+    body = json.dumps(event(reservation)).encode()
+    now = int(time.time())
+    good = sign(body, now, settings.PAYMENT_WEBHOOK_SECRET).split("v1=")[1]
+    old = sign(body, now, "old-secret").split("v1=")[1]
+
+    def post(header):
+        return client.post(
+            "/api/payments/webhook/", body, content_type="application/json", HTTP_X_SIGNATURE=header
+        )
+
+    assert post(f"t={now},v1=é{good[1:]}").status_code == 400  # not hex, not a crash
+    assert post(f"t={now}, v1={old}, v1={good.upper()}").status_code == 200
+    assert Payment.objects.count() == 1
 
 
 @pytest.mark.django_db

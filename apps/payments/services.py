@@ -13,7 +13,9 @@ confirmation racing the expiry job ends as exactly one of:
   cancelled by the customer or staff, or the slot now belongs to someone else
   or has started. The reservation is unchanged; staff refund it.
 
-A reference seen before changes nothing and returns the first outcome.
+A reference seen before changes nothing and returns the first outcome; seen
+before for another reservation or amount, it raises
+``PaymentReferenceConflict`` and records nothing.
 """
 
 from dataclasses import dataclass
@@ -62,7 +64,7 @@ def payment_confirm(
     """
     earlier = Payment.objects.filter(reference=reference).first()
     if earlier is not None:
-        return Confirmation(earlier, created=False)
+        return _replay(earlier, reservation_token, amount, currency)
     try:
         with transaction.atomic():
             reservation = reservation_by_token(reservation_token)
@@ -86,8 +88,23 @@ def payment_confirm(
             )
     except IntegrityError:
         # The same reference recorded meanwhile by a concurrent delivery.
-        return Confirmation(Payment.objects.get(reference=reference), created=False)
+        earlier = Payment.objects.get(reference=reference)
+        return _replay(earlier, reservation_token, amount, currency)
     return Confirmation(payment, created=True)
+
+
+def _replay(
+    earlier: Payment, reservation_token: str, amount: Decimal, currency: str
+) -> Confirmation:
+    """A reference seen before: the same confirmation again, or a conflict, never a new one."""
+    same = (
+        earlier.reservation_token.lower() == reservation_token.lower()
+        and earlier.amount == amount
+        and earlier.currency == currency.upper()
+    )
+    if not same:
+        raise errors.PaymentReferenceConflict()
+    return Confirmation(earlier, created=False)
 
 
 def _apply(

@@ -12,12 +12,14 @@ import hashlib
 import hmac
 import json
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException
 
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+
+from apps.reservations.errors import PaymentReferenceConflict
 
 from .services import payment_confirm
 
@@ -32,16 +34,37 @@ def sign(body: bytes, timestamp: int, secret: str) -> str:
 
 
 def signature_valid(header: str, body: bytes, *, secret: str, now: float) -> bool:
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-        given = parts["v1"]
-    except (KeyError, ValueError):
+    """
+    Check ``t=<unix seconds>,v1=<hex>[,v1=<hex>...]``: any ``v1`` may match.
+
+    More than one ``v1`` lets a provider sign with an old and a new secret
+    while rotating. Hex is compared case-insensitively, in constant time.
+    """
+    timestamps, signatures = [], []
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        if name == "t":
+            timestamps.append(value)
+        elif name == "v1":
+            signatures.append(value.lower())
+    if len(timestamps) != 1 or not timestamps[0].isdigit() or not signatures:
         return False
+    timestamp = int(timestamps[0])
     if abs(now - timestamp) > settings.PAYMENT_WEBHOOK_TOLERANCE_SECONDS:
         return False
     expected = sign(body, timestamp, secret).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, given)
+    return any(given.isascii() and hmac.compare_digest(expected, given) for given in signatures)
+
+
+CENT = Decimal("0.01")
+
+
+def _text(event: dict, key: str, max_length: int) -> str:
+    """A non-empty string field of at most ``max_length`` characters, or ValueError."""
+    value = event[key]
+    if not isinstance(value, str) or not 0 < len(value) <= max_length:
+        raise ValueError(key)
+    return value
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -63,23 +86,31 @@ def payment_webhook(request: HttpRequest) -> JsonResponse:
         event = json.loads(body)
         if event["type"] != "payment.succeeded":
             raise ValueError(event["type"])
+        token, reference, currency, event_id = (
+            _text(event, "reservation", 100),
+            _text(event, "payment_reference", 100),
+            _text(event, "currency", 3),
+            _text(event, "id", 100),
+        )
         amount = Decimal(str(event["amount"]))
-        token = str(event["reservation"])
-        reference = str(event["payment_reference"])[:100]
-        currency = str(event["currency"])[:3]
-        event_id = str(event["id"])[:100]
-        if not reference or not amount.is_finite() or abs(amount) >= 10**8:
-            raise ValueError("empty reference or unusable amount")
-    except (ValueError, KeyError, TypeError, InvalidOperation):
+        # Money: positive, whole cents, and within the database's 10 digits.
+        if not (amount.is_finite() and 0 < amount < 10**8 and amount == amount.quantize(CENT)):
+            raise ValueError("unusable amount")
+        if len(currency) != 3 or not currency.isalpha():
+            raise ValueError("currency is not an ISO 4217 code")
+    except (ValueError, KeyError, TypeError, AttributeError, DecimalException):
         return _error(400, "bad_event", BAD_EVENT)
-    confirmation = payment_confirm(
-        reservation_token=token,
-        reference=reference,
-        amount=amount,
-        currency=currency,
-        source="webhook",
-        event_id=event_id,
-    )
+    try:
+        confirmation = payment_confirm(
+            reservation_token=token,
+            reference=reference,
+            amount=amount,
+            currency=currency,
+            source="webhook",
+            event_id=event_id,
+        )
+    except PaymentReferenceConflict as conflict:
+        return _error(409, conflict.code, conflict.message)
     payment = confirmation.payment
     return JsonResponse(
         {

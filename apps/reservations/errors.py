@@ -86,6 +86,14 @@ class AmountMismatch(ReservationError):
     )
 
 
+class PaymentReferenceConflict(ReservationError):
+    code = "reference_conflict"
+    default_message = (
+        "This payment reference was already used for another reservation or amount; "
+        "nothing was recorded."
+    )
+
+
 TOO_MANY_HOLDS = (
     "You already have {limit} reservations waiting for payment: pay or cancel one, "
     "or wait for a hold to end."

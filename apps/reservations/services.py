@@ -308,6 +308,13 @@ def reservation_pay_late(
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
         reservation.refresh_from_db()
+        # Another hold on the slot that lapsed too (its job not run yet) is
+        # no claim on it: release it first, as a new reservation would.
+        lapsed = Reservation.objects.due_for_expiry(now).filter(
+            time_slot_id=reservation.time_slot_id
+        )
+        for stale in lapsed.exclude(pk=reservation.pk):
+            _expire(stale, now=now, cause=Cause.RECLAIM)
         taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
         if taken.exclude(pk=reservation.pk).exists():
             raise errors.SlotTaken()
