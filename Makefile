@@ -9,8 +9,10 @@ STAMP := $(VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
+# The suite runs again on this PostgreSQL (a test database is created beside it).
+TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/escape_rooms
 
-.PHONY: run test worker install lint clean
+.PHONY: run test test-sqlite test-postgres worker install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +41,18 @@ worker: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py start_scheduler
 
-## Run the whole test suite with branch coverage; the services and the
-## scheduler module must stay at 90 % or more.
-test: $(STAMP) $(CHROMIUM)
-	$(BIN)/python -m pytest
+## Run the whole test suite on SQLite (with branch coverage: the services and
+## the scheduler module must stay at 90 % or more), then on PostgreSQL.
+test: test-sqlite test-postgres
+
+test-sqlite: $(STAMP) $(CHROMIUM)
+	$(BIN)/python -m pytest -m "not postgres"
 	$(BIN)/coverage report --include='apps/*/services.py,escape_rooms_backend/scheduler.py' \
 		--fail-under=90 --skip-covered --precision=1
+
+## The same suite on PostgreSQL (psycopg 3), browser tests aside; TEST_POSTGRES_URL says where.
+test-postgres: $(STAMP)
+	DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest -m "not browser" --no-cov
 
 ## Lint, format check and types.
 lint: $(STAMP)

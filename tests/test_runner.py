@@ -255,3 +255,78 @@ def test_on_postgres_a_job_written_elsewhere_fires_on_time_without_polling(worke
     event = ReservationEvent.objects.get(reservation=reservation, lateness_seconds__isnull=False)
     print(f"\nNOTIFY-woken expiry: {event.lateness_seconds * 1000:.1f} ms after expires_at")
     assert event.lateness_seconds < 1.0
+
+
+@pytest.mark.postgres
+def test_on_postgres_a_hold_made_through_gunicorn_expires_within_a_second(store_url, tmp_path):
+    if connection.vendor != "postgresql":
+        pytest.fail("run with DATABASE_URL=postgres://... (make test-postgres)")
+    import json
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    slot = TimeSlotFactory(room=RoomFactory(max_players=6))
+    log = (tmp_path / "gunicorn.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "config/gunicorn.conf.py",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        cwd=PROJECT_DIR,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.local",
+            "DATABASE_URL": database_url(),
+            "SCHEDULER_JOBSTORE_URL": store_url,
+            "SCHEDULER_POLL_SECONDS": "600",  # NOTIFY, not polling, must wake the runner
+            "RESERVATION_HOLD_SECONDS": "3",
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        logs = lambda: (tmp_path / "gunicorn.log").read_text()  # noqa: E731
+        assert wait_for(lambda: "This process is the runner" in logs(), timeout=30), logs()
+        body = json.dumps(
+            {
+                "slot_id": slot.pk,
+                "customer_name": "Guni Corn",
+                "customer_email": "g@example.com",
+                "party_size": 3,
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/reservations/",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        token = json.loads(urllib.request.urlopen(request, timeout=10).read())["token"]  # noqa: S310
+        reservation = Reservation.objects.get(token=token)
+
+        assert wait_for(
+            lambda: Reservation.objects.get(pk=reservation.pk).status == "cancelled", timeout=8
+        ), logs()
+        event = ReservationEvent.objects.get(
+            reservation=reservation, lateness_seconds__isnull=False
+        )
+        late_ms = event.lateness_seconds * 1000
+        print(f"\ngunicorn (2 workers) on PostgreSQL: released {late_ms:.1f} ms late")
+        assert event.lateness_seconds < 1.0
+        assert logs().count("This process is the runner") == 1
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
