@@ -216,7 +216,7 @@ def test_the_form_refuses_a_hold_past_the_limit_with_429(client, settings):
 
     assert response.status_code == 429
     assert int(response["Retry-After"]) > 0
-    assert "reservations waiting for payment" in response.content.decode()
+    assert "are waiting for" in response.content.decode()
     assert Reservation.objects.count() == 1
 
 

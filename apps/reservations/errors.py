@@ -95,8 +95,8 @@ class PaymentReferenceConflict(ReservationError):
 
 
 TOO_MANY_HOLDS = (
-    "You already have {limit} reservations waiting for payment: pay or cancel one, "
-    "or wait for a hold to end."
+    "Too many reservations ({limit}) from this email address or network are waiting for "
+    "payment: pay or cancel one, or wait for a hold to end."
 )
 EXTENSION_LIMIT = "This hold has already been extended {limit} times, the most allowed."
 HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
