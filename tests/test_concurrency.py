@@ -1,6 +1,7 @@
 """Races on one reservation or one slot end with exactly one consistent winner."""
 
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 
@@ -117,3 +118,71 @@ def test_customers_racing_for_a_lapsed_hold_get_one_reservation():
     statuses = Counter(Reservation.objects.filter(time_slot=slot).values_list("status", flat=True))
     assert statuses == Counter({"cancelled": 1, "pending": 1})
     assert TimeSlot.objects.get(pk=slot.pk).status == TimeSlot.Status.RESERVED
+
+
+def test_two_hundred_pay_versus_expire_races_each_end_one_way():
+    """Paid with its slot reserved, or cancelled with its slot free: never both, never neither."""
+    endings = Counter()
+    for _ in range(200):
+        slot = TimeSlotFactory()
+        reserve(slot.pk)
+        reservation = Reservation.objects.get(time_slot=slot)
+        end = reservation.expires_at
+        copy = Reservation.objects.get(pk=reservation.pk)
+        run_together(
+            lambda copy=copy, end=end: (
+                reservation_pay(
+                    reservation=copy, payment_reference="PAY", now=end - timedelta(milliseconds=1)
+                )
+                and "paid"
+            ),
+            lambda pk=reservation.pk, end=end: (
+                reservation_expire(reservation_id=pk, now=end).outcome.value
+            ),
+        )
+        reservation.refresh_from_db()
+        slot.refresh_from_db()
+        ending = (reservation.status, slot.status)
+        assert ending in {("paid", "reserved"), ("cancelled", "active")}, ending
+        endings[ending[0]] += 1
+    print(f"\n200 pay-versus-expire races: {dict(endings)}")
+
+
+def test_fifty_requests_for_one_slot_over_http_make_one_reservation(live_server):
+    import json
+    import urllib.error
+    import urllib.request
+
+    slot = TimeSlotFactory()
+    body = json.dumps(
+        {
+            "slot_id": slot.pk,
+            "customer_name": "Racer",
+            "customer_email": "r@example.com",
+            "party_size": 3,
+        }
+    ).encode()
+
+    def attempt() -> str:
+        request = urllib.request.Request(  # noqa: S310 (the test server's own http URL)
+            f"{live_server.url}/api/reservations/",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        for _ in range(10):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+                    return str(response.status)
+            except urllib.error.HTTPError as error:
+                return f"{error.code} {json.loads(error.read())['error']['code']}"
+            except (urllib.error.URLError, ConnectionError):
+                # The test server's small listen queue turned the connection
+                # away before any view ran; a client tries again.
+                time.sleep(0.05)
+        return "no connection"
+
+    outcome = run_together(*[attempt for _ in range(50)])
+
+    assert outcome == Counter({"201": 1, "409 slot_taken": 49})
+    assert Reservation.objects.filter(time_slot=slot).count() == 1

@@ -180,8 +180,10 @@ def test_a_standby_takes_over_when_the_runner_is_killed(workers):
     runner = group.runners()[0]
     room = RoomFactory(max_players=6)
     reservations = [
-        reserve(TimeSlotFactory(room=room), hold_seconds=2 + index / 10) for index in range(20)
+        reserve(TimeSlotFactory(room=room), hold_seconds=1 + index / 10) for index in range(30)
     ]
+    # Kill it while holds are falling due: some expired by it, the rest left.
+    assert wait_for(lambda: Reservation.objects.filter(status="cancelled").count() >= 3, timeout=5)
 
     group.processes[runner].kill()  # kill -9: no clean stop, the lock goes with the process
     group.processes[runner].wait()
