@@ -6,6 +6,25 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 
+class ChangedOnlyByActions:
+    """
+    Admin mixin: records are read-only and change only through admin actions.
+
+    The actions call the services, with their rules and audit trail; the
+    change permission is what they need (``permissions=["change"]``), while a
+    record's own page stays a read-only view.
+    """
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return obj is None and super().has_change_permission(request)  # type: ignore[misc]
+
+
 def action_input(
     modeladmin: ModelAdmin,
     request: HttpRequest,

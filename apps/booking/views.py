@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from apps.payments.services import payment_confirm, payment_raise_if_refused
+from apps.payments.services import payment_confirm_price
 from apps.reservations import errors, services
 from apps.reservations.models import Reservation
 from apps.reservations.selectors import reservation_by_token
@@ -272,15 +272,11 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
             # A lapsed hold refuses the checkout; a late payment may still apply.
             with contextlib.suppress(errors.HoldExpired):
                 services.reservation_checkout(reservation=reservation)
-        room = reservation.time_slot.room
-        confirmation = payment_confirm(
-            reservation_token=str(reservation.token),
+        payment_confirm_price(
+            reservation=reservation,
             reference=f"SIM-{secrets.token_hex(6).upper()}",
-            amount=room.price,
-            currency=room.currency,
             source="customer",
         )
-        payment_raise_if_refused(confirmation.payment)
 
     return _act(request, token, simulated_payment, "")
 

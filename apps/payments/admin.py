@@ -1,5 +1,7 @@
 from django.contrib import admin, messages
 
+from config.admin_actions import ChangedOnlyByActions
+
 from .models import Payment
 from .services import payment_mark_refunded
 
@@ -21,7 +23,7 @@ class RefundFilter(admin.SimpleListFilter):
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin):
+class PaymentAdmin(ChangedOnlyByActions, admin.ModelAdmin):
     """Every confirmation received; staff refund those whose outcome is refund_due."""
 
     list_display = [
@@ -40,15 +42,6 @@ class PaymentAdmin(admin.ModelAdmin):
     date_hierarchy = "received_at"
     readonly_fields = [field.name for field in Payment._meta.fields]
     actions = ["mark_refunded"]
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None and super().has_change_permission(request)
 
     @admin.action(description="Mark refunded", permissions=["change"])
     def mark_refunded(self, request, queryset):

@@ -143,6 +143,33 @@ def _apply(
     return Outcome.APPLIED_LATE, Reason.NONE
 
 
+def payment_confirm_price(
+    *,
+    reservation: Reservation,
+    reference: str,
+    source: str,
+    actor: AbstractBaseUser | None = None,
+) -> Payment:
+    """
+    Confirm a payment of the room's price, for interfaces that answer a person.
+
+    The API's ``pay``, the *Pay* button and the admin's *mark paid*: recorded
+    by ``payment_confirm`` like a webhook's, then a ``refund_due`` outcome is
+    raised as its refusal (``payment_raise_if_refused``).
+    """
+    room = reservation.time_slot.room
+    confirmation = payment_confirm(
+        reservation_token=str(reservation.token),
+        reference=reference,
+        amount=room.price,
+        currency=room.currency,
+        source=source,
+        actor=actor,
+    )
+    payment_raise_if_refused(confirmation.payment)
+    return confirmation.payment
+
+
 def payment_raise_if_refused(payment: Payment) -> None:
     """For interfaces that answer a customer: raise the refusal a ``refund_due`` outcome means."""
     if payment.outcome != Outcome.REFUND_DUE:

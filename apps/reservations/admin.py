@@ -4,8 +4,8 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
-from apps.payments.services import payment_confirm, payment_raise_if_refused
-from config.admin_actions import action_input
+from apps.payments.services import payment_confirm_price
+from config.admin_actions import ChangedOnlyByActions, action_input
 
 from . import services
 from .errors import ReservationError
@@ -36,7 +36,7 @@ class ReservationEventInline(admin.TabularInline):
 
 
 @admin.register(Reservation)
-class ReservationAdmin(admin.ModelAdmin):
+class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
     """
     Staff see everything and change reservations only through the actions,
     which call the services: the same rules as the customer's API.
@@ -106,17 +106,6 @@ class ReservationAdmin(admin.ModelAdmin):
             return f"{timeuntil(obj.expires_at, now)} left"
         return f"expired {timesince(obj.expires_at, now)} ago"
 
-    # Every field is read-only and staff change reservations only through
-    # the actions below; the actions need the change permission.
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return obj is None and super().has_change_permission(request)
-
     @admin.action(description="Mark paid…", permissions=["change"])
     def mark_paid(self, request, queryset):
         if queryset.count() != 1:
@@ -129,19 +118,14 @@ class ReservationAdmin(admin.ModelAdmin):
             )
         reference = form.cleaned_data["payment_reference"]
 
-        def record_payment(reservation: Reservation) -> None:
-            room = reservation.time_slot.room
-            confirmation = payment_confirm(
-                reservation_token=str(reservation.token),
-                reference=reference,
-                amount=room.price,
-                currency=room.currency,
-                source="staff",
-                actor=request.user,
-            )
-            payment_raise_if_refused(confirmation.payment)
-
-        self._apply(request, queryset, "marked paid", record_payment)
+        self._apply(
+            request,
+            queryset,
+            "marked paid",
+            lambda r: payment_confirm_price(
+                reservation=r, reference=reference, source="staff", actor=request.user
+            ),
+        )
         return None
 
     @admin.action(description="Cancel (staff)", permissions=["change"])

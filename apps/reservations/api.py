@@ -9,7 +9,7 @@ from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
 
-from apps.payments.services import payment_confirm, payment_raise_if_refused
+from apps.payments.services import payment_confirm_price
 from config.api_errors import ErrorOut
 from config.client_address import client_address
 
@@ -177,16 +177,9 @@ def pay_reservation(request, token: str, payload: PayIn):
     Recorded as a payment like a webhook's: a hold that lapsed is still paid
     if its slot is free (``applied_late``); otherwise 409 and a refund is due.
     """
-    reservation = _get(token)
-    room = reservation.time_slot.room
-    confirmation = payment_confirm(
-        reservation_token=str(reservation.token),
-        reference=payload.payment_reference,
-        amount=room.price,
-        currency=room.currency,
-        source="customer",
+    payment_confirm_price(
+        reservation=_get(token), reference=payload.payment_reference, source="customer"
     )
-    payment_raise_if_refused(confirmation.payment)
     return reservation_out(_get(token), now=timezone.now())
 
 
