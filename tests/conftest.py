@@ -1,10 +1,14 @@
 import sqlite3
+import threading
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from sqlalchemy.engine import make_url
 
+from apps.reservations.errors import ReservationError
 from escape_rooms_backend import scheduler as scheduler_module
 
 from .factories import TimeSlotFactory
@@ -79,3 +83,28 @@ def database_url() -> str:
         return f"sqlite:///{db['NAME']}"
     credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
     return f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def run_together(*actions) -> Counter:
+    """Start every action at the same moment in its own thread; count what each returned."""
+    barrier = threading.Barrier(len(actions))
+    results: list[str] = []
+
+    def run(action):
+        try:
+            barrier.wait()
+            results.append(action())
+        except ReservationError as refused:
+            results.append(refused.code)
+        except Exception as error:  # a thread that failed says how, for the assertion
+            results.append(type(error).__name__)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == len(actions), "a thread died or hung"
+    return Counter(results)

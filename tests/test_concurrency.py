@@ -1,46 +1,21 @@
 """Races on one reservation or one slot end with exactly one consistent winner."""
 
-import threading
 import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 
-from apps.reservations.errors import ReservationError
 from apps.reservations.models import Reservation
 from apps.reservations.services import reservation_create, reservation_expire, reservation_pay
 from apps.rooms.models import TimeSlot
 
+from .conftest import run_together
 from .factories import TimeSlotFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROUNDS = 15
-
-
-def run_together(*actions) -> Counter:
-    """Start every action at the same moment in its own thread; count what each returned."""
-    barrier = threading.Barrier(len(actions))
-    results: list[str] = []
-
-    def run(action):
-        try:
-            barrier.wait()
-            results.append(action())
-        except ReservationError as refused:
-            results.append(refused.code)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(action,)) for action in actions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert len(results) == len(actions), "a thread died or hung"
-    return Counter(results)
 
 
 def reserve(slot_id, name="John Doe", now=None, hold_seconds=60):
