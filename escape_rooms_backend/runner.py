@@ -83,9 +83,10 @@ class AdvisoryLock:
 
     def __init__(self, url: str) -> None:
         self.conninfo = _psycopg_conninfo(url)
+        # Keyed by the database, not by how its URL is spelled (localhost or
+        # 127.0.0.1, with or without options): advisory locks are per server.
         digest = hashlib.blake2b(
-            f"escape-rooms runner {make_url(url).render_as_string(hide_password=True)}".encode(),
-            digest_size=8,
+            f"escape-rooms runner {make_url(url).database}".encode(), digest_size=8
         ).digest()
         self.key = int.from_bytes(digest, "big", signed=True)
         self._conn: Any = None
@@ -166,11 +167,13 @@ class Runner:
         interval: float,
         on_runner: Callable[[], None],
         on_standby: Callable[[], None],
+        on_tick: Callable[[bool], None] = lambda is_runner: None,
     ) -> None:
         self.lock = lock
         self.interval = interval
         self.on_runner = on_runner
         self.on_standby = on_standby
+        self.on_tick = on_tick
         self.is_runner = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -185,6 +188,7 @@ class Runner:
         elif self.lock.try_acquire():
             self.is_runner = True
             self.on_runner()
+        self.on_tick(self.is_runner)
 
     def start(self) -> None:
         self.check()

@@ -180,7 +180,10 @@ def cancel_expired_reservations(now: datetime | None = None) -> int:
             if result.reservation is not None and result.expired:
                 _log_cancelled(result.reservation)
                 cancelled += 1
-        logger.info(SWEEP_SUMMARY_LOG, cancelled)
+        if cancelled:
+            logger.info(SWEEP_SUMMARY_LOG, cancelled)
+        else:  # the expiry jobs got there first
+            logger.debug(SWEEP_NONE_LOG)
         return cancelled
     finally:
         _close_old_connections()
@@ -536,6 +539,7 @@ def start_scheduler(
                     interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
                     on_runner=lambda: _become_runner(scheduler),
                     on_standby=lambda: _become_standby(scheduler),
+                    on_tick=_standby_heartbeat,
                 )
                 _runner.start()
             if _listener is None and make_url(url).get_backend_name() == "postgresql":
@@ -614,6 +618,21 @@ def _become_runner(scheduler: BackgroundScheduler) -> None:
     scheduler.resume()
     _record_heartbeat(started=True, role="runner")
     logger.info("This process is the runner: it runs the expiry jobs")
+
+
+_last_standby_beat = 0.0
+
+
+def _standby_heartbeat(is_runner: bool) -> None:
+    # A standby has no sweep to beat on: beat from the lock checks, about
+    # every quarter of the time after which a heartbeat counts as stale.
+    global _last_standby_beat
+    if is_runner:
+        return
+    every = min(60.0, settings.SCHEDULER_SWEEP_SECONDS / 2)
+    if time.monotonic() - _last_standby_beat >= every:
+        _last_standby_beat = time.monotonic()
+        _record_heartbeat(role="standby")
 
 
 def _become_standby(scheduler: BackgroundScheduler) -> None:

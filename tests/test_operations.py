@@ -424,3 +424,28 @@ def test_generate_slots_never_overlaps_existing_slots_after_a_time_zone_change(s
     assert starts == ["08:00", "10:00", "12:00"]  # 15:00 CEST would overlap 12:00 UTC
     assert "Created 1 slots for" in out.getvalue()
     assert "1 already existed, 1 skipped as overlapping" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_status_and_health_name_the_runner_not_a_newer_standby(client, job_store):
+    import os
+    import socket
+
+    job_store.create()
+    now = timezone.now()
+    host = socket.gethostname()
+    SchedulerHeartbeat.objects.create(hostname=host, pid=os.getpid(), role="runner", beat_at=now)
+    SchedulerHeartbeat.objects.create(
+        hostname=host, pid=os.getppid(), role="standby", beat_at=now + timedelta(seconds=1)
+    )
+    out = StringIO()
+
+    call_command("scheduler_status", stdout=out)
+    health = client.get("/healthz").json()
+
+    assert f"running on {host} pid {os.getpid()}" in out.getvalue()
+    assert f"Standbys:       {host} pid {os.getppid()}" in out.getvalue()
+    assert (health["runner"], health["standbys"]) == (
+        f"{host}:{os.getpid()}",
+        [f"{host}:{os.getppid()}"],
+    )

@@ -332,3 +332,17 @@ def test_on_postgres_a_hold_made_through_gunicorn_expires_within_a_second(store_
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_the_advisory_lock_key_names_the_database_not_the_url_spelling():
+    spellings = [
+        "postgresql+psycopg://postgres@127.0.0.1:5432/venue",
+        "postgresql+psycopg://postgres@localhost/venue?sslmode=prefer",
+        "postgresql+psycopg://other:secret@db.internal:5432/venue",
+    ]
+
+    assert len({AdvisoryLock(url).key for url in spellings}) == 1
+    assert (
+        AdvisoryLock("postgresql+psycopg://postgres@127.0.0.1/other").key
+        != AdvisoryLock(spellings[0]).key
+    )

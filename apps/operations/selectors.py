@@ -37,13 +37,15 @@ def _alive(heartbeat: SchedulerHeartbeat) -> bool:
 
 def latest_heartbeat() -> SchedulerHeartbeat | None:
     """
-    The most recent heartbeat of a scheduler that has not stopped.
+    The most recent heartbeat of the runner (the scheduler that runs the jobs).
 
     Skips processes on this host that no longer exist (a ``runserver`` killed
     without a clean stop), so they do not count as running until their
     heartbeat goes stale.
     """
-    candidates = SchedulerHeartbeat.objects.filter(stopped_at__isnull=True).order_by("-beat_at")
+    candidates = SchedulerHeartbeat.objects.filter(stopped_at__isnull=True, role="runner").order_by(
+        "-beat_at"
+    )
     return next((beat for beat in candidates[:20] if _alive(beat)), None)
 
 

@@ -128,11 +128,18 @@ PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
 # On PostgreSQL the default is Django's own database (its own table), so that
 # the runner lock, LISTEN/NOTIFY and the jobs share one server.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    from sqlalchemy.engine import URL
+
     _db = DATABASES["default"]
-    _default_jobstore = (
-        f"postgresql+psycopg://{_db['USER']}:{_db['PASSWORD']}@{_db['HOST'] or 'localhost'}"
-        f":{_db['PORT'] or 5432}/{_db['NAME']}"
-    )
+    _default_jobstore = URL.create(  # escapes the password; keeps options such as sslmode
+        "postgresql+psycopg",
+        username=_db["USER"] or None,
+        password=_db["PASSWORD"] or None,
+        host=_db["HOST"] or "localhost",
+        port=int(_db["PORT"] or 5432),
+        database=_db["NAME"],
+        query={k: str(v) for k, v in _db.get("OPTIONS", {}).items()},
+    ).render_as_string(hide_password=False)
 else:
     _default_jobstore = f"sqlite:///{VAR_DIR / 'jobs.sqlite3'}"
 SCHEDULER_JOBSTORE_URL = env("SCHEDULER_JOBSTORE_URL", default=_default_jobstore)

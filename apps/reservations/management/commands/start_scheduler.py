@@ -16,8 +16,8 @@ class Command(BaseCommand):
         if not settings.SCHEDULER_WORKER_MODE:
             self.stderr.write(
                 self.style.WARNING(
-                    "SCHEDULER_WORKER_MODE is false: if a web server also runs with its background "
-                    "scheduler on this job store, both will run the same jobs."
+                    "SCHEDULER_WORKER_MODE is false: web servers on this job store compete to run "
+                    "the jobs too (the runner lock admits one); set it to keep them out."
                 )
             )
         self.stdout.write("Scheduler worker running; press Ctrl+C to stop.")
