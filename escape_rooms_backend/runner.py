@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -61,10 +62,20 @@ class FileLock:
             handle.close()
             return False
         self._file = handle
-        return True
+        return self.held()  # the file we locked may have been replaced meanwhile
 
     def held(self) -> bool:
-        return self._file is not None
+        # The lock lives on the file we opened. If that file was deleted (or
+        # replaced), another process can lock a new one: we no longer hold it.
+        if self._file is None:
+            return False
+        try:
+            same = os.fstat(self._file.fileno()).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            same = False
+        if not same:
+            self.release()
+        return same
 
     def release(self) -> None:
         if self._file is not None:
@@ -97,7 +108,19 @@ class AdvisoryLock:
         if self._conn is not None:
             return self.held()
         try:
-            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+            conn = psycopg.connect(
+                self.conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                # Both ends notice a vanished peer in seconds, not the default
+                # two hours: the client pauses, the server frees the lock.
+                keepalives=1,
+                keepalives_idle=5,
+                keepalives_interval=2,
+                keepalives_count=3,
+                options="-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2"
+                " -c tcp_keepalives_count=3",
+            )
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         except psycopg.Error:
             logger.warning("Could not reach PostgreSQL for the runner lock", exc_info=True)
@@ -186,8 +209,16 @@ class Runner:
                 logger.error("Lost the runner lock: this process stops running jobs")
                 self.on_standby()
         elif self.lock.try_acquire():
-            self.is_runner = True
-            self.on_runner()
+            try:
+                self.on_runner()
+            except Exception:
+                # Holding the lock without running jobs would stop expiry for
+                # everyone: give it back, and try again at the next check.
+                logger.exception("Could not start running jobs; giving the runner lock back")
+                self.lock.release()
+                self.on_standby()
+            else:
+                self.is_runner = True
         self.on_tick(self.is_runner)
 
     def start(self) -> None:

@@ -290,10 +290,18 @@ _poller: tuple[threading.Thread, threading.Event] | None = None
 
 
 def _prepare_jobstore(options: dict[str, Any]) -> dict[str, Any]:
-    """Give a SQLite job store its folder, WAL journal and a busy timeout."""
+    """
+    Check a pooled connection before use (a database restart leaves dead ones);
+    give a SQLite job store its folder, WAL journal and a short busy timeout.
+    """
     options = dict(options)
     url = options.get("url")
-    if options.get("type") != "sqlalchemy" or not url or not str(url).startswith("sqlite"):
+    if options.get("type") != "sqlalchemy" or not url:
+        return options
+    engine_options = dict(options.get("engine_options") or {})
+    engine_options.setdefault("pool_pre_ping", True)
+    options["engine_options"] = engine_options
+    if not str(url).startswith("sqlite"):
         return options
     database = make_url(url).database
     if database and database != ":memory:":
@@ -308,12 +316,10 @@ def _prepare_jobstore(options: dict[str, Any]) -> dict[str, Any]:
                     db.execute("PRAGMA journal_mode=WAL")
                 except sqlite3.OperationalError:
                     logger.warning("Could not switch the job store %s to WAL yet", database)
-    engine_options = dict(options.get("engine_options") or {})
     # Short: a job write happens after a customer's commit, inside the
     # request; a store locked for longer is an error, logged, and the sweep
     # or the next reconcile makes up for the missing job.
     engine_options.setdefault("connect_args", {}).setdefault("timeout", JOB_STORE_BUSY_TIMEOUT)
-    options["engine_options"] = engine_options
     return options
 
 
@@ -539,7 +545,7 @@ def start_scheduler(
                     interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
                     on_runner=lambda: _become_runner(scheduler),
                     on_standby=lambda: _become_standby(scheduler),
-                    on_tick=_standby_heartbeat,
+                    on_tick=_tick_heartbeat,
                 )
                 _runner.start()
             if _listener is None and make_url(url).get_backend_name() == "postgresql":
@@ -620,19 +626,18 @@ def _become_runner(scheduler: BackgroundScheduler) -> None:
     logger.info("This process is the runner: it runs the expiry jobs")
 
 
-_last_standby_beat = 0.0
+_last_tick_beat = 0.0
 
 
-def _standby_heartbeat(is_runner: bool) -> None:
-    # A standby has no sweep to beat on: beat from the lock checks, about
-    # every quarter of the time after which a heartbeat counts as stale.
-    global _last_standby_beat
-    if is_runner:
-        return
+def _tick_heartbeat(is_runner: bool) -> None:
+    # Beat from the lock checks too, not only from the sweep: at most every
+    # minute, and at least every half sweep interval, so that a dead runner
+    # and a live standby both show within minutes.
+    global _last_tick_beat
     every = min(60.0, settings.SCHEDULER_SWEEP_SECONDS / 2)
-    if time.monotonic() - _last_standby_beat >= every:
-        _last_standby_beat = time.monotonic()
-        _record_heartbeat(role="standby")
+    if time.monotonic() - _last_tick_beat >= every:
+        _last_tick_beat = time.monotonic()
+        _record_heartbeat(role="runner" if is_runner else "standby")
 
 
 def _become_standby(scheduler: BackgroundScheduler) -> None:

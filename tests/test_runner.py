@@ -346,3 +346,40 @@ def test_the_advisory_lock_key_names_the_database_not_the_url_spelling():
         AdvisoryLock("postgresql+psycopg://postgres@127.0.0.1/other").key
         != AdvisoryLock(spellings[0]).key
     )
+
+
+def test_a_deleted_lock_file_is_a_lost_lock_not_a_second_runner(tmp_path):
+    path = tmp_path / "jobs.runner.lock"
+    first, second = FileLock(path), FileLock(path)
+    assert first.try_acquire() is True
+
+    path.unlink()  # a clean-up script, a deploy
+
+    assert second.try_acquire() is True  # a new file, free
+    assert first.held() is False  # ... so the old holder knows it lost
+
+
+def test_a_runner_that_cannot_start_running_gives_the_lock_back(tmp_path):
+    from escape_rooms_backend.runner import Runner
+
+    lock = FileLock(tmp_path / "jobs.runner.lock")
+    calls = []
+
+    def on_runner():
+        calls.append("runner")
+        if len(calls) == 1:
+            raise RuntimeError("database is locked")
+
+    runner = Runner(
+        lock, interval=60, on_runner=on_runner, on_standby=lambda: calls.append("standby")
+    )
+
+    runner.check()
+    assert (runner.is_runner, lock.held()) == (False, False)
+    other = FileLock(tmp_path / "jobs.runner.lock")
+    assert other.try_acquire() is True  # free for others
+    runner.check()
+    assert runner.is_runner is False  # the other holder keeps it
+    other.release()
+    runner.check()
+    assert (runner.is_runner, calls) == (True, ["runner", "standby", "runner"])
