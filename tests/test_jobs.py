@@ -154,3 +154,84 @@ def test_the_sweep_survives_a_database_error(monkeypatch, caplog):
 def test_expiry_job_ids_follow_the_documented_form():
     assert expiry_job_id(123) == "expire_reservation:123"
     assert scheduler.EXPIRY_JOB_FUNC == "escape_rooms_backend.scheduler:expire_reservation"
+
+
+def test_a_job_write_racing_the_runners_delete_is_tried_once_more(job_store, monkeypatch, caplog):
+    from apscheduler.jobstores.base import ConflictingIdError
+    from apscheduler.schedulers.base import BaseScheduler
+
+    real_add_job = BaseScheduler.add_job
+    attempts = []
+
+    def add_job(self, *args, **kwargs):
+        attempts.append(kwargs["id"])
+        if len(attempts) == 1:
+            raise ConflictingIdError(kwargs["id"])
+        return real_add_job(self, *args, **kwargs)
+
+    monkeypatch.setattr(BaseScheduler, "add_job", add_job)
+    reservation = ReservationFactory.build(pk=77, expires_at=timezone.now() + timedelta(hours=1))
+
+    assert scheduler.schedule_reservation_expiry(reservation) is True
+
+    assert attempts == ["expire_reservation:77"] * 2
+    assert set(job_store.jobs()) == {"expire_reservation:77"}
+    assert "Could not schedule" not in caplog.text
+
+
+def test_a_job_store_that_stays_broken_is_logged_and_reported(job_store, monkeypatch, caplog):
+    from apscheduler.schedulers.base import BaseScheduler
+
+    def add_job(self, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(BaseScheduler, "add_job", add_job)
+    reservation = ReservationFactory.build(pk=78, expires_at=timezone.now() + timedelta(hours=1))
+
+    assert scheduler.schedule_reservation_expiry(reservation) is False
+    assert "Could not schedule the expiry job of reservation 78" in caplog.text
+
+
+def test_a_busy_job_store_at_start_is_tried_again(job_store, monkeypatch, caplog):
+    from escape_rooms_backend.scheduler import _start_paused, get_scheduler
+
+    target = get_scheduler()
+    real_start = type(target).start
+    tries = []
+
+    def start(self, *args, **kwargs):
+        tries.append(1)
+        if len(tries) == 1:
+            raise OperationalError("database is locked")
+        return real_start(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(target), "start", start)
+
+    _start_paused(target)
+
+    assert len(tries) == 2 and target.running
+    assert "Job store busy at start; trying again (1/5)" in caplog.text
+
+
+def test_a_job_that_cannot_be_removed_is_logged_and_reported(job_store, monkeypatch, caplog):
+    from apscheduler.schedulers.base import BaseScheduler
+
+    def remove_job(self, job_id, jobstore=None):
+        raise RuntimeError("store unreachable")
+
+    monkeypatch.setattr(BaseScheduler, "remove_job", remove_job)
+
+    assert scheduler.unschedule_reservation_expiry(79) is False
+    assert "Could not remove the expiry job of reservation 79" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///:memory:", "postgresql+psycopg://u@localhost/db"], ids=["memory", "server"]
+)
+def test_job_stores_without_a_file_still_check_their_connections(url):
+    from escape_rooms_backend.scheduler import _prepare_jobstore
+
+    options = _prepare_jobstore({"type": "sqlalchemy", "url": url})
+
+    assert options["engine_options"]["pool_pre_ping"] is True
+    assert options["url"] == url
