@@ -26,7 +26,7 @@ from apps.reservations import errors, services
 from apps.reservations.models import Reservation
 from apps.reservations.selectors import reservation_by_token
 from apps.rooms.models import Room, TimeSlot
-from apps.rooms.selectors import room_list_active, timeslot_list_for_day
+from apps.rooms.selectors import room_list_active, timeslot_list_for_day, venue_day_bounds
 from config.client_address import client_address
 
 from .forms import ReserveForm
@@ -120,11 +120,16 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _first_day_with_room(room: Room, days: list[date], now: datetime) -> date:
     """The first of ``days`` with a free slot, so that the page opens on something to book."""
-    for day in days:
-        slots = timeslot_list_for_day(room=room, day=day, now=now)
-        if any(slot.available for slot in slots):  # type: ignore[attr-defined]
-            return day
-    return days[0]
+    first, _ = venue_day_bounds(days[0])
+    _, last = venue_day_bounds(days[-1])
+    starts_at = (
+        TimeSlot.objects.with_availability(now)
+        .filter(room=room, available=True, starts_at__gte=first, starts_at__lt=last)
+        .order_by("starts_at")
+        .values_list("starts_at", flat=True)
+        .first()
+    )
+    return days[0] if starts_at is None else timezone.localdate(starts_at)
 
 
 @require_http_methods(["GET", "POST"])
