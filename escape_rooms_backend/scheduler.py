@@ -529,7 +529,9 @@ def start_scheduler(
     call it from the main thread then. Raises what APScheduler raises when the
     job store cannot be opened, after logging it.
     """
-    stop = _catch_stop_signals() if blocking else None
+    # Caught before the scheduler starts, and kept until it has shut down, so
+    # that no signal kills the worker half-way through either.
+    stop = _StopSignals() if blocking else None
     global _scheduler, _runner, _listener
     with _lock:
         if config is not None and (_scheduler is None or _scheduler.state == STATE_STOPPED):
@@ -669,12 +671,6 @@ class _StopSignals:
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def _catch_stop_signals() -> _StopSignals:
-    # Installed before the scheduler starts, and kept until it has shut down,
-    # so that no signal kills the worker half-way through either.
-    return _StopSignals()
 
 
 def stop_scheduler(scheduler: BackgroundScheduler | None = None) -> None:

@@ -264,10 +264,11 @@ def reservation_pay(
     """
     Mark a pending reservation paid, if its hold has not lapsed.
 
-    A payment after ``expires_at`` is refused for now, and the reservation is
-    expired on the spot (issue 2; a later issue decides what becomes of late
-    payments). Raises ``HoldExpired``, ``AlreadyPaid`` or ``AlreadyCancelled``;
-    a refused payment changes nothing but that expiry.
+    The transition behind ``payments.services.payment_confirm``, which every
+    payment goes through; a late payment is its ``reservation_pay_late``.
+    Here a payment after ``expires_at`` is refused and the reservation expired
+    on the spot. Raises ``HoldExpired``, ``AlreadyPaid`` or
+    ``AlreadyCancelled``; a refused payment changes nothing but that expiry.
     """
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
