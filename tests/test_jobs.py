@@ -83,14 +83,16 @@ def test_a_job_that_fires_before_a_moved_hold_reschedules_itself(
 
 
 def test_a_database_error_in_the_job_is_logged_not_raised(monkeypatch, caplog):
-    def broken(**kwargs):
+    def broken(*args, **kwargs):
         raise OperationalError("database went away")
 
-    monkeypatch.setattr(services, "reservation_expire", broken)
+    monkeypatch.setattr(services, "reservations_expire_due", broken)
+    monkeypatch.setattr(type(Reservation.objects.all()), "due_for_expiry", broken)
 
     expire_reservation(41)
 
-    record = next(r for r in caplog.records if r.levelname == "ERROR")
+    record = caplog.records[-1]
+    assert record.levelname == "ERROR"
     assert record.getMessage() == "Failed to expire reservation 41; the next sweep will retry"
     assert record.exc_info is not None
 
@@ -132,12 +134,17 @@ def test_one_failing_reservation_does_not_stop_the_sweep(monkeypatch, caplog):
             raise RuntimeError("row is corrupt")
         return real_expire(reservation_id=reservation_id, **kwargs)
 
+    def expire_due(**kwargs):
+        raise RuntimeError("row is corrupt")
+
+    monkeypatch.setattr(services, "reservations_expire_due", expire_due)
     monkeypatch.setattr(services, "reservation_expire", expire)
 
     assert cancel_expired_reservations() == 2
 
     statuses = dict(Reservation.objects.values_list("pk", "status"))
     assert statuses == {first.pk: "cancelled", broken.pk: "pending", last.pk: "cancelled"}
+    assert "Bulk expiry failed; expiring the lapsed holds one at a time" in caplog.messages
     assert f"Failed to cancel expired reservation {broken.pk}" in caplog.messages
 
 

@@ -27,6 +27,11 @@ class ReservationsConfig(AppConfig):
             sender=Reservation,
             dispatch_uid="reservation_expiry_job_deleted",
         )
+        signals.reservations_expired.connect(
+            signals.reservations_bulk_expired,
+            sender=Reservation,
+            dispatch_uid="reservation_expiry_jobs_bulk_expired",
+        )
 
     def start_background_scheduler(self) -> bool:
         """

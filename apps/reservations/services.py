@@ -31,6 +31,7 @@ from apps.rooms.models import Room, TimeSlot
 
 from . import errors
 from .models import Reservation, ReservationEvent
+from .signals import reservations_expired
 
 Status = Reservation.Status
 Reason = Reservation.CancellationReason
@@ -590,6 +591,91 @@ def _expire(
         return False
     _release_slot(reservation.time_slot_id)
     return True
+
+
+EXPIRE_BATCH_SIZE = 1000  # reservations a bulk expiry changes in one transaction
+
+
+def reservations_expire_due(
+    *,
+    now: datetime | None = None,
+    cause: str = Cause.EXPIRY_JOB,
+    limit: int | None = None,
+) -> list[Reservation]:
+    """
+    Expire the pending reservations whose holds have lapsed, and release their slots.
+
+    The bulk form of ``reservation_expire``, for the expiry job and the sweep
+    (issue 7): at most ``limit`` (default ``EXPIRE_BATCH_SIZE``) reservations,
+    earliest ``expires_at`` first, in one transaction of one conditional
+    UPDATE for the reservations, one for their slots and one INSERT for their
+    events (``cause``, with each one's lateness). 10,000 holds ending in the
+    same second are then ten such transactions, not 10,000. Callers wanting
+    every due hold loop until fewer than ``limit`` come back.
+
+    Locks the due slots, then the due reservations, each in primary-key order:
+    ``lock_reservation``'s order, so that it queues behind a payment or a
+    reservation of the same slot instead of deadlocking with it. ``now`` (aware
+    UTC; default: the clock, read after the locks) decides what is due.
+
+    Returns the reservations it expired, with their slot and room loaded (for
+    the seed's log line); an empty list when none was due. Their expiry jobs
+    are removed after commit by the ``reservations_expired`` receiver.
+    """
+    with transaction.atomic():
+        slot_ids = list(
+            Reservation.objects.due_for_expiry(now or timezone.now())
+            .order_by("expires_at", "pk")
+            .values_list("time_slot_id", flat=True)[: limit or EXPIRE_BATCH_SIZE]
+        )
+        if not slot_ids:
+            return []
+        list(
+            TimeSlot.objects.select_for_update().filter(pk__in=slot_ids).order_by("pk").values("pk")
+        )
+        held = Reservation.objects.select_for_update().filter(
+            time_slot_id__in=slot_ids, status=Status.PENDING
+        )
+        list(held.order_by("pk").values("pk"))
+        at = now or timezone.now()
+        expired = list(
+            Reservation.objects.due_for_expiry(at)
+            .filter(time_slot_id__in=slot_ids)
+            .select_related("time_slot__room")
+            .order_by("expires_at", "pk")
+        )
+        if not expired:
+            return []
+        ids = [reservation.pk for reservation in expired]
+        changes = {
+            "status": Status.CANCELLED,
+            "cancelled_at": at,
+            "cancellation_reason": Reason.EXPIRED,
+        }
+        # The rows are locked and were read under the locks: every one changes.
+        Reservation.objects.filter(pk__in=ids, status=Status.PENDING, expires_at__lte=at).update(
+            **changes
+        )
+        TimeSlot.objects.filter(
+            pk__in=[reservation.time_slot_id for reservation in expired],
+            status=TimeSlot.Status.RESERVED,
+        ).update(status=TimeSlot.Status.ACTIVE)
+        for reservation in expired:
+            for field, value in changes.items():
+                setattr(reservation, field, value)
+        ReservationEvent.objects.bulk_create(
+            ReservationEvent(
+                reservation=reservation,
+                from_status=Status.PENDING,
+                to_status=Status.CANCELLED,
+                at=at,
+                cause=cause,
+                lateness_seconds=(at - reservation.expires_at).total_seconds(),
+            )
+            for reservation in expired
+        )
+        reservations_expired.send(sender=Reservation, reservation_ids=ids)
+    return expired
 
 
 def reservation_expire(

@@ -8,12 +8,18 @@ before the commit would leave an orphan job behind a rolled-back transaction.
 """
 
 from django.db import transaction
+from django.dispatch import Signal
 
 from escape_rooms_backend import scheduler
 
 from .models import Reservation
 
 _JOB_FIELDS = {"status", "expires_at"}
+
+# Sent by the bulk services (``reservations_expire_due``), which change many
+# rows with one UPDATE and so send no ``post_save``: ``reservation_ids``, a
+# list of primary keys, names the reservations that left ``pending``.
+reservations_expired = Signal()
 
 
 def reservation_saved(
@@ -31,3 +37,8 @@ def reservation_saved(
 def reservation_deleted(sender, instance: Reservation, **kwargs):
     reservation_id = instance.pk
     transaction.on_commit(lambda: scheduler.unschedule_reservation_expiry(reservation_id))
+
+
+def reservations_bulk_expired(sender, reservation_ids: list[int], **kwargs):
+    ids = list(reservation_ids)
+    transaction.on_commit(lambda: scheduler.unschedule_reservation_expiries(ids))
