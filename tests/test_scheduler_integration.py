@@ -6,10 +6,12 @@ These tests poll with a deadline; the margins say what a user would call
 """
 
 import logging
+import threading
 import time
 from datetime import timedelta
 
 import pytest
+from apscheduler.events import EVENT_JOB_EXECUTED
 from django.db.models.signals import post_save
 from django.utils import timezone
 from factory.django import mute_signals
@@ -21,6 +23,7 @@ from escape_rooms_backend.scheduler import (
     RECONCILE_JOB_ID,
     SWEEP_JOB_ID,
     expiry_job_id,
+    get_scheduler,
     start_scheduler,
     stop_scheduler,
 )
@@ -100,9 +103,13 @@ def test_holds_that_lapsed_while_no_scheduler_ran_are_cancelled_at_start(job_sto
 
 def test_the_sweep_cancels_a_reservation_that_has_no_job(job_store, settings):
     settings.SCHEDULER_SWEEP_SECONDS = 1
+    reconciled = threading.Event()
+    get_scheduler().add_listener(
+        lambda event: event.job_id == RECONCILE_JOB_ID and reconciled.set(), EVENT_JOB_EXECUTED
+    )
     start_scheduler()
-    # After the start-up reconcile, which would give it a job.
-    assert wait_for(lambda: RECONCILE_JOB_ID not in job_store.jobs(), timeout=3)
+    # After the start-up reconcile has finished: it would give the hold a job.
+    assert reconciled.wait(timeout=3)
     with mute_signals(post_save):  # as if its job had been lost
         lost = ReservationFactory(expires_at=timezone.now() + timedelta(seconds=0.5))
     assert expiry_job_id(lost.pk) not in job_store.jobs()
