@@ -18,6 +18,7 @@ from apps.payments.webhook import sign
 from apps.reservations import errors
 from apps.reservations.models import Reservation
 from apps.reservations.services import (
+    holds_limit_check,
     reservation_cancel,
     reservation_checkout,
     reservation_expire,
@@ -26,7 +27,7 @@ from apps.rooms.models import TimeSlot
 from config.client_address import client_address
 
 from .conftest import run_together
-from .factories import RoomFactory, TimeSlotFactory, reserve
+from .factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
 
 Outcome = Payment.Outcome
 PRICE = Decimal("80.00")
@@ -345,6 +346,19 @@ def book(client, slot, email="john@example.com", **extra):
         "party_size": 3,
     }
     return client.post("/api/reservations/", body, content_type="application/json", **extra)
+
+
+@pytest.mark.django_db
+def test_retry_after_counts_until_enough_holds_have_ended(limits):
+    now = timezone.now()
+    for seconds in (300, 100, 200):  # three holds against a limit of two
+        ReservationFactory(expires_at=now + timedelta(seconds=seconds))
+
+    with pytest.raises(errors.TooManyHolds) as refused:
+        holds_limit_check(customer_email="john@example.com", client_address=None, now=now)
+
+    # Below the limit once two have ended: at 200 s, not at the first (100 s).
+    assert refused.value.retry_after == 200
 
 
 @pytest.mark.django_db

@@ -561,9 +561,13 @@ def holds_limit_check(*, customer_email: str, client_address: str | None, now: d
             settings.MAX_PENDING_HOLDS_PER_ADDRESS,
         ),
     ):
-        ends = sorted(holds.values_list("expires_at", flat=True))
-        if len(ends) >= limit:
-            retry_after = max(1, math.ceil((ends[len(ends) - limit] - now).total_seconds()))
+        held = holds.count()  # a count, not the rows: one address may hold thousands
+        if held >= limit:
+            # Below the limit again once this many have ended.
+            frees_one = holds.order_by("expires_at").values_list("expires_at", flat=True)[
+                held - limit
+            ]
+            retry_after = max(1, math.ceil((frees_one - now).total_seconds()))
             raise errors.TooManyHolds(
                 errors.TOO_MANY_HOLDS.format(limit=limit), retry_after=retry_after
             )
