@@ -33,6 +33,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # ------------------------------------------------------------------------------
 VAR_DIR.mkdir(exist_ok=True)
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+# Keep a connection for a minute rather than open one per request (a new
+# PostgreSQL connection is a new server process: several milliseconds), and
+# check it before reuse so that a database restart costs no failed request.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the scheduler's threads write concurrently: WAL lets
     # readers run beside a writer, IMMEDIATE takes the write lock when a
@@ -151,6 +156,10 @@ SCHEDULER_POLL_SECONDS = env.float("SCHEDULER_POLL_SECONDS", default=5.0)
 SCHEDULER_WORKER_MODE = env.bool("SCHEDULER_WORKER_MODE", default=False)
 # A standby takes over within this many seconds of the runner dying.
 SCHEDULER_FAILOVER_SECONDS = env.float("SCHEDULER_FAILOVER_SECONDS", default=10.0)
+# For the benchmarks only (scripts/bench): false writes no expiry jobs, so that
+# the reserve path can be measured without them and the seed's poll-only
+# design compared. Never in production: holds would then wait for the sweep.
+SCHEDULER_EXPIRY_JOBS = env.bool("SCHEDULER_EXPIRY_JOBS", default=True)
 
 SCHEDULER_CONFIG = {
     "apscheduler.jobstores.default": {
