@@ -242,3 +242,29 @@ def test_job_stores_without_a_file_still_check_their_connections(url):
 
     assert options["engine_options"]["pool_pre_ping"] is True
     assert options["url"] == url
+
+
+@pytest.mark.parametrize(("due_in", "notified"), [(10, True), (60, True), (1800, False)])
+def test_only_jobs_due_before_the_runners_next_look_are_announced(
+    job_store, monkeypatch, due_in, notified
+):
+    calls = []
+    monkeypatch.setattr(scheduler, "_notify_runner", lambda: calls.append(1))
+    reservation = ReservationFactory(expires_at=timezone.now() + timedelta(seconds=due_in))
+
+    assert scheduler.schedule_reservation_expiry(reservation)
+
+    assert bool(calls) is notified
+    assert expiry_job_id(reservation.pk) in job_store.jobs()
+
+
+@pytest.mark.django_db(transaction=True)  # the started scheduler's jobs use the database
+def test_the_runner_looks_for_new_jobs_at_least_every_notify_horizon(settings, monkeypatch):
+    settings.SCHEDULER_POLL_SECONDS = 600
+    intervals = []
+    monkeypatch.setattr(scheduler, "_start_poller", lambda s, interval: intervals.append(interval))
+
+    started = scheduler.start_scheduler()
+
+    assert started.running
+    assert intervals == [scheduler.NOTIFY_HORIZON_SECONDS]
