@@ -12,7 +12,7 @@ PORT ?= 8000
 # The suite runs again on this PostgreSQL (a test database is created beside it).
 TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/escape_rooms
 
-.PHONY: run test test-sqlite test-postgres worker install lint clean
+.PHONY: run test test-sqlite test-postgres worker install lint bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,20 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The benchmarks' extras (Celery, matplotlib, tqdm): never runtime dependencies.
+BENCH_STAMP := $(VENV)/.installed-bench
+WRK := /usr/bin/wrk
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The reserve-path benchmark drives gunicorn with Debian's wrk.
+$(WRK):
+	@echo "Installing Debian's wrk for the reserve-path benchmark (apt-get)..."
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 
 # The browser tests drive Debian's Chromium; never a browser download.
 $(CHROMIUM):
@@ -56,6 +70,15 @@ test-sqlite: $(STAMP) $(CHROMIUM)
 
 test-postgres: $(STAMP)
 	DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest -m "not browser"
+
+## Benchmarks of the expiry on SQLite and PostgreSQL (about 25 minutes):
+## tables in var/bench/results.md, figures in results.json, picture in lateness.png.
+bench: $(BENCH_STAMP) $(WRK)
+	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
+
+## The same at small sizes (about a minute), so that the harness keeps working; run by CI.
+bench-quick: $(BENCH_STAMP) $(WRK)
+	$(BIN)/python scripts/bench/run.py --quick --out var/bench-quick $(BENCH_ARGS)
 
 ## Lint, format check and types.
 lint: $(STAMP)

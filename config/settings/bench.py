@@ -1,0 +1,12 @@
+"""
+Settings for the benchmarks (``scripts/bench``): the base settings with the
+per-customer hold limits lifted, since every benchmark request comes from one
+address. ``scripts/bench/run.py`` sets ``DATABASE_URL`` to a throwaway database.
+"""
+
+from .base import *  # noqa: F403
+
+DEBUG = False
+SECRET_KEY = "bench-only-secret-key"  # noqa: S105 (benchmarks only, never deployed)
+MAX_PENDING_HOLDS_PER_EMAIL = 10**9
+MAX_PENDING_HOLDS_PER_ADDRESS = 10**9

@@ -1,0 +1,333 @@
+"""
+What the benchmark phases share: sizes, processes, data set-up and statistics.
+
+Imported by ``scripts/bench/driver.py`` after ``django.setup()``, in a process
+whose ``DATABASE_URL`` is a throwaway database.
+"""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+from sqlalchemy import create_engine, text
+from tqdm import tqdm
+
+from apps.operations.models import SchedulerHeartbeat
+from apps.payments.models import Payment
+from apps.reservations.models import Reservation, ReservationEvent
+from apps.rooms.models import Room, TimeSlot
+from escape_rooms_backend import scheduler
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each phase is: the issue's sizes, or a few seconds' worth (``--quick``)."""
+
+    lateness_holds: int = 1000
+    lateness_spread: float = 30.0  # seconds over which the holds end
+    lateness_lead: float = 10.0  # seconds from the first hold's creation to its end
+    poll_seconds: float = 60.0  # the seed's sweep interval
+    worker_poll_seconds: float = 5.0  # how often our worker looks for new jobs (the default)
+    settle_seconds: float = 3.0  # for a started worker's start-up sweep and reconcile
+    reserve_seconds: float = 20.0
+    reserve_clients: int = 8
+    burst_holds: int = 10_000
+    catchup_holds: int = 10_000
+    scale_pending: int = 100_000
+    scale_history: int = 1_000_000
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    lateness_holds=40,
+    lateness_spread=1.0,
+    lateness_lead=1.5,
+    poll_seconds=2.0,
+    worker_poll_seconds=0.5,
+    settle_seconds=1.0,
+    reserve_seconds=1.0,
+    burst_holds=300,
+    catchup_holds=300,
+    scale_pending=2_000,
+    scale_history=20_000,
+)
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (stdout carries the results)."""
+    print(f"    {message}", file=sys.stderr, flush=True)
+
+
+def bar(total: int, what: str) -> tqdm:
+    return tqdm(
+        total=total, desc=f"    {what}", file=sys.stderr, leave=False, mininterval=1, disable=None
+    )
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+
+class Process:
+    """A child process (worker, web server, Celery) with its output in a log file."""
+
+    def __init__(self, name: str, command: Sequence[str], **env: str) -> None:
+        self.name = name
+        self.log = Path(os.environ["BENCH_LOG_DIR"]) / f"{name}.log"
+        self.started = time.monotonic()
+        with self.log.open("wb") as log:
+            self.popen = subprocess.Popen(  # noqa: S603 (our own programs)
+                list(command),
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_for_line(self, needle: str, timeout: float = 60) -> float:
+        """Seconds from start until ``needle`` appeared in the output; raises on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log.read_text(errors="replace"):
+                return time.monotonic() - self.started
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}); see {self.log}")
+            time.sleep(0.005)
+        raise TimeoutError(f"{self.name}: no {needle!r} within {timeout} s; see {self.log}")
+
+    def memory_mib(self) -> dict[str, float]:
+        """Resident set size now and at its peak (``VmRSS``, ``VmHWM``), in MiB."""
+        fields = {}
+        for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) / 1024
+        return {"rss_mib": fields["VmRSS"], "peak_rss_mib": fields["VmHWM"]}
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def manage(*args: str) -> list[str]:
+    return [PYTHON, str(ROOT / "manage.py"), *args]
+
+
+RUNNER_LINE = "This process is the runner"
+
+
+def start_worker(name: str, **env: str) -> Process:
+    """``manage.py start_scheduler`` as the runner; returns once it runs jobs."""
+    worker = Process(name, manage("start_scheduler"), SCHEDULER_WORKER_MODE="true", **env)
+    worker.wait_for_line(RUNNER_LINE)
+    return worker
+
+
+def wait_until(
+    condition: Callable[[], int], *, what: str, timeout: float, interval: float = 0.01
+) -> float | None:
+    """
+    Poll ``condition`` (a count of what is left) until it returns 0.
+
+    Returns the ``time.time()`` at which it first read 0, or ``None`` after
+    ``timeout`` seconds. Shows the count left as it goes.
+    """
+    deadline = time.monotonic() + timeout
+    last_said = 0.0
+    while time.monotonic() < deadline:
+        left = condition()
+        if not left:
+            return time.time()
+        if time.monotonic() - last_said > 2:
+            say(f"{what}: {left:,} left")
+            last_said = time.monotonic()
+        time.sleep(interval)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------
+
+
+def reset() -> None:
+    """Empty every table the phases fill, and the job store."""
+    scheduler.stop_scheduler()
+    tables = [
+        model._meta.db_table
+        for model in (ReservationEvent, Payment, Reservation, TimeSlot, Room, SchedulerHeartbeat)
+    ]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        else:
+            for table in tables:
+                cursor.execute(f"DELETE FROM {table}")  # noqa: S608 (our table names)
+    engine = create_engine(settings.SCHEDULER_JOBSTORE_URL)
+    with engine.begin() as db:
+        db.execute(text("DROP TABLE IF EXISTS apscheduler_jobs"))
+    engine.dispose()
+
+
+def make_slots(
+    count: int, *, start: datetime | None = None, step: timedelta = timedelta(hours=1)
+) -> list[int]:
+    """``count`` bookable one-hour slots in one room, from ``start`` (default: tomorrow)."""
+    room = Room.objects.create(
+        name=f"Bench room {Room.objects.count() + 1}",
+        slug=f"bench-{Room.objects.count() + 1}",
+        duration_minutes=60,
+        min_players=2,
+        max_players=6,
+        price=Decimal("80.00"),
+        currency="EUR",
+    )
+    first = (start or timezone.now() + timedelta(days=1)).replace(second=0, microsecond=0)
+    ids: list[int] = []
+    for chunk in chunks(range(count), 5000):
+        slots = TimeSlot.objects.bulk_create(
+            TimeSlot(room=room, starts_at=first + i * step, ends_at=first + i * step + step)
+            for i in chunk
+        )
+        ids += [slot.pk for slot in slots]
+    return ids
+
+
+def hold_slots(slot_ids: Sequence[int], expires_at: Callable[[int], datetime]) -> list[Reservation]:
+    """
+    Pending reservations on ``slot_ids``, written in bulk (a set-up shortcut;
+    the reservations the lateness phase measures go through the service).
+    """
+    made: list[Reservation] = []
+    for chunk in chunks(range(len(slot_ids)), 5000):
+        made += Reservation.objects.bulk_create(
+            Reservation(
+                time_slot_id=slot_ids[i],
+                customer_name="Bench Customer",
+                customer_email=f"bench{i}@example.com",
+                party_size=3,
+                expires_at=expires_at(i),
+            )
+            for i in chunk
+        )
+        TimeSlot.objects.filter(pk__in=[slot_ids[i] for i in chunk]).update(
+            status=TimeSlot.Status.RESERVED
+        )
+    return made
+
+
+def load_expiry_jobs(reservations: Sequence[Reservation]) -> None:
+    """
+    Write the reservations' expiry jobs straight into the job store, in
+    APScheduler's own row format and in one transaction: 100,000 ``add_job``
+    calls would take minutes. The rows are what ``schedule_reservation_expiry``
+    writes, built from one job it wrote.
+    """
+    if not reservations:
+        return
+    template = reservations[0]
+    scheduler.schedule_reservation_expiry(template)
+    store = scheduler._job_store()
+    state = store.lookup_job(scheduler.expiry_job_id(template.pk)).__getstate__()
+    rows = []
+    for reservation in reservations[1:]:
+        job_state = {
+            **state,
+            "id": scheduler.expiry_job_id(reservation.pk),
+            "name": f"Expire reservation {reservation.pk}",
+            "args": (reservation.pk,),
+            "trigger": type(state["trigger"])(run_date=reservation.expires_at),
+            "next_run_time": reservation.expires_at,
+        }
+        rows.append(
+            {
+                "id": job_state["id"],
+                "next_run_time": reservation.expires_at.timestamp(),
+                "job_state": pickle.dumps(job_state, store.pickle_protocol),
+            }
+        )
+    with store.engine.begin() as db:
+        for chunk in chunks(rows, 5000):
+            db.execute(store.jobs_t.insert(), list(chunk))
+
+
+def stored_expiry_job_count() -> int:
+    return len(scheduler.stored_expiry_jobs(missing_ok=True))
+
+
+def held_count(slot_ids: Sequence[int]) -> int:
+    """How many of ``slot_ids`` (a contiguous range) are still reserved."""
+    return TimeSlot.objects.filter(
+        pk__gte=slot_ids[0], pk__lte=slot_ids[-1], status=TimeSlot.Status.RESERVED
+    ).count()
+
+
+def expiry_lateness(reservation_ids: Iterable[int] | None = None) -> list[float]:
+    """
+    Seconds from ``expires_at`` to each expiry: the clock read in the
+    transaction that freed the slot, after its locks (``lateness_seconds``).
+    """
+    events = ReservationEvent.objects.filter(to_status=Reservation.Status.CANCELLED)
+    if reservation_ids is not None:
+        events = events.filter(reservation_id__in=list(reservation_ids))
+    return [
+        value for value in events.values_list("lateness_seconds", flat=True) if value is not None
+    ]
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------
+
+
+def distribution(seconds: Sequence[float]) -> dict[str, float | int]:
+    """Count, p50, p95, p99 and max of ``seconds``, in milliseconds."""
+    if not seconds:
+        return {"n": 0}
+    values = np.asarray(seconds) * 1000
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "n": len(values),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "max_ms": float(values.max()),
+    }
+
+
+def timed(function: Callable[[], Any], runs: int) -> dict[str, float]:
+    """Run ``function`` ``runs`` times after one warm-up; median and max in ms."""
+    function()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        function()
+        times.append((time.perf_counter() - started) * 1000)
+    return {"median_ms": float(np.median(times)), "max_ms": float(max(times)), "runs": runs}

@@ -1,0 +1,445 @@
+"""
+The five benchmark phases of issue 7. Each takes the ``Sizes`` and returns a
+JSON-ready dict; times are in milliseconds unless a key says otherwise.
+"""
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apps.reservations.models import Reservation
+from apps.reservations.services import reservation_create
+from apps.rooms.models import TimeSlot
+from apps.rooms.selectors import timeslot_list_for_day
+from escape_rooms_backend import scheduler
+
+from .common import (
+    PYTHON,
+    ROOT,
+    RUNNER_LINE,
+    Process,
+    Sizes,
+    bar,
+    distribution,
+    expiry_lateness,
+    held_count,
+    hold_slots,
+    load_expiry_jobs,
+    make_slots,
+    manage,
+    reset,
+    say,
+    start_worker,
+    stored_expiry_job_count,
+    timed,
+    wait_until,
+)
+
+# ---------------------------------------------------------------------------
+# 1. Expiry lateness: ours, the seed's 60-second poll, Celery ETA
+# ---------------------------------------------------------------------------
+
+
+def lateness(sizes: Sizes) -> dict[str, Any]:
+    """
+    The same holds (ending spread over ``lateness_spread`` seconds, created in
+    the order they end) under each design; per hold, the time from
+    ``expires_at`` to the transaction that freed its slot.
+    """
+    rng = random.Random(7)  # noqa: S311 (a benchmark's spread, not a secret)
+    offsets = sorted(rng.uniform(0, sizes.lateness_spread) for _ in range(sizes.lateness_holds))
+    results: dict[str, Any] = {"holds": len(offsets), "spread_s": sizes.lateness_spread}
+    designs = ["ours", "poll"] + (["celery"] if os.environ.get("BENCH_CELERY") != "0" else [])
+    for design in designs:
+        say(f"lateness: {design}")
+        reset()
+        slot_ids = make_slots(len(offsets))
+        runner = _start_design(design, sizes)
+        try:
+            settings.SCHEDULER_EXPIRY_JOBS = design == "ours"
+            first_end = timezone.now() + timedelta(seconds=sizes.lateness_lead)
+            reserved = _reserve_for_lateness(
+                slot_ids, offsets, first_end, celery=design == "celery"
+            )
+            last_end = first_end + timedelta(seconds=sizes.lateness_spread)
+            timeout = (last_end - timezone.now()).total_seconds() + sizes.poll_seconds + 60
+            pending = Reservation.objects.filter(status=Reservation.Status.PENDING)
+            if wait_until(pending.count, what=f"{design}: holds pending", timeout=timeout) is None:
+                raise RuntimeError(f"{design}: holds still pending after {timeout:.0f} s")
+        finally:
+            runner.stop()
+            settings.SCHEDULER_EXPIRY_JOBS = True
+        seconds = expiry_lateness(reserved)
+        results[design] = {**distribution(seconds), "lateness_s": seconds}
+    ours_p50 = results["ours"]["p50_ms"]
+    for design in designs[1:]:
+        results[design]["p50_ratio_to_ours"] = results[design]["p50_ms"] / ours_p50
+        results[design]["p99_ratio_to_ours"] = results[design]["p99_ms"] / results["ours"]["p99_ms"]
+    results["poll"]["interval_s"] = sizes.poll_seconds
+    return results
+
+
+def _start_design(design: str, sizes: Sizes) -> Process:
+    if design == "ours":
+        return start_worker("lateness-ours", SCHEDULER_POLL_SECONDS=str(sizes.worker_poll_seconds))
+    if design == "poll":
+        # The seed's design: no job per reservation, a sweep every minute.
+        return start_worker(
+            "lateness-poll",
+            SCHEDULER_EXPIRY_JOBS="false",
+            SCHEDULER_SWEEP_SECONDS=str(int(sizes.poll_seconds)),
+        )
+    from .celery_app import app
+
+    app.control.purge()
+    worker = Process(
+        "lateness-celery",
+        [
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "scripts.bench.celery_app",
+            "worker",
+            "-P",
+            "threads",
+            "-c",
+            "4",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "INFO",
+        ],
+    )
+    worker.wait_for_line("ready.")
+    return worker
+
+
+def _reserve_for_lateness(slot_ids, offsets, first_end, *, celery: bool) -> list[int]:
+    from .celery_app import expire_reservation
+
+    made = []
+    with bar(len(offsets), "reserving") as progress:
+        for slot_id, offset in zip(slot_ids, offsets, strict=True):
+            ends = first_end + timedelta(seconds=offset)
+            reservation = reservation_create(
+                time_slot_id=slot_id,
+                customer_name="Bench Customer",
+                customer_email=f"bench{slot_id}@example.com",
+                party_size=3,
+                hold_seconds=(ends - timezone.now()).total_seconds(),
+            )
+            if celery:
+                expire_reservation.apply_async((reservation.pk,), eta=reservation.expires_at)
+            made.append(reservation.pk)
+            progress.update()
+    if timezone.now() >= first_end:
+        say("lateness: creating the holds took longer than the lead; the first ones ended early")
+    return made
+
+
+# ---------------------------------------------------------------------------
+# 2. The reserve path, with and without the expiry job
+# ---------------------------------------------------------------------------
+
+
+def reserve_path(sizes: Sizes) -> dict[str, Any]:
+    """``POST /api/reservations/`` through gunicorn, driven by wrk; expiry jobs on and off."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return {"skipped": "wrk is not installed (make bench installs it with apt-get)"}
+    results: dict[str, Any] = {
+        "clients": sizes.reserve_clients,
+        "seconds": sizes.reserve_seconds,
+        "gunicorn_workers": 4,
+    }
+    for jobs in ("on", "off"):
+        say(f"reserve path: expiry jobs {jobs}")
+        reset()
+        # Enough slots for any throughput this machine reaches, plus the warm-up.
+        slot_ids = make_slots(int(1500 * (sizes.reserve_seconds + 2)))
+        if slot_ids != list(range(slot_ids[0], slot_ids[0] + len(slot_ids))):
+            raise RuntimeError("wrk books slots by id: they must be one contiguous range")
+        port = _free_port()
+        server = Process(
+            f"reserve-{jobs}",
+            [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
+            GUNICORN_BIND=f"127.0.0.1:{port}",
+            GUNICORN_WORKERS="4",
+            SCHEDULER_WORKER_MODE="true",
+            SCHEDULER_EXPIRY_JOBS="true" if jobs == "on" else "false",
+        )
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/api/rooms/")
+            threads = 2
+            # Warm-up from the top of the range, measured run from the bottom.
+            _wrk(wrk, port, sizes.settle_seconds, sizes.reserve_clients, threads, slot_ids[-3000])
+            measured = _wrk(
+                wrk, port, sizes.reserve_seconds, sizes.reserve_clients, threads, slot_ids[0]
+            )
+        finally:
+            server.stop()
+        seconds = measured["duration_us"] / 1e6
+        created = measured["requests"] - measured["non_2xx"]
+        results[f"jobs_{jobs}"] = {
+            "requests": measured["requests"],
+            "created_per_s": created / seconds,
+            "non_2xx": measured["non_2xx"],
+            "socket_errors": measured["socket_errors"],
+            "p50_ms": measured["p50_us"] / 1000,
+            "p90_ms": measured["p90_us"] / 1000,
+            "p99_ms": measured["p99_us"] / 1000,
+            "max_ms": measured["max_us"] / 1000,
+        }
+    on, off = results["jobs_on"], results["jobs_off"]
+    results["p50_cost_ms"] = on["p50_ms"] - off["p50_ms"]
+    results["throughput_cost_pct"] = 100 * (1 - on["created_per_s"] / off["created_per_s"])
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 (our local server)
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _wrk(wrk: str, port: int, seconds: float, clients: int, threads: int, first: int) -> Any:
+    output = subprocess.run(  # noqa: S603 (wrk, found on PATH)
+        [
+            wrk,
+            f"-t{threads}",
+            f"-c{clients}",
+            f"-d{max(1, round(seconds))}s",
+            "-s",
+            str(ROOT / "scripts/bench/reserve.lua"),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(first),
+            str(threads),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------
+# 3. Burst: many holds ending in the same second
+# ---------------------------------------------------------------------------
+
+
+def burst(sizes: Sizes) -> dict[str, Any]:
+    """``burst_holds`` holds ending within one second, with the worker running."""
+    count = sizes.burst_holds
+    say(f"burst: {count:,} holds ending in the same second")
+    reset()
+    slot_ids = make_slots(count)
+    worker = start_worker("burst", SCHEDULER_POLL_SECONDS=str(sizes.worker_poll_seconds))
+    try:
+        time.sleep(sizes.settle_seconds)  # the start-up sweep and reconcile: nothing to do
+        # Time to write every job through the public path, plus the worker's
+        # look for new jobs, then the burst.
+        lead = sizes.worker_poll_seconds + 1 + count * 0.003
+        first_end = timezone.now() + timedelta(seconds=lead)
+        reservations = hold_slots(slot_ids, lambda i: first_end + timedelta(seconds=i / count))
+        with bar(count, "writing expiry jobs") as progress:
+            for reservation in reservations:
+                scheduler.schedule_reservation_expiry(reservation)
+                progress.update()
+        overran = (timezone.now() - first_end).total_seconds()
+        last_end = first_end + timedelta(seconds=1)
+        free_at = wait_until(lambda: held_count(slot_ids), what="slots held", timeout=lead + 120)
+        drained_at = wait_until(
+            stored_expiry_job_count, what="jobs in the store", timeout=120, interval=0.05
+        )
+    finally:
+        worker.stop()
+    seconds = expiry_lateness()
+    return {
+        "holds": count,
+        "setup_overran_s": max(0.0, overran),
+        "all_free_after_last_expiry_ms": _ms_after(free_at, last_end),
+        "store_drained_after_last_expiry_ms": _ms_after(drained_at, last_end),
+        "lateness": distribution(seconds),
+    }
+
+
+def _ms_after(moment: float | None, reference) -> float | None:
+    return None if moment is None else (moment - reference.timestamp()) * 1000
+
+
+# ---------------------------------------------------------------------------
+# 4. Catch-up: holds that fell due while no scheduler ran
+# ---------------------------------------------------------------------------
+
+
+def catchup(sizes: Sizes) -> dict[str, Any]:
+    """``catchup_holds`` overdue holds with their jobs in the store; then the worker starts."""
+    count = sizes.catchup_holds
+    say(f"catch-up: {count:,} overdue holds, then start_scheduler")
+    reset()
+    slot_ids = make_slots(count)
+    now = timezone.now()
+    reservations = hold_slots(slot_ids, lambda i: now - timedelta(seconds=60 * i / count))
+    load_expiry_jobs(reservations)
+    scheduler.stop_scheduler()
+    if stored_expiry_job_count() != count:
+        raise RuntimeError("the expiry jobs were not all written")
+    worker = Process("catchup", manage("start_scheduler"), SCHEDULER_WORKER_MODE="true")
+    spawned = time.time()
+    try:
+        runner_after_s = worker.wait_for_line(RUNNER_LINE)
+        free_at = wait_until(lambda: held_count(slot_ids), what="slots held", timeout=120)
+        drained_at = wait_until(
+            stored_expiry_job_count, what="jobs in the store", timeout=120, interval=0.05
+        )
+    finally:
+        worker.stop()
+    return {
+        "holds": count,
+        "worker_runner_after_ms": runner_after_s * 1000,
+        "all_free_after_spawn_ms": None if free_at is None else (free_at - spawned) * 1000,
+        "all_free_after_runner_ms": (
+            None if free_at is None else (free_at - spawned - runner_after_s) * 1000
+        ),
+        "store_drained_after_spawn_ms": None
+        if drained_at is None
+        else (drained_at - spawned) * 1000,
+    }
+
+
+# ---------------------------------------------------------------------------
+# 5. Scale: a big job store, a big reservations table
+# ---------------------------------------------------------------------------
+
+
+def scale(sizes: Sizes) -> dict[str, Any]:
+    results: dict[str, Any] = {"pending": sizes.scale_pending, "history": sizes.scale_history}
+    for label, pending in (("empty_store", 0), ("full_store", sizes.scale_pending)):
+        say(f"scale: worker start with {pending:,} pending holds in the store")
+        reset()
+        if pending:
+            slot_ids = make_slots(pending)
+            reservations = hold_slots(slot_ids, _hours_from_now(2))
+            load_expiry_jobs(reservations)
+            scheduler.stop_scheduler()
+        worker = Process(f"scale-{label}", manage("start_scheduler"), SCHEDULER_WORKER_MODE="true")
+        try:
+            runner_after_s = worker.wait_for_line(RUNNER_LINE)
+            # The start-up sweep and reconcile run just after; let them finish.
+            time.sleep(sizes.settle_seconds)
+            memory = worker.memory_mib()
+        finally:
+            worker.stop()
+        results[label] = {"runner_after_ms": runner_after_s * 1000, **memory}
+
+    say(f"scale: {sizes.scale_history:,} historical reservations")
+    reset()
+    _history(sizes.scale_history)
+    room_slots = make_slots(24, start=timezone.now() + timedelta(days=2))
+    hold_slots(room_slots[::2], lambda i: timezone.now() + timedelta(minutes=20))
+    room = TimeSlot.objects.get(pk=room_slots[0]).room
+    day = timezone.localtime(TimeSlot.objects.get(pk=room_slots[0]).starts_at).date()
+    now = timezone.now()
+
+    def sweep_query():
+        return list(
+            Reservation.objects.due_for_expiry(now)
+            .order_by("expires_at", "pk")
+            .values_list("time_slot_id", flat=True)[:1000]
+        )
+
+    def availability_query():
+        return list(timeslot_list_for_day(room=room, day=day, now=now))
+
+    runs = 50
+    results["sweep_query"] = {**timed(sweep_query, runs), "plan": _plan(sweep_query)}
+    results["availability_query"] = {
+        **timed(availability_query, runs),
+        "plan": _plan(availability_query),
+    }
+    return results
+
+
+def _hours_from_now(hours: float) -> Callable[[int], datetime]:
+    """Hold ``i`` ends ``hours`` from now plus ``i`` seconds."""
+    later = timezone.now() + timedelta(hours=hours)
+    return lambda i: later + timedelta(seconds=i)
+
+
+def _history(count: int) -> None:
+    """``count`` past reservations: ten per past slot, one paid and nine cancelled."""
+    per_slot = 10
+    slot_ids = make_slots(max(1, count // per_slot), start=timezone.now() - timedelta(days=4000))
+    ended = timezone.now() - timedelta(days=1)
+    paid = {"status": Reservation.Status.PAID, "paid_at": ended}
+    cancelled = {
+        "status": Reservation.Status.CANCELLED,
+        "cancelled_at": ended,
+        "cancellation_reason": Reservation.CancellationReason.EXPIRED,
+    }
+    with bar(count, "writing history") as progress:
+        for chunk_start in range(0, len(slot_ids), 2000):
+            rows = [
+                Reservation(
+                    time_slot_id=slot_id,
+                    expires_at=ended,
+                    **(paid if k == 0 else cancelled),
+                    customer_name="Past Customer",
+                    customer_email=f"past{slot_id}-{k}@example.com",
+                    party_size=3,
+                )
+                for slot_id in slot_ids[chunk_start : chunk_start + 2000]
+                for k in range(per_slot)
+            ]
+            Reservation.objects.bulk_create(rows, batch_size=5000)
+            progress.update(len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
+def _plan(query) -> list[str]:
+    """The database's plan for the query ``query`` runs (EXPLAIN of the SQL it sends)."""
+    with CaptureQueriesContext(connection) as captured:
+        query()
+    sql = captured.captured_queries[-1]["sql"]
+    prefix = "EXPLAIN QUERY PLAN " if connection.vendor == "sqlite" else "EXPLAIN "
+    with connection.cursor() as cursor:
+        cursor.execute(prefix + sql)
+        return [" ".join(str(part) for part in row) for row in cursor.fetchall()]
+
+
+PHASES = {
+    "lateness": lateness,
+    "reserve": reserve_path,
+    "burst": burst,
+    "catchup": catchup,
+    "scale": scale,
+}
