@@ -54,6 +54,7 @@ from .runner import NOTIFY_CHANNEL, Listener, Runner, lock_for
 
 if TYPE_CHECKING:
     from apps.reservations.models import Reservation
+    from apps.reservations.services import ExpiredHold
 
 logger = logging.getLogger(__name__)
 
@@ -98,42 +99,64 @@ def _close_old_connections() -> None:
         close_old_connections()
 
 
-def _log_cancelled(reservation: "Reservation") -> None:
-    starts_at = timezone.localtime(reservation.time_slot.starts_at)
+def _log_cancelled(
+    reservation_id: int, customer_name: str, room_name: str, starts_at: datetime
+) -> None:
+    local = timezone.localtime(starts_at)
     logger.info(
         CANCELLED_LOG,
-        reservation.pk,
-        reservation.customer_name,
-        reservation.time_slot.room.name,
-        starts_at.date().isoformat(),
-        starts_at.time().isoformat(),
+        reservation_id,
+        customer_name,
+        room_name,
+        local.date().isoformat(),
+        local.time().isoformat(),
     )
 
 
-def _release_due(cause: str, now: datetime | None = None) -> list["Reservation"]:
+def _release_due(cause: str, now: datetime | None = None) -> list["ExpiredHold"]:
     """
-    Expire every hold lapsed by ``now`` in batches (``reservations_expire_due``) and log each.
+    Expire every hold lapsed by ``now`` in batches (``reservations_expire_due``).
 
-    If a batch fails, the due reservations are expired one at a time instead,
-    so that one bad row cannot hold back the rest; each failure is logged.
+    Logs the seed's line for each once every batch is committed, so that the
+    log lines of a burst do not hold back the release of its later slots. If
+    a batch fails, the due reservations are expired one at a time instead, so
+    that one bad row cannot hold back the rest; each failure is logged.
     Raises only when even listing the due reservations fails.
     """
     from apps.reservations import services
-    from apps.reservations.models import Reservation
 
     limit = services.EXPIRE_BATCH_SIZE
-    released: list[Reservation] = []
-    while True:
-        try:
-            batch = services.reservations_expire_due(now=now, cause=cause, limit=limit)
-        except Exception:
-            logger.exception("Bulk expiry failed; expiring the lapsed holds one at a time")
-            break
-        for reservation in batch:
-            _log_cancelled(reservation)
-        released += batch
-        if len(batch) < limit:
-            return released
+    released: list[services.ExpiredHold] = []
+    # Share the work with other bulk expiries running now (skip the rows they
+    # hold), then make one last pass that waits for rows held by a payment.
+    skip_locked = True
+    try:
+        while True:
+            try:
+                batch = services.reservations_expire_due(
+                    now=now, cause=cause, limit=limit, skip_locked=skip_locked
+                )
+            except Exception:
+                logger.exception("Bulk expiry failed; expiring the lapsed holds one at a time")
+                released += _release_one_by_one(cause, now)
+                break
+            released += batch
+            if len(batch) == limit:
+                continue
+            if not skip_locked:
+                break
+            skip_locked = False
+    finally:
+        for hold in released:
+            _log_cancelled(hold.reservation_id, hold.customer_name, hold.room_name, hold.starts_at)
+    return released
+
+
+def _release_one_by_one(cause: str, now: datetime | None) -> list["ExpiredHold"]:
+    from apps.reservations import services
+    from apps.reservations.models import Reservation
+
+    released = []
     due = list(
         Reservation.objects.due_for_expiry(now or timezone.now())
         .order_by("expires_at")
@@ -147,9 +170,16 @@ def _release_due(cause: str, now: datetime | None = None) -> list["Reservation"]
         except Exception:
             logger.exception("Failed to cancel expired reservation %s", reservation_id)
             continue
-        if result.reservation is not None and result.expired:
-            _log_cancelled(result.reservation)
-            released.append(result.reservation)
+        if (reservation := result.reservation) is not None and result.expired:
+            released.append(
+                services.ExpiredHold(
+                    reservation.pk,
+                    reservation.customer_name,
+                    reservation.time_slot.room.name,
+                    reservation.time_slot.starts_at,
+                    reservation.expires_at,
+                )
+            )
     return released
 
 
@@ -171,7 +201,7 @@ def expire_reservation(reservation_id: int, coalesced: Sequence[int] = ()) -> No
 
     _close_old_connections()
     try:
-        released = {r.pk for r in _release_due(ReservationEvent.Cause.EXPIRY_JOB)}
+        released = {hold.reservation_id for hold in _release_due(ReservationEvent.Cause.EXPIRY_JOB)}
         watched = [pk for pk in (reservation_id, *coalesced) if pk not in released]
         for start in range(0, len(watched), 1000):
             still_held = Reservation.objects.filter(
