@@ -132,16 +132,19 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for database, phase in _databases(results, "burst"):
         free = phase["all_free_after_last_expiry_ms"]
+        worst = phase["lateness"].get("max_ms")
+        # Each slot within 1 s of its own expiry: the later of the worst
+        # recorded lateness and the moment another process saw the last slot free.
+        verdict = _verdict(None if free is None or worst is None else max(free, worst), 1000)
         rows.append(
             [
                 database,
                 f"{phase['holds']:,}",
                 _ms(free),
                 _ms(phase["lateness"].get("p50_ms")),
-                _ms(phase["lateness"].get("max_ms")),
+                _ms(worst),
                 _ms(phase["store_drained_after_last_expiry_ms"]),
-                "every slot free ≤ 1 s after its expiry: "
-                + _verdict(phase["lateness"].get("max_ms"), 1000),
+                f"every slot free ≤ 1 s after its expiry: {verdict}",
             ]
         )
     if rows:
