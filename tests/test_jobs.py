@@ -268,3 +268,14 @@ def test_the_runner_looks_for_new_jobs_at_least_every_notify_horizon(settings, m
 
     assert started.running
     assert intervals == [scheduler.NOTIFY_HORIZON_SECONDS]
+
+
+def test_a_sqlite_job_store_commits_without_waiting_for_an_fsync(job_store):
+    job_store.create()
+    store = scheduler._job_store()
+
+    with store.engine.connect() as db:
+        journal = db.exec_driver_sql("PRAGMA journal_mode").scalar()
+        synchronous = db.exec_driver_sql("PRAGMA synchronous").scalar()
+
+    assert (journal, synchronous) == ("wal", 1)  # 1 is NORMAL: durable once in the WAL
