@@ -21,7 +21,8 @@ app = Celery(
     broker=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"),
 )
 app.conf.update(
-    task_default_queue="escape_rooms_bench",
+    # One queue per benchmark run, so that two runs on one Redis stay apart.
+    task_default_queue=os.environ.get("BENCH_CELERY_QUEUE", "escape_rooms_bench"),
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )

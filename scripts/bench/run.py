@@ -78,7 +78,11 @@ def main() -> int:
         print(f"== {database}", file=sys.stderr, flush=True)
         try:
             with _throwaway(database, out) as env:
-                env.update(BENCH_LOG_DIR=str(logs), BENCH_REDIS_URL=redis_url)
+                env.update(
+                    BENCH_LOG_DIR=str(logs),
+                    BENCH_REDIS_URL=redis_url,
+                    BENCH_CELERY_QUEUE=f"escape_rooms_bench_{os.getpid()}",
+                )
                 if celery_problem:
                     env["BENCH_CELERY"] = "0"
                 results["databases"][database] = _run_driver(env, phases, args.quick, out, database)
@@ -147,7 +151,7 @@ def _throwaway(database: str, out: Path) -> Iterator[dict[str, str]]:
     from sqlalchemy.engine import make_url
 
     admin = os.environ.get("BENCH_POSTGRES_URL", DEFAULT_POSTGRES)
-    name = "escape_rooms_bench"
+    name = f"escape_rooms_bench_{os.getpid()}"  # two runs at once must not share it
     try:
         connection = psycopg.connect(admin, autocommit=True, connect_timeout=3)
     except psycopg.Error as error:
