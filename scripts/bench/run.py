@@ -2,7 +2,7 @@
 """
 Benchmarks of the expiry (issue 7), on SQLite and PostgreSQL.
 
-    python scripts/bench/run.py                  # the full run (about 25 minutes)
+    python scripts/bench/run.py                  # the full run (about 15 minutes)
     python scripts/bench/run.py --quick          # small sizes, about a minute (CI)
     python scripts/bench/run.py --database sqlite --phases lateness,burst
 
