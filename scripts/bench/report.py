@@ -28,6 +28,12 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:,.0f}×" if value >= 10 else f"{value:.1f}×"
 
 
+def _section(parts: list[str], title: str, headers: str, rows: list[list[Any]]) -> None:
+    """Append a titled table to ``parts`` (``headers``: "a | b | c"), unless there are no rows."""
+    if rows:
+        parts.append(title + tabulate(rows, headers.split(" | "), tablefmt="github"))
+
+
 def _databases(results: dict[str, Any], phase: str):
     for database, phases in results["databases"].items():
         if "skipped" in phases:
@@ -68,26 +74,12 @@ def markdown(results: dict[str, Any]) -> str:
                     target,
                 ]
             )
-    if rows:
-        parts.append(
-            "### Expiry lateness: from `expires_at` until the slot is free\n\n"
-            + tabulate(
-                rows,
-                [
-                    "database",
-                    "design",
-                    "holds",
-                    "p50",
-                    "p95",
-                    "p99",
-                    "max",
-                    "p50 / ours",
-                    "p99 / ours",
-                    "target",
-                ],
-                tablefmt="github",
-            )
-        )
+    _section(
+        parts,
+        "### Expiry lateness: from `expires_at` until the slot is free\n\n",
+        "database | design | holds | p50 | p95 | p99 | max | p50 / ours | p99 / ours | target",
+        rows,
+    )
 
     rows = []
     for database, phase in _databases(results, "reserve"):
@@ -121,24 +113,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"p50 ≤ 1 ms: {_verdict(cost_ms, 1)}; throughput ≤ 20 %: {_verdict(cost_pct, 20)}",
             ]
         )
-    if rows:
-        parts.append(
-            "### Reserve path: `POST /api/reservations/` through gunicorn (4 workers)\n\n"
-            + tabulate(
-                rows,
-                [
-                    "database",
-                    "run",
-                    "created / s (8 clients)",
-                    "p50 (8 clients)",
-                    "p99 (8 clients)",
-                    "p50 (1 client)",
-                    "errors",
-                    "target",
-                ],
-                tablefmt="github",
-            )
-        )
+    _section(
+        parts,
+        "### Reserve path: `POST /api/reservations/` through gunicorn (4 workers)\n\n",
+        "database | run | created / s (8 clients) | p50 (8 clients) | p99 (8 clients) | "
+        "p50 (1 client) | errors | target",
+        rows,
+    )
 
     rows = []
     for database, phase in _databases(results, "burst"):
@@ -158,23 +139,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"every slot free ≤ 1 s after its expiry: {verdict}",
             ]
         )
-    if rows:
-        parts.append(
-            "### Burst: holds ending in the same second, worker running\n\n"
-            + tabulate(
-                rows,
-                [
-                    "database",
-                    "holds",
-                    "all free after the last expiry",
-                    "lateness p50",
-                    "lateness max",
-                    "job store drained after the last expiry",
-                    "target",
-                ],
-                tablefmt="github",
-            )
-        )
+    _section(
+        parts,
+        "### Burst: holds ending in the same second, worker running\n\n",
+        "database | holds | all free after the last expiry | lateness p50 | lateness max | "
+        "job store drained after the last expiry | target",
+        rows,
+    )
 
     rows = []
     for database, phase in _databases(results, "catchup"):
@@ -189,23 +160,13 @@ def markdown(results: dict[str, Any]) -> str:
                 f"≤ 1 s after the worker runs: {_verdict(phase['all_free_after_runner_ms'], 1000)}",
             ]
         )
-    if rows:
-        parts.append(
-            "### Catch-up: holds that fell due while no scheduler ran\n\n"
-            + tabulate(
-                rows,
-                [
-                    "database",
-                    "holds",
-                    "process start → runner",
-                    "runner → all free",
-                    "process start → all free",
-                    "process start → store drained",
-                    "target",
-                ],
-                tablefmt="github",
-            )
-        )
+    _section(
+        parts,
+        "### Catch-up: holds that fell due while no scheduler ran\n\n",
+        "database | holds | process start → runner | runner → all free | "
+        "process start → all free | process start → store drained | target",
+        rows,
+    )
 
     rows = []
     for database, phase in _databases(results, "scale"):
@@ -243,11 +204,7 @@ def markdown(results: dict[str, Any]) -> str:
                     f"≤ 20 ms: {_verdict(data['max_ms'], 20)}",
                 ]
             )
-    if rows:
-        parts.append(
-            "### Scale\n\n"
-            + tabulate(rows, ["database", "what", "time", "peak RSS", "target"], tablefmt="github")
-        )
+    _section(parts, "### Scale\n\n", "database | what | time | peak RSS | target", rows)
     return "\n\n".join(parts) + "\n"
 
 
