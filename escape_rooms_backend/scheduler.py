@@ -355,7 +355,7 @@ class ExpiryJobStore(SQLAlchemyJobStore):
     hands over (``coalesced``, in memory only). 10,000 holds ending in the same
     second then cost one job run and ten DELETEs, instead of 10,000 rounds of
     unpickle, submit, run and delete (about 700 a second on 2 cores;
-    ``APSCHEDULER-FACTS.md``). Deleting a due job's row before its work is done
+    measured on this machine kind). Deleting a due job's row before its work is done
     is what APScheduler does with every date job (at most once); the sweep
     covers a crash in between. Other jobs (the sweep, the reconcile) are
     returned unchanged.

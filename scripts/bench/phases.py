@@ -82,6 +82,8 @@ def lateness(sizes: Sizes) -> dict[str, Any]:
         finally:
             runner.stop()
             settings.SCHEDULER_EXPIRY_JOBS = True
+            if design == "celery":
+                _forget_celery_queue()
         seconds = expiry_lateness(reserved)
         results[design] = {**distribution(seconds), "lateness_s": seconds}
     ours_p50 = results["ours"]["p50_ms"]
@@ -127,6 +129,17 @@ def _start_design(design: str, sizes: Sizes) -> Process:
     )
     worker.wait_for_line("ready.")
     return worker
+
+
+def _forget_celery_queue() -> None:
+    """Delete this run's queue and Kombu's bindings for it from Redis."""
+    import redis
+
+    queue = os.environ.get("BENCH_CELERY_QUEUE", "escape_rooms_bench")
+    client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    keys = list(client.scan_iter(f"*{queue}*"))
+    if keys:
+        client.delete(*keys)
 
 
 def _reserve_for_lateness(slot_ids, offsets, first_end, *, celery: bool) -> list[int]:

@@ -239,8 +239,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         axis.set_ylabel("share of holds released")
         axis.set_title(f"{database}: {phase['holds']:,} holds ending over {phase['spread_s']:g} s")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(loc="lower right", fontsize=8)
+        axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return True

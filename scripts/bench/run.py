@@ -3,8 +3,8 @@
 Benchmarks of the expiry (issue 7), on SQLite and PostgreSQL.
 
     python scripts/bench/run.py                  # the full run (about 15 minutes)
-    python scripts/bench/run.py --quick          # small sizes, about a minute (CI)
-    python scripts/bench/run.py --database sqlite --phases lateness,burst
+    python scripts/bench/run.py --quick          # small sizes, about a minute a database (CI)
+    python scripts/bench/run.py --database sqlite --phases lateness,burst --out var/bench-part
 
 Phases: ``lateness`` (ours against the seed's 60-second poll and Celery ETA on
 the local Redis), ``reserve`` (the reserve path through gunicorn, expiry job on
@@ -14,8 +14,10 @@ beside ``BENCH_POSTGRES_URL`` and dropped afterwards. A PostgreSQL or Redis
 that cannot be reached is skipped, and the report says so.
 
 Prints Markdown tables and writes ``results.md``, ``results.json`` and
-``lateness.png`` to ``--out`` (default ``var/bench``); worker logs go to
-``--out/logs``. ``make bench`` and ``make bench-quick`` install what it needs.
+``lateness.png`` to ``--out`` (default ``var/bench``), with each database's
+own results (``sqlite.json``, ``postgresql.json``); the output of every worker,
+gunicorn and Celery goes to ``--out/logs/<database>/``. ``make bench`` and
+``make bench-quick`` install what it needs.
 """
 
 import argparse
@@ -45,19 +47,25 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 def main() -> int:
     parser = argparse.ArgumentParser(
         description="Benchmarks of the expiry: lateness, reserve path, burst, catch-up, scale.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=(
+            f"Environment: BENCH_POSTGRES_URL (default {DEFAULT_POSTGRES}), where a "
+            f"throwaway database is created; BENCH_REDIS_URL (default {DEFAULT_REDIS}), "
+            "for the Celery comparison. See docs/performance.md."
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument("--database", choices=["sqlite", "postgresql", "all"], default="all")
     parser.add_argument(
-        "--database", choices=["sqlite", "postgresql", "all"], default="all", help="default: all"
-    )
-    parser.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated, of {', '.join(PHASES)}"
+        "--phases", default=",".join(PHASES), help=f"comma-separated, of: {', '.join(PHASES)}"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="output folder")
     args = parser.parse_args()
     phases = [name.strip() for name in args.phases.split(",") if name.strip()]
     if unknown := set(phases) - set(PHASES):
-        parser.error(f"unknown phases: {', '.join(sorted(unknown))}")
+        parser.error(f"unknown phases: {', '.join(sorted(unknown))} (known: {', '.join(PHASES)})")
+    if not phases:
+        parser.error(f"no phases given (known: {', '.join(PHASES)})")
 
     out: Path = args.out.resolve()
     logs = out / "logs"
@@ -78,8 +86,9 @@ def main() -> int:
         print(f"== {database}", file=sys.stderr, flush=True)
         try:
             with _throwaway(database, out) as env:
+                (logs / database).mkdir()
                 env.update(
-                    BENCH_LOG_DIR=str(logs),
+                    BENCH_LOG_DIR=str(logs / database),
                     BENCH_REDIS_URL=redis_url,
                     BENCH_CELERY_QUEUE=f"escape_rooms_bench_{os.getpid()}",
                 )
