@@ -563,10 +563,13 @@ def holds_limit_check(*, customer_email: str, client_address: str | None, now: d
     ):
         held = holds.count()  # a count, not the rows: one address may hold thousands
         if held >= limit:
-            # Below the limit again once this many have ended.
-            frees_one = holds.order_by("expires_at").values_list("expires_at", flat=True)[
-                held - limit
-            ]
+            # Below the limit again once this many have ended. A separate
+            # statement: on PostgreSQL holds may have ended (been paid,
+            # expired) since the count, and then there is no limit to enforce.
+            ends = holds.order_by("expires_at").values_list("expires_at", flat=True)
+            frees_one = ends[held - limit : held - limit + 1].first()
+            if frees_one is None:
+                continue
             retry_after = max(1, math.ceil((frees_one - now).total_seconds()))
             raise errors.TooManyHolds(
                 errors.TOO_MANY_HOLDS.format(limit=limit), retry_after=retry_after
