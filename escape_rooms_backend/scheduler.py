@@ -383,10 +383,15 @@ class ExpiryJobStore(SQLAlchemyJobStore):
                     select(table.c.id).where(due, expiry).order_by(table.c.next_run_time)
                 ).scalars()
             )
-        if len(due_ids) < 2:
+        # The job handed over must itself be due: another process may have
+        # moved or removed it since the ids were read (a hold extended or paid
+        # at its last moment). Only then are the others folded into it.
+        first: list[Job] = []
+        while len(due_ids) >= 2 and not first:
+            first = self._get_jobs(due, table.c.id == due_ids.pop(0))
+        if not first:
             return super().get_due_jobs(now)
-        first = self._get_jobs(table.c.id == due_ids[0])
-        others = due_ids[1:]
+        others = due_ids
         with self.engine.begin() as db:
             for start in range(0, len(others), 1000):
                 # Only rows still due: one moved meanwhile keeps its job.

@@ -179,6 +179,43 @@ def test_the_store_folds_due_expiry_jobs_into_the_earliest(job_store):
     assert set(job_store.jobs()) == {expiry_job_id(7), expiry_job_id(10), SWEEP_JOB_ID}
 
 
+def test_a_first_job_moved_meanwhile_is_not_handed_over_and_folds_nothing(job_store, monkeypatch):
+    # Another process extends the earliest hold (moving its job an hour on)
+    # between the store reading the due ids and reading that job.
+    now = timezone.now()
+    store = store_with_jobs(
+        job_store,
+        {
+            expiry_job_id(7): now - timedelta(seconds=3),
+            expiry_job_id(8): now - timedelta(seconds=2),
+            expiry_job_id(9): now - timedelta(seconds=1),
+        },
+    )
+    read_jobs = store._get_jobs
+    moved = []
+
+    def get_jobs_after_a_move(*conditions):
+        if not moved:
+            later = (now + timedelta(hours=1)).timestamp()
+            with store.engine.begin() as db:
+                db.execute(
+                    store.jobs_t.update()
+                    .where(store.jobs_t.c.id == expiry_job_id(7))
+                    .values(next_run_time=later)
+                )
+            moved.append(True)
+        return read_jobs(*conditions)
+
+    monkeypatch.setattr(store, "_get_jobs", get_jobs_after_a_move)
+
+    due = store.get_due_jobs(now)
+
+    # The next due job carries the rest; the moved one keeps its row and time.
+    assert [(job.id, job.kwargs) for job in due] == [(expiry_job_id(8), {"coalesced": [9]})]
+    assert set(job_store.jobs()) == {expiry_job_id(7), expiry_job_id(8)}
+    assert job_store.jobs()[expiry_job_id(7)] > now
+
+
 def test_the_store_hands_over_a_single_due_job_unchanged(job_store):
     now = timezone.now()
     store = store_with_jobs(job_store, {expiry_job_id(7): now - timedelta(seconds=1)})
