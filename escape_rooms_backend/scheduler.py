@@ -32,7 +32,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,8 @@ JOB_NOT_SCHEDULED_LOG = (
     "hold lapses, and the next start's reconcile restores the job"
 )
 SWEEP_SUMMARY_LOG = "Successfully cancelled %d expired reservations"
+JOB_FAILED_LOG = "Failed to expire reservation %s; trying again in %ss"
+JOB_RETRY_SECONDS = 10
 # A job due later than this is not announced with NOTIFY: the runner looks at
 # the store at least this often (SCHEDULER_POLL_SECONDS is capped at it).
 NOTIFY_HORIZON_SECONDS = 60.0
@@ -191,11 +193,12 @@ def expire_reservation(reservation_id: int, coalesced: Sequence[int] = ()) -> No
     every hold that is due, not only its own (issue 7): in a burst of holds
     ending together the first job frees every slot, and ``ExpiryJobStore``
     folds the burst's other due jobs into this run. ``coalesced`` lists their
-    reservations; the store passes it in memory, it is never stored. A
-    reservation of these whose hold moved later without its job gets a job at
-    its new ``expires_at``; paid, cancelled and deleted ones need nothing.
-    Never raises: a failure is logged with its traceback and the next sweep
-    retries.
+    reservations; the store passes it in memory (stored only with a retry).
+    A reservation of these whose hold moved later without its job gets a job
+    at its new ``expires_at``; paid, cancelled and deleted ones need nothing.
+    Never raises: a failure (the database unreachable, say) is logged with its
+    traceback and the job, with every reservation folded into it, is tried
+    again ``JOB_RETRY_SECONDS`` later; the sweep remains the safety net.
     """
     from apps.reservations.models import Reservation, ReservationEvent
 
@@ -212,11 +215,30 @@ def expire_reservation(reservation_id: int, coalesced: Sequence[int] = ()) -> No
         if reservation_id not in released:
             logger.debug("Reservation %s needed no expiry by its job", reservation_id)
     except Exception:
-        logger.exception(
-            "Failed to expire reservation %s; the next sweep will retry", reservation_id
-        )
+        logger.exception(JOB_FAILED_LOG, reservation_id, JOB_RETRY_SECONDS)
+        _retry_later(reservation_id, coalesced)
     finally:
         _close_old_connections()
+
+
+def _retry_later(reservation_id: int, coalesced: Sequence[int]) -> None:
+    # The folded jobs' rows are gone: without this, their holds would wait for
+    # the sweep (SCHEDULER_SWEEP_SECONDS) after one failed run.
+    try:
+        _writable_scheduler().add_job(
+            EXPIRY_JOB_FUNC,
+            trigger=DateTrigger(run_date=timezone.now() + timedelta(seconds=JOB_RETRY_SECONDS)),
+            args=[reservation_id],
+            kwargs={"coalesced": list(coalesced)},
+            id=expiry_job_id(reservation_id),
+            name=f"Expire reservation {reservation_id} (retry)",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+            max_instances=1,
+        )
+    except Exception:
+        logger.exception("Could not schedule the retry of reservation %s's job", reservation_id)
 
 
 def cancel_expired_reservations(now: datetime | None = None) -> int:

@@ -89,12 +89,17 @@ def test_a_database_error_in_the_job_is_logged_not_raised(monkeypatch, caplog):
     monkeypatch.setattr(services, "reservations_expire_due", broken)
     monkeypatch.setattr(type(Reservation.objects.all()), "due_for_expiry", broken)
 
-    expire_reservation(41)
+    expire_reservation(41, coalesced=[42, 43])
 
-    record = caplog.records[-1]
+    record = next(r for r in caplog.records if r.getMessage().startswith("Failed to expire"))
     assert record.levelname == "ERROR"
-    assert record.getMessage() == "Failed to expire reservation 41; the next sweep will retry"
+    assert record.getMessage() == "Failed to expire reservation 41; trying again in 10s"
     assert record.exc_info is not None
+    # The job, with the reservations folded into it, is back in the store.
+    retry = scheduler._job_store().lookup_job(expiry_job_id(41))
+    assert retry.kwargs == {"coalesced": [42, 43]}
+    delay = (retry.next_run_time - timezone.now()).total_seconds()
+    assert 8 < delay <= scheduler.JOB_RETRY_SECONDS
 
 
 def test_the_sweep_cancels_every_lapsed_hold_and_reports_the_count(caplog):
