@@ -179,7 +179,9 @@ def test_the_store_folds_due_expiry_jobs_into_the_earliest(job_store):
     assert set(job_store.jobs()) == {expiry_job_id(7), expiry_job_id(10), SWEEP_JOB_ID}
 
 
-def test_a_first_job_moved_meanwhile_is_not_handed_over_and_folds_nothing(job_store, monkeypatch):
+def test_when_the_first_due_job_moved_meanwhile_the_next_one_carries_the_rest(
+    job_store, monkeypatch
+):
     # Another process extends the earliest hold (moving its job an hour on)
     # between the store reading the due ids and reading that job.
     now = timezone.now()
