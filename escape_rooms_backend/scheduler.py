@@ -131,7 +131,8 @@ def _release_due(cause: str, now: datetime | None = None) -> list["ExpiredHold"]
     released: list[services.ExpiredHold] = []
     # Share the work with other bulk expiries running now (skip the rows they
     # hold), then make one last pass that waits for rows held by a payment.
-    skip_locked = True
+    # SQLite's one write lock leaves nothing to skip: one waiting pass there.
+    skip_locked = connection.features.has_select_for_update_skip_locked
     try:
         while True:
             try:
@@ -225,18 +226,8 @@ def _retry_later(reservation_id: int, coalesced: Sequence[int]) -> None:
     # The folded jobs' rows are gone: without this, their holds would wait for
     # the sweep (SCHEDULER_SWEEP_SECONDS) after one failed run.
     try:
-        _writable_scheduler().add_job(
-            EXPIRY_JOB_FUNC,
-            trigger=DateTrigger(run_date=timezone.now() + timedelta(seconds=JOB_RETRY_SECONDS)),
-            args=[reservation_id],
-            kwargs={"coalesced": list(coalesced)},
-            id=expiry_job_id(reservation_id),
-            name=f"Expire reservation {reservation_id} (retry)",
-            replace_existing=True,
-            misfire_grace_time=None,
-            coalesce=True,
-            max_instances=1,
-        )
+        retry_at = timezone.now() + timedelta(seconds=JOB_RETRY_SECONDS)
+        _add_expiry_job(reservation_id, retry_at, coalesced=coalesced)
     except Exception:
         logger.exception("Could not schedule the retry of reservation %s's job", reservation_id)
 
@@ -527,17 +518,7 @@ def schedule_reservation_expiry(reservation: "Reservation") -> bool:
         return False
     for attempt in (1, 2):
         try:
-            _writable_scheduler().add_job(
-                EXPIRY_JOB_FUNC,
-                trigger=DateTrigger(run_date=reservation.expires_at),
-                args=[reservation.pk],
-                id=expiry_job_id(reservation.pk),
-                name=f"Expire reservation {reservation.pk}",
-                replace_existing=True,
-                misfire_grace_time=None,
-                coalesce=True,
-                max_instances=1,
-            )
+            _add_expiry_job(reservation.pk, reservation.expires_at)
             # The runner looks at the store at least every NOTIFY_HORIZON_SECONDS:
             # wake it only for a job due before then (a short hold, a hold moved
             # to now), and spare the usual 30-minute hold the round trip.
@@ -555,6 +536,23 @@ def schedule_reservation_expiry(reservation: "Reservation") -> bool:
             logger.exception(JOB_NOT_SCHEDULED_LOG, reservation.pk)
             break
     return False
+
+
+def _add_expiry_job(reservation_id: int, run_date: datetime, coalesced: Sequence[int] = ()) -> None:
+    # The one shape of an expiry job: misfire_grace_time=None and coalesce, so a
+    # job missed while no scheduler ran still runs, once, at the next start.
+    _writable_scheduler().add_job(
+        EXPIRY_JOB_FUNC,
+        trigger=DateTrigger(run_date=run_date),
+        args=[reservation_id],
+        kwargs={"coalesced": list(coalesced)} if coalesced else {},
+        id=expiry_job_id(reservation_id),
+        name=f"Expire reservation {reservation_id}",
+        replace_existing=True,
+        misfire_grace_time=None,
+        coalesce=True,
+        max_instances=1,
+    )
 
 
 def unschedule_reservation_expiry(reservation_id: int) -> bool:
