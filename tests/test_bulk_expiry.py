@@ -157,14 +157,21 @@ def store_with_jobs(job_store, run_times: dict[str, object]) -> ExpiryJobStore:
     return store
 
 
+def due_jobs(now, *reservation_ids: int) -> dict[str, object]:
+    """Expiry jobs that fell due a second apart, the first the earliest, the last a second ago."""
+    count = len(reservation_ids)
+    return {
+        expiry_job_id(pk): now - timedelta(seconds=count - i)
+        for i, pk in enumerate(reservation_ids)
+    }
+
+
 def test_the_store_folds_due_expiry_jobs_into_the_earliest(job_store):
     now = timezone.now()
     store = store_with_jobs(
         job_store,
         {
-            expiry_job_id(7): now - timedelta(seconds=3),
-            expiry_job_id(8): now - timedelta(seconds=2),
-            expiry_job_id(9): now - timedelta(seconds=1),
+            **due_jobs(now, 7, 8, 9),
             expiry_job_id(10): now + timedelta(minutes=5),
             SWEEP_JOB_ID: now - timedelta(seconds=2),
         },
@@ -188,9 +195,7 @@ def test_when_the_first_due_job_moved_meanwhile_the_next_one_carries_the_rest(
     store = store_with_jobs(
         job_store,
         {
-            expiry_job_id(7): now - timedelta(seconds=3),
-            expiry_job_id(8): now - timedelta(seconds=2),
-            expiry_job_id(9): now - timedelta(seconds=1),
+            **due_jobs(now, 7, 8, 9),
         },
     )
     read_jobs = store._get_jobs
