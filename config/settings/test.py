@@ -9,6 +9,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # Scheduler threads and worker subprocesses need a database they can all open:
 # a file, never SQLite's shared in-memory database.
+# A connection per request, as before CONN_MAX_AGE: scheduler and race threads
+# would otherwise keep sessions open, and PostgreSQL refuses to drop the test
+# database at the end of the run while they are.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test_db.sqlite3")}
 
