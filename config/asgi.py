@@ -1,4 +1,4 @@
-"""ASGI entry point; starts the background scheduler exactly as ``config.wsgi`` does."""
+"""ASGI entry point; starts the background scheduler as ``config.wsgi`` does."""
 
 import os
 
@@ -8,10 +8,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 application = get_asgi_application()
 
-from django.apps import apps  # noqa: E402
+from apps.reservations.apps import start_background_scheduler  # noqa: E402 (after setup)
 
-from apps.reservations.apps import ReservationsConfig  # noqa: E402
-
-config = apps.get_app_config("reservations")
-assert isinstance(config, ReservationsConfig)  # noqa: S101
-config.start_background_scheduler()
+start_background_scheduler()

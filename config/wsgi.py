@@ -2,8 +2,8 @@
 WSGI entry point of the web server (``runserver``, gunicorn).
 
 Importing this module is what "the web server runs" means: it starts the
-background scheduler unless ``SCHEDULER_WORKER_MODE`` is set (see
-``apps.reservations.apps.ReservationsConfig.start_background_scheduler``).
+background scheduler unless ``SCHEDULER_WORKER_MODE`` is set
+(``apps.reservations.apps.start_background_scheduler``).
 """
 
 import os
@@ -14,10 +14,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 
 application = get_wsgi_application()
 
-from django.apps import apps  # noqa: E402
+from apps.reservations.apps import start_background_scheduler  # noqa: E402 (after setup)
 
-from apps.reservations.apps import ReservationsConfig  # noqa: E402
-
-config = apps.get_app_config("reservations")
-assert isinstance(config, ReservationsConfig)  # noqa: S101
-config.start_background_scheduler()
+start_background_scheduler()

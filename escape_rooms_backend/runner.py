@@ -1,5 +1,5 @@
 """
-One runner per job store, with standbys that take over (issue 5).
+One runner per job store, with standbys that take over.
 
 APScheduler 3 lets only one scheduler run a store's jobs. Every process that
 could run them (each gunicorn worker's background scheduler, each

@@ -7,7 +7,7 @@ Repair drift between the reservations and the job store.
     python scripts/reconcile.py --json
 
 The same as ``python manage.py reconcile_expiry_jobs`` (one service behind
-both: ``apps.operations.services.expiry_jobs_reconcile``), for cron jobs and
+both: ``escape_rooms_backend.timeline.deadlines_reconcile``), for cron jobs and
 operators who do not want to think about manage.py.
 """
 

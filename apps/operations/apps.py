@@ -5,3 +5,10 @@ class OperationsConfig(AppConfig):
     name = "apps.operations"
     label = "operations"
     verbose_name = "Operations"
+
+    def ready(self) -> None:
+        from escape_rooms_backend.signals import scheduler_heartbeat
+
+        from .services import heartbeat_receive
+
+        scheduler_heartbeat.connect(heartbeat_receive, dispatch_uid="operations_heartbeat")

@@ -11,6 +11,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from apps.reservations.models import Reservation, ReservationEvent
+from escape_rooms_backend import deadlines, timeline
 
 from .models import SchedulerHeartbeat
 
@@ -112,24 +113,28 @@ class SchedulerStatus:
     running: bool
     overdue: Overdue
     lateness: Lateness
-    expiry_jobs: int | None = None
+    expiry_jobs: int | None = None  # the hold's end's jobs
+    jobs_per_kind: dict[str, int] | None = None  # deadline kind -> jobs in the store
     next_run_time: datetime | None = None
     job_store_error: str = ""
 
 
 def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
     """Everything ``scheduler_status`` shows; reads the job store, so not for hot paths."""
-    from escape_rooms_backend import scheduler
-
     now = now or timezone.now()
     heartbeat = latest_heartbeat()
     age = heartbeat_age(heartbeat, now)
-    expiry_jobs = next_run_time = None
+    expiry_jobs = next_run_time = jobs_per_kind = None
     job_store_error = ""
     try:
-        jobs = scheduler.stored_expiry_jobs()
-        expiry_jobs = len(jobs)
-        next_run_time = min((t for t in jobs.values() if t is not None), default=None)
+        jobs_per_kind = {}
+        for kind in deadlines.kinds():
+            jobs = timeline.stored_jobs(kind)
+            jobs_per_kind[kind.name] = len(jobs)
+            soonest = min((t for t in jobs.values() if t is not None), default=None)
+            if soonest is not None and (next_run_time is None or soonest < next_run_time):
+                next_run_time = soonest
+        expiry_jobs = jobs_per_kind.get(deadlines.EXPIRY, 0)
     except Exception as exc:  # reported, not raised: status must work when the store does not
         job_store_error = f"{type(exc).__name__}: {exc}"
     return SchedulerStatus(
@@ -140,6 +145,7 @@ def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
         overdue=overdue_holds(now),
         lateness=expiry_lateness(now),
         expiry_jobs=expiry_jobs,
+        jobs_per_kind=jobs_per_kind,
         next_run_time=next_run_time,
         job_store_error=job_store_error,
     )

@@ -4,7 +4,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from escape_rooms_backend import scheduler
+from escape_rooms_backend import timeline
 
 from .selectors import heartbeat_age, heartbeat_stale_after, latest_heartbeat, running_schedulers
 
@@ -30,7 +30,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
         checks["database"] = f"error: {type(exc).__name__}"
         heartbeat = None
     try:
-        scheduler.job_store_next_run_time()
+        timeline.job_store_next_run_time()
         checks["job_store"] = "ok"
     except Exception as exc:
         checks["job_store"] = f"error: {type(exc).__name__}"

@@ -1,5 +1,5 @@
 """
-Payment confirmations: every one recorded with an outcome, none dropped (issue 6).
+Payment confirmations: every one recorded with an outcome, none dropped.
 
 ``payment_confirm`` is the one way money reaches a reservation: the provider's
 webhook, the API's ``pay``, the *Pay* button and the admin's *mark paid* all
@@ -30,7 +30,7 @@ from django.utils import timezone
 from apps.reservations import errors
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.selectors import reservation_by_token
-from apps.reservations.services import lock_reservation, reservation_pay, reservation_pay_late
+from apps.reservations.services import reservation_lock, reservation_pay, reservation_pay_late
 
 from .models import Payment
 
@@ -70,7 +70,7 @@ def payment_confirm(
             reservation = reservation_by_token(reservation_token)
             if reservation is not None:
                 # Queue behind expiry, other payments and new customers of this slot.
-                lock_reservation(reservation.pk)
+                reservation_lock(reservation.pk)
                 reservation.refresh_from_db()
             now = now or timezone.now()
             outcome, reason = _apply(reservation, reference, amount, currency, source, now, actor)

@@ -3,7 +3,6 @@ import logging
 
 from django.apps import AppConfig
 from django.conf import settings
-from django.db.models.signals import post_delete, post_save
 
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
@@ -14,42 +13,35 @@ class ReservationsConfig(AppConfig):
     verbose_name = "Reservations"
 
     def ready(self) -> None:
-        from . import signals
+        from escape_rooms_backend.timeline import deadlines_keep_in_step
+
+        from . import deadlines
         from .models import Reservation
+        from .signals import reservations_changed
 
-        post_save.connect(
-            signals.reservation_saved,
-            sender=Reservation,
-            dispatch_uid="reservation_expiry_job_saved",
-        )
-        post_delete.connect(
-            signals.reservation_deleted,
-            sender=Reservation,
-            dispatch_uid="reservation_expiry_job_deleted",
-        )
-        signals.reservations_expired.connect(
-            signals.reservations_bulk_expired,
-            sender=Reservation,
-            dispatch_uid="reservation_expiry_jobs_bulk_expired",
+        deadlines.register()
+        reservations_changed.connect(
+            deadlines_keep_in_step, sender=Reservation, dispatch_uid="reservation_deadlines"
         )
 
-    def start_background_scheduler(self) -> bool:
-        """
-        Start the scheduler in this web process unless ``SCHEDULER_WORKER_MODE`` is set.
 
-        Called by ``config.wsgi`` and ``config.asgi``, that is when a web server
-        loads the application; never from ``ready()``, so ``migrate``, ``test``,
-        ``shell`` and every other management command start no scheduler, and
-        under ``runserver`` only the reloader's child (the process that serves)
-        starts one. Returns whether it started one.
-        """
-        if settings.SCHEDULER_WORKER_MODE:
-            logger.info("SCHEDULER_WORKER_MODE is on: jobs run in `manage.py start_scheduler`")
-            return False
-        from escape_rooms_backend.scheduler import start_scheduler, stop_scheduler
+def start_background_scheduler() -> bool:
+    """
+    Start the scheduler in this web process unless ``SCHEDULER_WORKER_MODE`` is set.
 
-        scheduler = start_scheduler(blocking=False)
-        # A clean exit (Ctrl+C under runserver, a gunicorn worker retiring)
-        # waits for running jobs and records the stop in the heartbeat.
-        atexit.register(stop_scheduler, scheduler)
-        return True
+    Called by ``config.wsgi`` and ``config.asgi``, that is when a web server
+    loads the application; never from ``ready()``, so ``migrate``, ``test``,
+    ``shell`` and every other management command start no scheduler, and
+    under ``runserver`` only the reloader's child (the process that serves)
+    starts one. Returns whether it started one.
+    """
+    if settings.SCHEDULER_WORKER_MODE:
+        logger.info("SCHEDULER_WORKER_MODE is on: jobs run in `manage.py start_scheduler`")
+        return False
+    from escape_rooms_backend.scheduler import start_scheduler, stop_scheduler
+
+    scheduler = start_scheduler(blocking=False)
+    # A clean exit (Ctrl+C under runserver, a gunicorn worker retiring)
+    # waits for running jobs and records the stop in the heartbeat.
+    atexit.register(stop_scheduler, scheduler)
+    return True

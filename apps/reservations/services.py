@@ -5,17 +5,19 @@ Every interface (API, pages, admin, scheduler jobs, scripts) calls these and
 nothing else to change a reservation. Each status change is one conditional
 UPDATE (compare-and-set on ``status`` and the hold) that changes the time slot
 in the same transaction, so that pay and expire racing on one reservation end
-with exactly one winner. ``QuerySet.update()`` sends no signal, so after a
-successful change the services send ``post_save`` themselves: its receiver
-keeps the reservation's expiry job in step (``apps.reservations.signals``).
+with exactly one winner. After every change the services send
+``reservations_changed`` (``apps.reservations.signals``) with the changed
+reservations; its receiver keeps their deadlines' jobs in step after commit.
 
 All times are timezone-aware datetimes; ``now`` defaults to ``timezone.now()``
 and is injected by tests.
 """
 
 import enum
+import logging
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -23,15 +25,14 @@ from typing import Any, NoReturn
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
-from django.db import IntegrityError, connection, transaction
-from django.db.models.signals import post_save
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.rooms.models import Room, TimeSlot
 
 from . import errors
 from .models import Reservation, ReservationEvent
-from .signals import reservations_expired
+from .signals import reservations_changed
 
 Status = Reservation.Status
 Reason = Reservation.CancellationReason
@@ -73,7 +74,7 @@ def _transition(
 
     Returns whether the row changed. On success it records a
     ``ReservationEvent`` (from ``expect["status"]``), updates the instance in
-    memory and sends ``post_save`` with the changed fields. Call inside
+    memory and sends ``reservations_changed``. Call inside
     ``transaction.atomic`` so that the event and the slot change commit with it.
     """
     updated = Reservation.objects.filter(pk=reservation.pk, **expect).update(**changes)
@@ -94,14 +95,7 @@ def _transition(
             else None
         ),
     )
-    post_save.send(
-        sender=Reservation,
-        instance=reservation,
-        created=False,
-        update_fields=frozenset(changes),
-        raw=False,
-        using=reservation._state.db,
-    )
+    reservations_changed.send(sender=Reservation, reservations=[reservation])
     return True
 
 
@@ -127,7 +121,7 @@ def _record(
     )
 
 
-def lock_reservation(reservation_id: int) -> None:
+def reservation_lock(reservation_id: int) -> None:
     """
     Lock a reservation's slot row, then its own row, for the rest of the transaction.
 
@@ -144,13 +138,13 @@ def lock_reservation(reservation_id: int) -> None:
 
 def _now_after_lock(reservation: Reservation, now: datetime | None) -> datetime:
     """
-    Lock the reservation (``lock_reservation``), then read the clock (unless ``now`` was given).
+    Lock the reservation (``reservation_lock``), then read the clock (unless ``now`` was given).
 
     A decision against ``expires_at`` must use the time at which it takes
     effect: a payment that waited for a lock past the end of its hold must
     not be judged by the time it arrived.
     """
-    lock_reservation(reservation.pk)
+    reservation_lock(reservation.pk)
     return now or timezone.now()
 
 
@@ -251,6 +245,7 @@ def reservation_create(
                     return earlier
             raise errors.SlotTaken() from None
         _record(reservation, from_status="", at=now, cause=cause, actor=actor)
+        reservations_changed.send(sender=Reservation, reservations=[reservation])
         return reservation
 
 
@@ -298,7 +293,7 @@ def reservation_pay_late(
     actor: AbstractBaseUser | None = None,
 ) -> Reservation:
     """
-    Pay a reservation whose hold lapsed, if its slot is still free (issue 6).
+    Pay a reservation whose hold lapsed, if its slot is still free.
 
     The reservation may still be pending past ``expires_at`` or already
     expired by a job; either way it becomes paid and takes its slot again, in
@@ -447,7 +442,7 @@ def reservation_extend_hold(
 
     Compare-and-set on the ``expires_at`` (and, with ``limit``, the count of
     extensions) that was read, so two extensions never apply as one; the
-    ``post_save`` receiver moves the expiry job. The hold never runs past the
+    ``reservations_changed`` receiver moves the jobs. The hold never runs past the
     slot's start. With ``limit``, the reservation's ``extensions`` count goes up
     by one and must stay within it. A hold that has already lapsed cannot be
     extended: it is expired and ``HoldExpired`` raised. Raises ``ValueError``
@@ -495,8 +490,8 @@ def reservation_keep_slot(*, reservation: Reservation, now: datetime | None = No
     """
     The customer's *Keep my slot*: extend the hold by one hold length.
 
-    At most ``settings.RESERVATION_MAX_EXTENSIONS`` times per reservation
-    (issue 3), never past the slot's start. Raises as ``reservation_extend_hold``.
+    At most ``settings.RESERVATION_MAX_EXTENSIONS`` times per reservation,
+    never past the slot's start. Raises as ``reservation_extend_hold``.
     """
     return reservation_extend_hold(
         reservation=reservation,
@@ -546,7 +541,7 @@ def _refuse_stale(
 
 def holds_limit_check(*, customer_email: str, client_address: str | None, now: datetime) -> None:
     """
-    Refuse a new hold past the limits against hoarding (issue 6).
+    Refuse a new hold past the limits against hoarding.
 
     At most ``MAX_PENDING_HOLDS_PER_EMAIL`` pending holds per email address
     (case-insensitive) and ``MAX_PENDING_HOLDS_PER_ADDRESS`` per client
@@ -601,11 +596,12 @@ def _expire(
 
 
 EXPIRE_BATCH_SIZE = 1000  # reservations a bulk expiry changes in one transaction
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ExpiredHold:
-    """One reservation ``reservations_expire_due`` expired: what its log line names."""
+    """One reservation ``lapsed_holds_expire`` expired: what its log line names."""
 
     reservation_id: int
     customer_name: str
@@ -614,55 +610,54 @@ class ExpiredHold:
     expires_at: datetime  # the hold's end, aware UTC
 
 
-def reservations_expire_due(
+def lapsed_holds_expire(
     *,
     now: datetime | None = None,
     cause: str = Cause.EXPIRY_JOB,
-    limit: int | None = None,
-    skip_locked: bool = False,
+    limit: int = EXPIRE_BATCH_SIZE,
+    reservation_ids: Sequence[int] | None = None,
 ) -> list[ExpiredHold]:
     """
-    Expire the pending reservations whose holds have lapsed, and release their slots.
+    Expire up to ``limit`` pending reservations whose holds have lapsed, and release their slots.
 
-    The bulk form of ``reservation_expire``, for the expiry job and the sweep
-    (issue 7): at most ``limit`` (default ``EXPIRE_BATCH_SIZE``) reservations,
-    earliest ``expires_at`` first, in one transaction of one conditional
-    UPDATE for the reservations, one for their slots and one multi-row INSERT
-    for their events (``cause``, with each one's lateness). 10,000 holds
-    ending in the same second are then ten such transactions, not 10,000.
-    Callers wanting every due hold loop until fewer than ``limit`` come back.
+    The bulk form of ``reservation_expire``, for the deadline jobs and the
+    sweep: earliest ``expires_at`` first (only ``reservation_ids``, when
+    given), in one transaction of one conditional UPDATE for the
+    reservations, one for their slots and one multi-row INSERT for their
+    events (``cause``, with each one's lateness). 10,000 holds ending in the
+    same second are then ten such transactions, not 10,000. Callers wanting
+    every lapsed hold loop until fewer than ``limit`` come back
+    (``lapsed_holds_release``).
 
-    Locks the due slots, then the due reservations, each in primary-key order:
-    ``lock_reservation``'s order, so that it queues behind a payment or a
-    reservation of the same slot instead of deadlocking with it. With
-    ``skip_locked`` (PostgreSQL; SQLite's one write lock makes it moot) it
-    never waits: it takes due reservations, then their slots, that no one
-    else has locked, so that concurrent bulk expiries (two jobs of a burst,
-    the sweep) share the work instead of queueing on the same rows; what it
-    skipped stays due for the next call. ``now`` (aware UTC; default: the
-    clock, read after the locks) decides what is due.
+    Never waits for a row that another transaction holds: on PostgreSQL it
+    takes the due reservations, then their slots, with ``SKIP LOCKED``, so
+    that a payment in flight, a long staff transaction or a concurrent bulk
+    expiry delays only the rows it holds; what it skipped stays due for the
+    next call. (SQLite's one write lock leaves nothing to skip.) ``now``
+    (aware UTC; default: the clock, read after the locks) decides what is
+    due.
 
     Returns what it expired, earliest expiry first; an empty list when
-    nothing was due. The expiry jobs are removed after commit by the
-    ``reservations_expired`` receiver (``QuerySet.update`` sends no
-    ``post_save``).
+    nothing was due.
     """
+    skip_locked = connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
         due = Reservation.objects.due_for_expiry(now or timezone.now()).order_by("expires_at", "pk")
+        if reservation_ids is not None:
+            due = due.filter(pk__in=reservation_ids)
         if skip_locked:
             due = due.select_for_update(skip_locked=True)
-        slot_ids = list(due.values_list("time_slot_id", flat=True)[: limit or EXPIRE_BATCH_SIZE])
+        slot_ids = list(due.values_list("time_slot_id", flat=True)[:limit])
         if not slot_ids:
             return []
-        slots = TimeSlot.objects.select_for_update(skip_locked=skip_locked).filter(pk__in=slot_ids)
+        slots = TimeSlot.objects.filter(pk__in=slot_ids)
+        if skip_locked:
+            slots = slots.select_for_update(skip_locked=True)
         slot_ids = list(slots.order_by("pk").values_list("pk", flat=True))
-        if not skip_locked:
-            held = Reservation.objects.select_for_update().filter(
-                time_slot_id__in=slot_ids, status=Status.PENDING
-            )
-            list(held.order_by("pk").values_list("pk"))
         at = now or timezone.now()
         # Tuples, not model instances: a burst reads thousands of rows here.
+        # A slot has one pending reservation at most: each one read here is
+        # one this transaction locked.
         expired = [
             ExpiredHold(*row)
             for row in Reservation.objects.due_for_expiry(at)
@@ -675,7 +670,6 @@ def reservations_expire_due(
         if not expired:
             return []
         ids = [hold.reservation_id for hold in expired]
-        # The rows are locked and were read under the locks: every one changes.
         Reservation.objects.filter(pk__in=ids, status=Status.PENDING, expires_at__lte=at).update(
             status=Status.CANCELLED, cancelled_at=at, cancellation_reason=Reason.EXPIRED
         )
@@ -684,8 +678,75 @@ def reservations_expire_due(
             status=TimeSlot.Status.RESERVED,
         ).update(status=TimeSlot.Status.ACTIVE)
         _record_expiries(expired, at=at, cause=cause)
-        reservations_expired.send(sender=Reservation, reservation_ids=ids)
+        # Instances with the fields a deadline looks at, not rows read again.
+        fields = ["id", "status", "expires_at", "cancelled_at", "cancellation_reason"]
+        changed = [
+            Reservation.from_db(
+                connection.alias,
+                fields,
+                (hold.reservation_id, Status.CANCELLED, hold.expires_at, at, Reason.EXPIRED),
+            )
+            for hold in expired
+        ]
+        reservations_changed.send(sender=Reservation, reservations=changed)
     return expired
+
+
+def lapsed_holds_release(*, cause: str, now: datetime | None = None) -> list[ExpiredHold]:
+    """
+    Expire every hold lapsed by ``now`` (default: the clock), in batches.
+
+    Loops over ``lapsed_holds_expire`` until a batch comes back short. If a
+    batch fails, the lapsed holds are expired one at a time instead, so that
+    one bad row cannot hold back the rest; each failure is logged. A
+    database too busy to write (its lock timeout) ends the pass early: what
+    is left stays due for the next job or sweep. Never raises; returns what
+    it expired, in order.
+    """
+    released: list[ExpiredHold] = []
+    while True:
+        try:
+            batch = lapsed_holds_expire(now=now, cause=cause)
+        except Exception as exc:
+            if _database_busy(exc):
+                logger.warning("Database busy; lapsed holds wait for the next try: %s", exc)
+                return released
+            logger.exception("Bulk expiry failed; expiring the lapsed holds one at a time")
+            return released + _lapsed_holds_release_one_by_one(cause=cause, now=now)
+        released += batch
+        if len(batch) < EXPIRE_BATCH_SIZE:
+            return released
+
+
+def _lapsed_holds_release_one_by_one(*, cause: str, now: datetime | None) -> list[ExpiredHold]:
+    released: list[ExpiredHold] = []
+    try:
+        due = list(
+            Reservation.objects.due_for_expiry(now or timezone.now())
+            .order_by("expires_at")
+            .values_list("pk", flat=True)
+        )
+    except Exception:
+        logger.exception("Could not list the lapsed holds; they wait for the next try")
+        return released
+    for reservation_id in due:
+        try:
+            released += lapsed_holds_expire(
+                now=now, cause=cause, limit=1, reservation_ids=[reservation_id]
+            )
+        except Exception as exc:
+            if _database_busy(exc):
+                logger.warning("Database busy; lapsed holds wait for the next try: %s", exc)
+                break
+            logger.exception("Failed to cancel expired reservation %s", reservation_id)
+    return released
+
+
+def _database_busy(exc: Exception) -> bool:
+    # A lock timeout (PostgreSQL) or a write lock held too long (SQLite):
+    # nothing else will get through now either.
+    message = str(exc).lower()
+    return isinstance(exc, OperationalError) and ("lock timeout" in message or "locked" in message)
 
 
 def _record_expiries(expired: list[ExpiredHold], *, at: datetime, cause: str) -> None:
@@ -733,7 +794,7 @@ def reservation_expire(
     when it does not exist.
     """
     with transaction.atomic():
-        lock_reservation(reservation_id)
+        reservation_lock(reservation_id)
         now = now or timezone.now()
         reservation = (
             Reservation.objects.select_related("time_slot__room").filter(pk=reservation_id).first()

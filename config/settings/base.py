@@ -156,6 +156,10 @@ SCHEDULER_POLL_SECONDS = env.float("SCHEDULER_POLL_SECONDS", default=5.0)
 SCHEDULER_WORKER_MODE = env.bool("SCHEDULER_WORKER_MODE", default=False)
 # A standby takes over within this many seconds of the runner dying.
 SCHEDULER_FAILOVER_SECONDS = env.float("SCHEDULER_FAILOVER_SECONDS", default=10.0)
+# Seconds a job, the sweep or a heartbeat waits for a lock another transaction
+# holds (a row on PostgreSQL, the database on SQLite) before it gives up and
+# is tried again: a long transaction elsewhere never stalls the scheduler.
+SCHEDULER_LOCK_TIMEOUT = env.float("SCHEDULER_LOCK_TIMEOUT", default=2.0)
 # For the benchmarks only (scripts/bench): false writes no expiry jobs, so that
 # the reserve path can be measured without them and the seed's poll-only
 # design compared. Never in production: holds would then wait for the sweep.
@@ -187,7 +191,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         # The seed's format: "INFO 2025-08-21 06:20:10,066 scheduler Cancelled ..."
-        "verbose": {"format": "%(levelname)s %(asctime)s %(module)s %(message)s"},
+        "verbose": {
+            "()": "config.log.Formatter",
+            "format": "%(levelname)s %(asctime)s %(logger)s %(message)s",
+        },
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "verbose"},

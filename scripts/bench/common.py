@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from apps.operations.models import SchedulerHeartbeat
 from apps.payments.models import Payment
+from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.rooms.models import Room, TimeSlot
-from escape_rooms_backend import scheduler
+from escape_rooms_backend import lifecycle, scheduler, timeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -242,22 +243,22 @@ def load_expiry_jobs(reservations: Sequence[Reservation]) -> None:
     """
     Write the reservations' expiry jobs straight into the job store, in
     APScheduler's own row format and in one transaction: 100,000 ``add_job``
-    calls would take minutes. The rows are what ``schedule_reservation_expiry``
+    calls would take minutes. The rows are what ``timeline.deadline_schedule``
     writes, built from one job it wrote.
     """
     if not reservations:
         return
     template = reservations[0]
-    scheduler.schedule_reservation_expiry(template)
-    store = scheduler._job_store()
-    state = store.lookup_job(scheduler.expiry_job_id(template.pk)).__getstate__()
+    timeline.deadline_schedule(HOLD_END, template.pk, template.expires_at)
+    store = lifecycle.process.job_store()
+    state = store.lookup_job(HOLD_END.job_id(template.pk)).__getstate__()
     rows = []
     for reservation in reservations[1:]:
         job_state = {
             **state,
-            "id": scheduler.expiry_job_id(reservation.pk),
-            "name": f"Expire reservation {reservation.pk}",
-            "args": (reservation.pk,),
+            "id": HOLD_END.job_id(reservation.pk),
+            "name": f"{HOLD_END.name} of reservation {reservation.pk}",
+            "args": (HOLD_END.name, reservation.pk),
             "trigger": type(state["trigger"])(run_date=reservation.expires_at),
             "next_run_time": reservation.expires_at,
         }
@@ -274,7 +275,7 @@ def load_expiry_jobs(reservations: Sequence[Reservation]) -> None:
 
 
 def stored_expiry_job_count() -> int:
-    return len(scheduler.stored_expiry_jobs(missing_ok=True))
+    return len(timeline.stored_jobs(HOLD_END, missing_ok=True))
 
 
 def held_count(slot_ids: Sequence[int]) -> int:

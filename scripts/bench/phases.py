@@ -1,5 +1,5 @@
 """
-The five benchmark phases of issue 7. Each takes the ``Sizes`` and returns a
+The five benchmark phases. Each takes the ``Sizes`` and returns a
 JSON-ready dict; times are in milliseconds unless a key says otherwise.
 """
 
@@ -24,7 +24,7 @@ from apps.reservations.models import Reservation
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 from apps.rooms.selectors import timeslot_list_for_day
-from escape_rooms_backend import scheduler
+from escape_rooms_backend import scheduler, timeline
 
 from .common import (
     PYTHON,
@@ -294,7 +294,7 @@ def burst(sizes: Sizes) -> dict[str, Any]:
         reservations = hold_slots(slot_ids, lambda i: first_end + timedelta(seconds=i / count))
         with bar(count, "writing expiry jobs") as progress:
             for reservation in reservations:
-                scheduler.schedule_reservation_expiry(reservation)
+                timeline.deadlines_sync([reservation])
                 progress.update()
         overran = (timezone.now() - first_end).total_seconds()
         last_end = first_end + timedelta(seconds=1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Benchmarks of the expiry (issue 7), on SQLite and PostgreSQL.
+Benchmarks of the expiry, on SQLite and PostgreSQL.
 
     python scripts/bench/run.py                  # the full run (about 15 minutes)
     python scripts/bench/run.py --quick          # small sizes, about a minute a database (CI)

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from tabulate import tabulate
 
-from apps.operations.services import ReconcileReport, expiry_jobs_reconcile
+from escape_rooms_backend.timeline import ReconcileReport, deadlines_reconcile
 
 
 def _time(value: datetime | None) -> str:
@@ -16,7 +16,8 @@ def _time(value: datetime | None) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Compare pending reservations with the expiry jobs in the job store and report drift "
+        "Compare every deadline of every reservation (the hold's end, ...) with the jobs in the "
+        "job store and report drift "
         "(exit 1 when there is any). With --fix, repair it (exit 1 when something could not be "
         "repaired). Safe to run while a scheduler runs. Same as scripts/reconcile.py."
     )
@@ -28,7 +29,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         fix = options["fix"]
         try:
-            report = expiry_jobs_reconcile(fix=fix)
+            report = deadlines_reconcile(fix=fix)
         except Exception as exc:
             raise CommandError(f"Could not read the job store: {exc}", returncode=2) from exc
         self.stdout.write(self._json(report) if options["json"] else self._table(report))
@@ -38,22 +39,24 @@ class Command(BaseCommand):
             raise CommandError("Drift found; run with --fix to repair it.", returncode=1)
 
     def _table(self, report: ReconcileReport) -> str:
-        summary = (
-            f"Checked {report.pending} pending reservations and {report.jobs} expiry jobs "
-            f"at {_time(report.checked_at)}: "
+        kinds = ", ".join(
+            f"{kind}: {needed} needed, {report.jobs.get(kind, 0)} jobs"
+            for kind, needed in report.needed.items()
         )
+        summary = f"Checked the deadlines ({kinds}) at {_time(report.checked_at)}: "
         if report.consistent:
             return summary + "consistent."
-        headers = ["drift", "reservation", "job", "expires_at", "job run time"]
+        headers = ["deadline", "drift", "reservation", "job", "due at", "job run time"]
         if report.fixed:
             headers.append("repair")
         rows = []
         for item in report.drift:
             row = [
+                item.deadline,
                 item.kind.value,
                 item.reservation_id,
                 item.job_id,
-                _time(item.expires_at),
+                _time(item.due_at),
                 _time(item.run_time),
             ]
             if report.fixed:
@@ -65,16 +68,17 @@ class Command(BaseCommand):
         return json.dumps(
             {
                 "checked_at": report.checked_at.isoformat(),
-                "pending": report.pending,
+                "needed": report.needed,
                 "jobs": report.jobs,
                 "consistent": report.consistent,
                 "fixed": report.fixed,
                 "drift": [
                     {
+                        "deadline": item.deadline,
                         "kind": item.kind.value,
                         "reservation_id": item.reservation_id,
                         "job_id": item.job_id,
-                        "expires_at": item.expires_at and item.expires_at.isoformat(),
+                        "due_at": item.due_at and item.due_at.isoformat(),
                         "run_time": item.run_time and item.run_time.isoformat(),
                         "repaired": item.repaired,
                         "action": item.action,

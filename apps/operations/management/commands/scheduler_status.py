@@ -33,7 +33,8 @@ def _ms(seconds: float | None) -> str:
 class Command(BaseCommand):
     help = (
         "Show whether an expiry scheduler is running and where, its last heartbeat and sweep, "
-        "the expiry jobs in the store, overdue holds and the expiry lateness of the last hour. "
+        "the deadline jobs in the store per kind, overdue holds and the expiry lateness of the "
+        "last hour. "
         "Exits 1 when no scheduler is running or the job store cannot be read."
     )
 
@@ -57,7 +58,9 @@ class Command(BaseCommand):
         if status.job_store_error:
             jobs = f"job store unreachable: {status.job_store_error}"
         else:
-            jobs = f"{status.expiry_jobs}, next due {_when(status.next_run_time)}"
+            per_kind = status.jobs_per_kind or {}
+            jobs = ", ".join(f"{count} {kind}" for kind, count in per_kind.items()) or "0"
+            jobs += f"; next due {_when(status.next_run_time)}"
         overdue = f"{status.overdue.count}"
         if status.overdue.count:
             overdue += f", oldest {_ago(status.overdue.oldest_age_seconds)} past expires_at"
@@ -79,7 +82,7 @@ class Command(BaseCommand):
             lateness += f" over {late.count} expiries"
         for label, value in [
             ("Scheduler", scheduler),
-            ("Expiry jobs", jobs),
+            ("Deadline jobs", jobs),
             ("Overdue holds", overdue),
             ("Last sweep", sweep),
             ("Lateness (1 h)", lateness),

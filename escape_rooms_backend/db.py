@@ -1,0 +1,74 @@
+"""Django database connections in the scheduler's own threads."""
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger("escape_rooms_backend.scheduler")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def job_connection(func: Callable[P, R]) -> Callable[P, R]:
+    """
+    Run ``func`` with a fresh, lock-bounded database connection, closing stale ones around it.
+
+    Jobs run in the executor's threads (and heartbeats in the runner's), each
+    with its own Django connection that no request cycle closes. Around the
+    call, connections past ``CONN_MAX_AGE`` or broken are closed, as
+    django-apscheduler's ``close_old_connections`` does. Before it, the
+    connection waits at most ``SCHEDULER_LOCK_TIMEOUT`` seconds for a lock
+    (PostgreSQL's ``lock_timeout``, SQLite's busy timeout), so that a row or
+    database held by a long transaction elsewhere delays one job, which is
+    tried again, instead of stalling the scheduler's threads, its sweep and
+    its stop. A caller inside a transaction (a test, a shell's atomic block)
+    owns its connection: it is left as it is.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if connection.in_atomic_block:
+            return func(*args, **kwargs)
+        close_old_connections()
+        restore = _bound_lock_waits()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            # The thread may serve requests too (a gunicorn worker's main
+            # thread records the first heartbeat): give it its waits back.
+            _run(restore)
+            close_old_connections()
+
+    return wrapper
+
+
+def _bound_lock_waits() -> str:
+    # Returns the statement that undoes it.
+    milliseconds = int(settings.SCHEDULER_LOCK_TIMEOUT * 1000)
+    if connection.vendor == "postgresql":
+        _run(f"SET lock_timeout = {milliseconds}")
+        return "RESET lock_timeout"
+    if connection.vendor == "sqlite":
+        previous = _run("PRAGMA busy_timeout")
+        _run(f"PRAGMA busy_timeout = {milliseconds}")
+        return f"PRAGMA busy_timeout = {previous}" if previous is not None else ""
+    return ""
+
+
+def _run(statement: str) -> int | None:
+    """Run one statement on this thread's connection; return its first value, if any."""
+    if not statement:
+        return None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+            row = cursor.fetchone() if cursor.description else None
+    except Exception:  # the job itself meets the same error and reports it
+        logger.debug("Could not run %r on a job's connection", statement, exc_info=True)
+        return None
+    return None if row is None else int(row[0])

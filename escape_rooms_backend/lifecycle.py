@@ -1,0 +1,305 @@
+"""
+This process's scheduler: building it, starting and stopping it, its threads.
+
+One ``SchedulerProcess`` holds everything a process keeps about its
+scheduler. Every process that writes jobs starts the scheduler *paused*:
+APScheduler writes to the store only from a started scheduler, and a paused
+one runs nothing. Each such process competes for the job store's runner lock
+(``escape_rooms_backend.runner``); the holder resumes and runs the jobs. A
+running scheduler sleeps until its next known job, so a poller thread wakes
+it every ``SCHEDULER_POLL_SECONDS`` to look for jobs other processes wrote
+(and, on PostgreSQL, a LISTEN connection wakes it at once).
+
+Imports no app: the sweep and the reconcile are named by import path, and
+apps learn of starts, stops and sweeps from the ``scheduler_heartbeat`` signal.
+"""
+
+import copy
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
+from apscheduler.triggers.date import DateTrigger
+from django.conf import settings
+from django.utils import timezone
+from sqlalchemy.engine import make_url
+
+from .compat import Scheduler
+from .db import job_connection
+from .jobstore import store_options
+from .runner import NOTIFY_CHANNEL, Listener, Runner, lock_for
+from .signals import scheduler_heartbeat
+
+logger = logging.getLogger("escape_rooms_backend.scheduler")
+
+# Stored jobs name their function by import path: these are public APIs.
+SWEEP_JOB_ID = "cancel_expired_reservations"
+SWEEP_JOB_FUNC = "escape_rooms_backend.scheduler:sweep"
+RECONCILE_JOB_ID = "reconcile_expiry_jobs"
+RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
+# A job due later than this is not announced with NOTIFY: the runner looks at
+# the store at least this often (SCHEDULER_POLL_SECONDS is capped at it).
+NOTIFY_HORIZON_SECONDS = 60.0
+
+
+def build_scheduler(config: dict[str, Any]) -> Scheduler:
+    """Build (not start) a scheduler from the seed's ``apscheduler.*`` options."""
+    # APScheduler pops keys from the dicts it is given: build from a deep copy
+    # so that settings.SCHEDULER_CONFIG serves the next scheduler too.
+    config = copy.deepcopy(config)
+    return Scheduler(
+        gconfig={
+            key: store_options(value) if key.startswith("apscheduler.jobstores.") else value
+            for key, value in config.items()
+        }
+    )
+
+
+@job_connection
+def record_heartbeat(**fields: Any) -> None:
+    """Send ``scheduler_heartbeat`` with ``fields``; log what its receivers raise."""
+    for receiver, result in scheduler_heartbeat.send_robust(sender=Scheduler, **fields):
+        if isinstance(result, Exception):
+            logger.error("Could not record the scheduler heartbeat (%s)", receiver, exc_info=result)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM set an event instead of killing the process; ``restore()`` undoes it."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            logger.info("Received %s again; still stopping", name)
+        else:
+            logger.info("Received %s, stopping the scheduler", name)
+        self.event.set()
+
+    def wait(self) -> None:
+        while not self.event.wait(1.0):
+            pass
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class SchedulerProcess:
+    """
+    The scheduler of this process, with its runner lock, LISTEN and poller threads.
+
+    Thread-safe; one instance per process (``process``). ``get()`` builds the
+    scheduler from ``settings.SCHEDULER_CONFIG`` on first use; ``stop()``
+    discards it, so that the next ``get()`` builds a fresh one.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.scheduler: Scheduler | None = None
+        self.runner: Runner | None = None
+        self.listener: Listener | None = None
+        self._poller: tuple[threading.Thread, threading.Event] | None = None
+        self._last_tick_beat = 0.0
+
+    def get(self) -> Scheduler:
+        """Return this process's scheduler, building it if need be; starts nothing."""
+        with self.lock:
+            if self.scheduler is None:
+                self.scheduler = build_scheduler(settings.SCHEDULER_CONFIG)
+            return self.scheduler
+
+    def writable(self) -> Scheduler:
+        """Return this process's scheduler, started (paused) if it was not, so that it writes."""
+        # A never-started scheduler keeps add_job in memory and cannot remove a
+        # stored job; a paused one writes to the store and runs nothing.
+        with self.lock:
+            scheduler = self.get()
+            if scheduler.state == STATE_STOPPED:
+                scheduler.start(paused=True)
+            return scheduler
+
+    def job_store(self) -> SQLAlchemyJobStore:
+        """The default SQLAlchemy job store of this process's (started) scheduler."""
+        # BaseScheduler has no public accessor; _lookup_jobstore is stable in 3.x.
+        return self.writable()._lookup_jobstore("default")
+
+    def notify_runner(self) -> None:
+        """On PostgreSQL, wake the runner (LISTENing in any process) after a job write."""
+        try:
+            store = self.job_store()
+            if store.engine.dialect.name == "postgresql":
+                with store.engine.begin() as db:
+                    db.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        except Exception:
+            logger.warning("Could not notify the runner of a new job; it polls", exc_info=True)
+
+    def start(self, blocking: bool = False, config: dict[str, Any] | None = None) -> Scheduler:
+        """See ``escape_rooms_backend.scheduler.start_scheduler``."""
+        # Caught before the scheduler starts, and kept until it has shut down, so
+        # that no signal kills the worker half-way through either.
+        stop = StopSignals() if blocking else None
+        with self.lock:
+            if config is not None and (
+                self.scheduler is None or self.scheduler.state == STATE_STOPPED
+            ):
+                self.scheduler = build_scheduler(config)
+            scheduler = self.get()
+            try:
+                if scheduler.state == STATE_STOPPED:
+                    _start_paused(scheduler)
+                url = scheduler._lookup_jobstore("default").engine.url.render_as_string(
+                    hide_password=False
+                )
+                if self.runner is None:
+                    self.runner = Runner(
+                        lock_for(url),
+                        interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
+                        on_runner=lambda: self._become_runner(scheduler),
+                        on_standby=lambda: self._become_standby(scheduler),
+                        on_tick=self._tick_heartbeat,
+                    )
+                    self.runner.start()
+                if self.listener is None and make_url(url).get_backend_name() == "postgresql":
+                    self.listener = Listener(url, scheduler.wakeup)
+                    self.listener.start()
+            except Exception:
+                logger.exception("Scheduler failed to start")
+                if stop is not None:
+                    stop.restore()
+                raise
+            self._start_poller(
+                scheduler, min(settings.SCHEDULER_POLL_SECONDS, NOTIFY_HORIZON_SECONDS)
+            )
+            role = "runner" if self.runner.is_runner else "standby"
+        if role == "standby":
+            record_heartbeat(started=True, role=role)
+        logger.info(
+            "Scheduler started as the %s: sweep every %ss, looking for new jobs every %ss",
+            role,
+            settings.SCHEDULER_SWEEP_SECONDS,
+            settings.SCHEDULER_POLL_SECONDS,
+        )
+        if stop is not None:
+            try:
+                stop.wait()
+                self.stop(scheduler)
+            finally:
+                stop.restore()
+        return scheduler
+
+    def stop(self, scheduler: Scheduler | None = None) -> None:
+        """See ``escape_rooms_backend.scheduler.stop_scheduler``."""
+        runner = None
+        with self.lock:
+            scheduler = scheduler or self.scheduler
+            if scheduler is None:
+                return
+            if scheduler is self.scheduler:
+                self._stop_poller()
+                self.scheduler = None
+                runner, self.runner = self.runner, None
+                if self.listener is not None:
+                    self.listener.stop()
+                    self.listener = None
+        if runner is not None:
+            runner.stop_checking()
+        # Outside the lock: a running job may itself write a job (and take the
+        # lock) while shutdown() waits for it to finish.
+        was_running = scheduler.state == STATE_RUNNING
+        try:
+            scheduler.shutdown(wait=True)
+        except SchedulerNotRunningError:
+            return  # already stopped, or another thread stopped it first
+        finally:
+            if runner is not None:
+                runner.lock.release()  # after the running jobs finished: a standby takes over
+        if was_running or runner is not None:
+            record_heartbeat(stopped=True)
+            logger.info("Scheduler stopped")
+
+    def _become_runner(self, scheduler: Scheduler) -> None:
+        """This process took the runner lock: run the jobs, sweep now, reconcile once."""
+        now = timezone.now()
+        scheduler.add_job(
+            SWEEP_JOB_FUNC,
+            trigger="interval",
+            seconds=settings.SCHEDULER_SWEEP_SECONDS,
+            id=SWEEP_JOB_ID,
+            name="Sweep overdue deadlines",
+            replace_existing=True,
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        scheduler.add_job(
+            RECONCILE_JOB_FUNC,
+            trigger=DateTrigger(run_date=now),
+            id=RECONCILE_JOB_ID,
+            name="Reconcile deadline jobs at start",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+        scheduler.resume()
+        record_heartbeat(started=True, role="runner")
+        logger.info("This process is the runner: it runs the expiry jobs")
+
+    def _become_standby(self, scheduler: Scheduler) -> None:
+        scheduler.pause()
+        record_heartbeat(role="standby")
+
+    def _tick_heartbeat(self, is_runner: bool) -> None:
+        # Beat from the lock checks too, not only from the sweep: at most every
+        # minute, and at least every half sweep interval, so that a dead runner
+        # and a live standby both show within minutes.
+        every = min(60.0, settings.SCHEDULER_SWEEP_SECONDS / 2)
+        if time.monotonic() - self._last_tick_beat >= every:
+            self._last_tick_beat = time.monotonic()
+            record_heartbeat(role="runner" if is_runner else "standby")
+
+    def _start_poller(self, scheduler: Scheduler, interval: float) -> None:
+        if self._poller is not None:
+            return
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.wait(interval):
+                scheduler.wakeup()
+
+        thread = threading.Thread(target=poll, name="escape-rooms-scheduler-poll", daemon=True)
+        thread.start()
+        self._poller = (thread, stop)
+
+    def _stop_poller(self) -> None:
+        if self._poller is not None:
+            thread, stop = self._poller
+            stop.set()
+            thread.join()
+            self._poller = None
+
+
+def _start_paused(scheduler: Scheduler, attempts: int = 5) -> None:
+    # Several workers starting at once all create the store's table; on SQLite
+    # one may find the file locked past the short busy timeout. Try again.
+    for attempt in range(1, attempts + 1):
+        try:
+            scheduler.start(paused=True)
+            return
+        except Exception:
+            if attempt == attempts or scheduler.state != STATE_STOPPED:
+                raise
+            logger.warning("Job store busy at start; trying again (%s/%s)", attempt, attempts)
+            time.sleep(attempt * 0.5)
+
+
+process = SchedulerProcess()

@@ -1,0 +1,10 @@
+"""Signals the scheduler sends, for apps to receive without the scheduler importing them."""
+
+from django.dispatch import Signal
+
+# Sent when this process's scheduler starts, changes role, sweeps or stops,
+# and every so often between. Keyword arguments, each optional: ``started``
+# and ``stopped`` (bool), ``role`` ("runner" or "standby") and
+# ``sweep_cancelled`` (int, what the sweep that just ran cancelled).
+# Receivers run in the scheduler's threads; what they raise is logged.
+scheduler_heartbeat = Signal()

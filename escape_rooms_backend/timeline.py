@@ -1,0 +1,450 @@
+"""
+Every reservation's deadlines as jobs in the persistent job store.
+
+For each registered kind (``escape_rooms_backend.deadlines``) a reservation
+that needs the deadline has one ``DateTrigger`` job, ``<prefix><pk>``, at the
+time the kind gives; any other has none:
+
+- ``deadlines_keep_in_step`` receives the reservations' domain signal and,
+  after commit, adds, moves and removes their jobs (``deadlines_sync``);
+- ``run_deadline`` is the job: it calls the kind's ``handle`` and tries again
+  shortly what failed or found its rows busy;
+- ``deadlines_sweep`` handles every overdue deadline of every kind, whatever
+  its job did; ``deadlines_reconcile`` compares what each kind needs with the
+  store and repairs drift.
+
+Nothing here is needed for correctness: each kind's state is data that every
+read compares against the clock. The jobs make deadlines prompt.
+
+Imports no app; importing this module loads no APScheduler (the store is
+reached through ``lifecycle`` on first use), so that the apps can wire the
+receiver at start for free.
+"""
+
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from . import deadlines
+from .db import job_connection
+from .deadlines import DeadlineKind
+
+if TYPE_CHECKING:
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+logger = logging.getLogger("escape_rooms_backend.scheduler")
+
+# Stored jobs name their function by import path: a public API.
+JOB_FUNC = "escape_rooms_backend.timeline:run_deadline"
+# What handled a deadline, passed to the kind's handle and sweep.
+BY_JOB = "job"
+BY_SWEEP = "sweep"
+BY_RECONCILE = "reconcile"
+# A deadline that failed or found its rows busy is tried again after 0.5 s,
+# then twice as long each time, up to this many seconds.
+JOB_RETRY_SECONDS = 10.0
+JOB_NOT_SCHEDULED_LOG = (
+    "Could not schedule the %s job of reservation %s: the sweep handles it once it falls due, "
+    "and the next start's reconcile restores the job"
+)
+JOB_FAILED_LOG = "Failed to handle the %s deadline of reservation %s; trying again in %ss"
+JOB_BUSY_LOG = "The %s deadline of %d reservations found their rows busy; trying again in %ss"
+
+
+def _store() -> "SQLAlchemyJobStore":
+    from .lifecycle import process
+
+    return process.job_store()
+
+
+# ---------------------------------------------------------------------------
+# Keeping jobs in step with reservations
+# ---------------------------------------------------------------------------
+
+
+def deadlines_keep_in_step(sender: Any, reservations: Sequence[Any], **kwargs: Any) -> None:
+    """
+    Receiver of the reservations' domain signal: sync their jobs after commit.
+
+    The job store commits on its own engine: a write before the commit would
+    leave an orphan job behind a rolled-back transaction.
+    """
+    changed = list(reservations)
+    transaction.on_commit(lambda: deadlines_sync(changed))
+
+
+def deadlines_sync(reservations: Sequence[Any]) -> None:
+    """
+    Give each reservation exactly the jobs its state needs, at the times they fall due.
+
+    For every registered kind, adds or moves the job of each reservation for
+    which ``due_at`` gives a time, and removes it for the others (one
+    statement per thousand when there are many). Call after the
+    reservations' transaction committed. Never raises: a store failure is
+    logged, and the sweep and the next reconcile make up for it. Writes
+    nothing when ``SCHEDULER_EXPIRY_JOBS`` is off (the benchmarks' switch).
+    """
+    if not settings.SCHEDULER_EXPIRY_JOBS:
+        return
+    for kind in deadlines.kinds():
+        unneeded = []
+        for reservation in reservations:
+            at = kind.due_at(reservation)
+            if at is None:
+                unneeded.append(reservation.pk)
+            else:
+                deadline_schedule(kind, reservation.pk, at)
+        if len(unneeded) == 1:
+            deadline_unschedule(kind, unneeded[0])
+        elif unneeded:
+            deadlines_unschedule(kind, unneeded)
+
+
+def deadline_schedule(
+    kind: DeadlineKind,
+    reservation_id: int,
+    at: datetime,
+    *,
+    coalesced: Sequence[int] = (),
+    attempt: int = 0,
+) -> bool:
+    """
+    Add or move the ``kind`` job of a reservation to ``at`` (aware).
+
+    The job is a ``DateTrigger`` with ``misfire_grace_time=None`` and
+    ``coalesce``, so that a job missed while no scheduler ran still runs,
+    once, at the next start. ``coalesced`` and ``attempt`` are for the job's
+    own retries. Writes to the persistent store before returning, from any
+    process. Returns whether the store has the job. Never raises: a store
+    failure is logged.
+    """
+    from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+    from apscheduler.triggers.date import DateTrigger
+
+    from .lifecycle import NOTIFY_HORIZON_SECONDS, process
+
+    kwargs: dict[str, Any] = {}
+    if coalesced:
+        kwargs["coalesced"] = list(coalesced)
+    if attempt:
+        kwargs["attempt"] = attempt
+    for retry in (False, True):
+        try:
+            process.writable().add_job(
+                JOB_FUNC,
+                trigger=DateTrigger(run_date=at),
+                args=[kind.name, reservation_id],
+                kwargs=kwargs,
+                id=kind.job_id(reservation_id),
+                name=f"{kind.name} of reservation {reservation_id}",
+                replace_existing=True,
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+            )
+        except (ConflictingIdError, JobLookupError):
+            # replace_existing is an insert, then an update: the runner
+            # deleting the old job in between (it just fell due) makes either
+            # step fail. Once more finds the store settled.
+            if retry:
+                logger.exception(JOB_NOT_SCHEDULED_LOG, kind.name, reservation_id)
+            continue
+        except Exception:
+            logger.exception(JOB_NOT_SCHEDULED_LOG, kind.name, reservation_id)
+            return False
+        # The runner looks at the store at least every NOTIFY_HORIZON_SECONDS:
+        # wake it only for a job due before then, and spare the usual
+        # 30-minute hold the round trip.
+        if (at - timezone.now()).total_seconds() <= NOTIFY_HORIZON_SECONDS:
+            process.notify_runner()
+        return True
+    return False
+
+
+def deadline_unschedule(kind: DeadlineKind, reservation_id: int) -> bool:
+    """
+    Remove the ``kind`` job of a reservation; a missing job is no error.
+
+    Returns whether the store is now without the job. Never raises: a store
+    failure is logged, and the orphan job, when it runs, finds nothing to do.
+    """
+    from apscheduler.jobstores.base import JobLookupError
+
+    from .lifecycle import process
+
+    try:
+        process.writable().remove_job(kind.job_id(reservation_id))
+    except JobLookupError:
+        pass
+    except Exception:
+        logger.exception("Could not remove the %s job of reservation %s", kind.name, reservation_id)
+        return False
+    return True
+
+
+def deadlines_unschedule(kind: DeadlineKind, reservation_ids: Sequence[int]) -> bool:
+    """
+    Remove the ``kind`` jobs of many reservations that are not yet due, a statement per thousand.
+
+    Due jobs are the runner's to delete (``jobstore.delete_not_due``); they
+    find nothing to do. Returns whether the store is now without the jobs
+    that were not due. Never raises: a store failure is logged.
+    """
+    from .jobstore import delete_not_due
+
+    try:
+        delete_not_due(_store(), [kind.job_id(pk) for pk in reservation_ids], time.time())
+    except Exception:
+        logger.exception(
+            "Could not remove the %s jobs of %d reservations", kind.name, len(reservation_ids)
+        )
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before retry number ``attempt + 1`` of a deadline: 0.5, 1, 2, ... up to 10."""
+    return min(JOB_RETRY_SECONDS, 0.5 * 2**attempt)
+
+
+@job_connection
+def run_deadline(
+    kind: str, reservation_id: int, coalesced: Sequence[int] = (), attempt: int = 0
+) -> None:
+    """
+    Job ``<prefix><pk>``: handle the ``kind`` deadline of a reservation that fell due.
+
+    Takes primitives only, so the stored job always unpickles. ``coalesced``
+    lists the reservations whose due jobs the store folded into this run (in
+    memory, or stored with a retry). Never raises: when the kind's handle
+    fails (the database unreachable, say) the traceback is logged and the job,
+    with every reservation folded into it, is tried again after
+    ``retry_delay(attempt)``; so are the reservations whose rows were busy.
+    The sweep remains the safety net.
+    """
+    try:
+        deadline = deadlines.kind_named(kind)
+    except LookupError:
+        logger.error("A job names the deadline kind %r, which no app registers", kind)
+        return
+    reservation_ids = [reservation_id, *coalesced]
+    delay = retry_delay(attempt)
+    try:
+        busy = list(deadline.handle(reservation_ids, BY_JOB))
+    except Exception:
+        logger.exception(JOB_FAILED_LOG, deadline.name, reservation_id, delay)
+        busy = reservation_ids
+    else:
+        if busy:
+            logger.info(JOB_BUSY_LOG, deadline.name, len(busy), delay)
+    if busy:
+        retry_at = timezone.now() + timedelta(seconds=delay)
+        deadline_schedule(deadline, busy[0], retry_at, coalesced=busy[1:], attempt=attempt + 1)
+
+
+@job_connection
+def deadlines_sweep(now: datetime | None = None) -> dict[str, int]:
+    """
+    Handle every deadline, of every kind, that fell due by ``now`` (default: the clock).
+
+    Returns how many each kind handled, by name. Never raises: a kind whose
+    sweep fails is logged and counted 0, and the other kinds are swept.
+    """
+    handled = {}
+    for kind in deadlines.kinds():
+        try:
+            handled[kind.name] = kind.sweep(now, BY_SWEEP)
+        except Exception:
+            logger.exception(
+                "Sweep of the %s deadlines failed; retrying at the next sweep", kind.name
+            )
+            handled[kind.name] = 0
+    return handled
+
+
+# ---------------------------------------------------------------------------
+# Reading the store
+# ---------------------------------------------------------------------------
+
+
+def _store_url() -> str:
+    config: dict[str, Any] = settings.SCHEDULER_CONFIG
+    return str(config.get("apscheduler.jobstores.default", {}).get("url", ""))
+
+
+def stored_jobs(kind: DeadlineKind, *, missing_ok: bool = False) -> dict[int, datetime | None]:
+    """
+    Read every ``kind`` job in the store: reservation id -> run time (aware UTC).
+
+    Reads ids and run times only (no unpickling, unlike ``get_jobs()``). A
+    SQLite store whose file does not exist is not created: it reads as empty
+    with ``missing_ok``, else ``JobStoreMissing`` is raised. Raises what
+    SQLAlchemy raises when the store is unreachable.
+    """
+    from .jobstore import JobStoreMissing, require_file, run_times
+
+    try:
+        require_file(_store_url())
+    except JobStoreMissing:
+        if missing_ok:
+            return {}
+        raise
+    jobs = {}
+    for job_id, run_time in run_times(_store(), kind.job_prefix).items():
+        pk = kind.reservation_id(job_id)
+        if pk is not None:
+            jobs[pk] = run_time
+    return jobs
+
+
+def job_store_next_run_time() -> datetime | None:
+    """
+    The earliest run time of any job in the store (one indexed query).
+
+    Raises ``JobStoreMissing`` rather than create a missing SQLite store, and
+    what SQLAlchemy raises when the store is unreachable.
+    """
+    from .jobstore import require_file
+
+    require_file(_store_url())
+    return _store().get_next_run_time()
+
+
+# ---------------------------------------------------------------------------
+# Reconcile
+# ---------------------------------------------------------------------------
+
+
+class DriftKind(enum.StrEnum):
+    MISSING_JOB = "missing_job"  # needs the deadline, not yet due, no job
+    ORPHAN_JOB = "orphan_job"  # a job whose reservation does not need it (or does not exist)
+    WRONG_RUN_TIME = "wrong_run_time"  # a job whose run time is not the deadline's
+    OVERDUE = "overdue"  # due more than OVERDUE_GRACE ago, not handled
+
+
+@dataclass
+class Drift:
+    deadline: str  # the deadline kind's name
+    kind: DriftKind
+    reservation_id: int
+    due_at: datetime | None = None
+    run_time: datetime | None = None
+    action: str = ""
+    repaired: bool | None = None  # None: not attempted (report only)
+    job_id: str = ""
+
+
+@dataclass
+class ReconcileReport:
+    checked_at: datetime
+    needed: dict[str, int]  # kind -> reservations needing that deadline
+    jobs: dict[str, int]  # kind -> jobs of that kind in the store
+    drift: list[Drift]
+    fixed: bool
+
+    @property
+    def consistent(self) -> bool:
+        return not self.drift
+
+    @property
+    def all_repaired(self) -> bool:
+        return all(d.repaired for d in self.drift)
+
+
+# The job store keeps run times as float seconds; allow for the rounding.
+RUN_TIME_TOLERANCE = timedelta(milliseconds=1)
+# A deadline that fell due less than this long ago is its job's, not drift.
+OVERDUE_GRACE = timedelta(seconds=10)
+
+
+@job_connection
+def deadlines_reconcile(
+    *, fix: bool = False, include_overdue: bool = True, now: datetime | None = None
+) -> ReconcileReport:
+    """
+    Compare what every kind needs with the jobs in the store; with ``fix``, repair.
+
+    Drift, per kind: a reservation that needs the deadline with no job; a
+    job that no reservation needs; a job whose run time is not the
+    deadline's; a deadline more than ``OVERDUE_GRACE`` (10 s) past due (one
+    that fell due just now is its job's). Repairs, in that order of safety:
+    handle the overdue (cause ``reconcile``), remove the orphans, schedule
+    the missing and move the mistimed. Every repair is idempotent, so
+    running it beside a live scheduler is safe: a job that fires meanwhile
+    finds its work done. ``include_overdue=False`` leaves overdue deadlines
+    alone (the start-up reconcile, where the sweep handles them). Raises what
+    SQLAlchemy raises when the job store is unreachable.
+    """
+    now = now or timezone.now()
+    overdue_before = now - OVERDUE_GRACE
+    drift: list[Drift] = []
+    needed_counts: dict[str, int] = {}
+    job_counts: dict[str, int] = {}
+    for kind in deadlines.kinds():
+        jobs = stored_jobs(kind, missing_ok=True)
+        # Primary key -> due time, not model instances: the runner reconciles
+        # at every start, and 100,000 pending holds as instances cost 70 MiB.
+        needed = dict(kind.scheduled())
+        needed_counts[kind.name] = len(needed)
+        job_counts[kind.name] = len(jobs)
+        for pk, due_at in sorted(needed.items()):
+            run_time = jobs.get(pk)
+            item = None
+            if due_at <= now:
+                if include_overdue and due_at <= overdue_before:
+                    item = Drift(kind.name, DriftKind.OVERDUE, pk, due_at, run_time)
+            elif pk not in jobs:
+                item = Drift(kind.name, DriftKind.MISSING_JOB, pk, due_at)
+            elif run_time is None or abs(run_time - due_at) > RUN_TIME_TOLERANCE:
+                item = Drift(kind.name, DriftKind.WRONG_RUN_TIME, pk, due_at, run_time)
+            if item is not None:
+                drift.append(item)
+        for pk, run_time in sorted(jobs.items()):
+            if pk not in needed:
+                drift.append(Drift(kind.name, DriftKind.ORPHAN_JOB, pk, run_time=run_time))
+    for item in drift:
+        item.job_id = deadlines.kind_named(item.deadline).job_id(item.reservation_id)
+    if fix:
+        for item in drift:
+            _repair(item)
+    return ReconcileReport(now, needed_counts, job_counts, drift, fix)
+
+
+def _repair(item: Drift) -> None:
+    kind = deadlines.kind_named(item.deadline)
+    if item.kind is DriftKind.OVERDUE:
+        try:
+            busy = item.reservation_id in kind.handle([item.reservation_id], BY_RECONCILE)
+        except Exception:
+            logger.exception(
+                "Reconcile could not handle the %s deadline of reservation %s",
+                kind.name,
+                item.reservation_id,
+            )
+            busy = True
+        item.repaired = not busy
+        item.action = "handled" if not busy else "busy; left to its job and the sweep"
+        if item.run_time is not None:
+            item.repaired = deadline_unschedule(kind, item.reservation_id) and item.repaired
+    elif item.kind is DriftKind.ORPHAN_JOB:
+        item.repaired = deadline_unschedule(kind, item.reservation_id)
+        item.action = "removed the job"
+    else:
+        assert item.due_at is not None  # noqa: S101 (set for missing and mistimed jobs)
+        item.repaired = deadline_schedule(kind, item.reservation_id, item.due_at)
+        item.action = "scheduled the job at its due time"
+    if not item.repaired:
+        item.action += " (failed; see the log)"
