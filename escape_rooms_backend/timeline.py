@@ -370,7 +370,6 @@ RUN_TIME_TOLERANCE = timedelta(milliseconds=1)
 OVERDUE_GRACE = timedelta(seconds=10)
 
 
-@job_connection
 def deadlines_reconcile(
     *, fix: bool = False, include_overdue: bool = True, now: datetime | None = None
 ) -> ReconcileReport:
