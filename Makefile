@@ -80,11 +80,12 @@ bench: $(BENCH_STAMP) $(WRK)
 bench-quick: $(BENCH_STAMP) $(WRK)
 	$(BIN)/python scripts/bench/run.py --quick --out var/bench-quick $(BENCH_ARGS)
 
-## Lint, format check and types.
+## Lint, format check, types and the import contracts (pyproject.toml, [tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .import_linter_cache *.egg-info
