@@ -33,6 +33,8 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import make_url
 
+from .jobstore import sqlite_path
+
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
 NOTIFY_CHANNEL = "escape_rooms_jobs"
@@ -167,11 +169,12 @@ class AlwaysLock:
 
 
 def lock_for(jobstore_url: str) -> RunnerLock:
-    url = make_url(jobstore_url)
-    if url.get_backend_name() == "postgresql":
+    """The runner lock of a job store: advisory on PostgreSQL, a file beside a SQLite file."""
+    if make_url(jobstore_url).get_backend_name() == "postgresql":
         return AdvisoryLock(jobstore_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        return FileLock(Path(f"{url.database}.runner.lock"))
+    path = sqlite_path(jobstore_url)
+    if path is not None:
+        return FileLock(Path(f"{path}.runner.lock"))
     return AlwaysLock()
 
 
