@@ -13,7 +13,7 @@ from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory, reserve
+from ..factories import RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from apps.payments.models import Payment
 from apps.reservations.models import Reservation
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory
+from ..factories import RoomFactory, TimeSlotFactory
 
 pytestmark = pytest.mark.django_db
 

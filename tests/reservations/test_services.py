@@ -20,7 +20,7 @@ from apps.reservations.services import (
 )
 from apps.rooms.models import TimeSlot
 
-from .factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
+from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 

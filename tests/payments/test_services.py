@@ -26,8 +26,8 @@ from apps.reservations.services import (
 from apps.rooms.models import TimeSlot
 from config.client_address import client_address
 
-from .conftest import run_together
-from .factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
+from ..conftest import run_together
+from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
 
 Outcome = Payment.Outcome
 PRICE = Decimal("80.00")

@@ -16,7 +16,7 @@ from apps.reservations.services import (
 )
 from escape_rooms_backend.scheduler import cancel_expired_reservations, expire_reservation
 
-from .factories import TimeSlotFactory, reserve
+from ..factories import TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
