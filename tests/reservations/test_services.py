@@ -11,7 +11,9 @@ from apps.reservations import errors
 from apps.reservations.models import Reservation
 from apps.reservations.services import (
     ExpireOutcome,
+    holds_limit_check,
     reservation_cancel,
+    reservation_checkout,
     reservation_create,
     reservation_expire,
     reservation_extend_hold,
@@ -366,3 +368,62 @@ def test_the_same_request_key_returns_the_first_reservation(slot):
 
     assert again.pk == first.pk
     assert Reservation.objects.count() == 1
+
+
+# The payment window ------------------------------------------------------------
+
+
+def test_checkout_extends_a_short_hold_once(settings):
+    settings.PAYMENT_WINDOW_SECONDS = 300
+    now = timezone.now()
+    reservation = reserve(now=now, hold_seconds=60)
+
+    reservation_checkout(reservation=reservation, now=now + timedelta(seconds=30))
+    reservation_checkout(reservation=reservation, now=now + timedelta(seconds=50))
+
+    reservation.refresh_from_db()
+    assert reservation.expires_at == now + timedelta(seconds=330)
+    assert reservation.checkout_started_at == now + timedelta(seconds=30)
+
+
+def test_checkout_never_shortens_a_long_hold(settings):
+    settings.PAYMENT_WINDOW_SECONDS = 300
+    now = timezone.now()
+    reservation = reserve(now=now, hold_seconds=1800)
+
+    reservation_checkout(reservation=reservation, now=now)
+
+    assert Reservation.objects.get(pk=reservation.pk).expires_at == now + timedelta(seconds=1800)
+
+
+# Hold limits ---------------------------------------------------------------
+
+
+@pytest.fixture
+def limits(settings):
+    settings.MAX_PENDING_HOLDS_PER_EMAIL = 2
+    settings.MAX_PENDING_HOLDS_PER_ADDRESS = 3
+
+
+def test_retry_after_counts_until_enough_holds_have_ended(limits):
+    now = timezone.now()
+    for seconds in (300, 100, 200):  # three holds against a limit of two
+        ReservationFactory(expires_at=now + timedelta(seconds=seconds))
+
+    with pytest.raises(errors.TooManyHolds) as refused:
+        holds_limit_check(customer_email="john@example.com", client_address=None, now=now)
+
+    # Below the limit once two have ended: at 200 s, not at the first (100 s).
+    assert refused.value.retry_after == 200
+
+
+def test_holds_that_end_between_the_count_and_the_read_lift_the_limit(limits, monkeypatch):
+    # On PostgreSQL the count and the read are two statements: the holds the
+    # count saw may have been paid or expired before the read. The check
+    # must then let the hold through rather than fail on a missing row.
+    now = timezone.now()
+    monkeypatch.setattr(type(Reservation.objects.all()), "count", lambda self: 2)
+
+    assert (
+        holds_limit_check(customer_email="john@example.com", client_address=None, now=now) is None
+    )
