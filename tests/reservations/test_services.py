@@ -5,22 +5,27 @@ from datetime import timedelta
 
 import pytest
 from django.db.models import ProtectedError
+from django.db.models.signals import post_save
 from django.utils import timezone
 
 from apps.reservations import errors
 from apps.reservations.models import Reservation
 from apps.reservations.services import (
     ExpireOutcome,
+    holds_limit_check,
+    lapsed_holds_expire,
     reservation_cancel,
+    reservation_checkout,
     reservation_create,
     reservation_expire,
     reservation_extend_hold,
     reservation_keep_slot,
     reservation_pay,
 )
+from apps.reservations.signals import reservations_changed
 from apps.rooms.models import TimeSlot
 
-from .factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
+from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -366,3 +371,180 @@ def test_the_same_request_key_returns_the_first_reservation(slot):
 
     assert again.pk == first.pk
     assert Reservation.objects.count() == 1
+
+
+# The payment window ------------------------------------------------------------
+
+
+def test_checkout_extends_a_short_hold_once(settings):
+    settings.PAYMENT_WINDOW_SECONDS = 300
+    now = timezone.now()
+    reservation = reserve(now=now, hold_seconds=60)
+
+    reservation_checkout(reservation=reservation, now=now + timedelta(seconds=30))
+    reservation_checkout(reservation=reservation, now=now + timedelta(seconds=50))
+
+    reservation.refresh_from_db()
+    assert reservation.expires_at == now + timedelta(seconds=330)
+    assert reservation.checkout_started_at == now + timedelta(seconds=30)
+
+
+def test_checkout_never_shortens_a_long_hold(settings):
+    settings.PAYMENT_WINDOW_SECONDS = 300
+    now = timezone.now()
+    reservation = reserve(now=now, hold_seconds=1800)
+
+    reservation_checkout(reservation=reservation, now=now)
+
+    assert Reservation.objects.get(pk=reservation.pk).expires_at == now + timedelta(seconds=1800)
+
+
+# Hold limits ---------------------------------------------------------------
+
+
+@pytest.fixture
+def limits(settings):
+    settings.MAX_PENDING_HOLDS_PER_EMAIL = 2
+    settings.MAX_PENDING_HOLDS_PER_ADDRESS = 3
+
+
+def test_retry_after_counts_until_enough_holds_have_ended(limits):
+    now = timezone.now()
+    for seconds in (300, 100, 200):  # three holds against a limit of two
+        ReservationFactory(expires_at=now + timedelta(seconds=seconds))
+
+    with pytest.raises(errors.TooManyHolds) as refused:
+        holds_limit_check(customer_email="john@example.com", client_address=None, now=now)
+
+    # Below the limit once two have ended: at 200 s, not at the first (100 s).
+    assert refused.value.retry_after == 200
+
+
+def test_holds_that_end_between_the_count_and_the_read_lift_the_limit(limits, monkeypatch):
+    # On PostgreSQL the count and the read are two statements: the holds the
+    # count saw may have been paid or expired before the read. The check
+    # must then let the hold through rather than fail on a missing row.
+    now = timezone.now()
+    monkeypatch.setattr(type(Reservation.objects.all()), "count", lambda self: 2)
+
+    assert (
+        holds_limit_check(customer_email="john@example.com", client_address=None, now=now) is None
+    )
+
+
+# The domain signal ---------------------------------------------------------
+
+
+@pytest.fixture
+def sent():
+    """Record each ``reservations_changed``: one list of (pk, status, expires_at) per send."""
+    signals: list[list[tuple[int, str, object]]] = []
+
+    def receiver(sender, reservations, **kwargs):
+        signals.append([(r.pk, r.status, r.expires_at) for r in reservations])
+
+    reservations_changed.connect(receiver, sender=Reservation, weak=False)
+    yield signals
+    reservations_changed.disconnect(receiver, sender=Reservation)
+
+
+def test_every_change_sends_reservations_changed_once_with_the_reservation_as_it_now_stands(
+    slot, sent, settings
+):
+    settings.PAYMENT_WINDOW_SECONDS = 300
+    now = timezone.now()
+    paid = reserve(slot, now=now, hold_seconds=60)
+    cancelled = reserve(now=now)
+    expired = reserve(now=now, hold_seconds=60)
+    created = list(sent)
+    sent.clear()
+
+    reservation_checkout(reservation=paid, now=now)
+    reservation_extend_hold(reservation=paid, by=timedelta(minutes=10), now=now)
+    reservation_pay(reservation=paid, payment_reference="PAY-1", now=now)
+    reservation_cancel(reservation=cancelled, now=now)
+    reservation_expire(reservation_id=expired.pk, now=now + timedelta(seconds=60))
+
+    window_end = now + timedelta(seconds=300)
+    assert created == [
+        [(paid.pk, Status.PENDING, now + timedelta(seconds=60))],
+        [(cancelled.pk, Status.PENDING, cancelled.expires_at)],
+        [(expired.pk, Status.PENDING, now + timedelta(seconds=60))],
+    ]
+    assert sent == [
+        [(paid.pk, Status.PENDING, window_end)],
+        [(paid.pk, Status.PENDING, window_end + timedelta(minutes=10))],
+        [(paid.pk, Status.PAID, window_end + timedelta(minutes=10))],
+        [(cancelled.pk, Status.CANCELLED, cancelled.expires_at)],
+        [(expired.pk, Status.CANCELLED, now + timedelta(seconds=60))],
+    ]
+
+
+def test_a_refused_or_repeated_request_sends_nothing(slot, sent):
+    key = uuid.uuid4()
+    reservation = reserve(slot, request_key=key)
+    reservation_pay(reservation=reservation, payment_reference="PAY-1")
+    sent.clear()
+
+    reserve(slot, request_key=key)  # the same submission again
+    with pytest.raises(errors.SlotTaken):
+        reserve(slot, customer_name="Jane Roe")
+    with pytest.raises(errors.AlreadyPaid):
+        reservation_cancel(reservation=reservation)
+    reservation_expire(reservation_id=reservation.pk, now=timezone.now() + timedelta(hours=1))
+
+    assert sent == []
+
+
+def test_taking_over_a_lapsed_hold_sends_its_expiry_then_the_new_hold(slot, sent):
+    now = timezone.now()
+    stale = reserve(slot, now=now, hold_seconds=60)
+    sent.clear()
+
+    fresh = reserve(slot, now=now + timedelta(seconds=61), hold_seconds=60)
+
+    assert sent == [
+        [(stale.pk, Status.CANCELLED, now + timedelta(seconds=60))],
+        [(fresh.pk, Status.PENDING, now + timedelta(seconds=121))],
+    ]
+
+
+def test_a_bulk_expiry_sends_one_signal_with_every_expired_reservation(sent):
+    now = timezone.now()
+    holds = [reserve(now=now, hold_seconds=seconds) for seconds in (30, 10, 20)]
+    waiting = reserve(now=now, hold_seconds=600)
+    sent.clear()
+
+    expired = lapsed_holds_expire(now=now + timedelta(seconds=60))
+
+    earliest_first = [holds[1], holds[2], holds[0]]
+    assert [hold.reservation_id for hold in expired] == [r.pk for r in earliest_first]
+    assert sent == [[(r.pk, Status.CANCELLED, r.expires_at) for r in earliest_first]]
+    assert Reservation.objects.get(pk=waiting.pk).status == Status.PENDING
+
+
+def test_a_post_save_receiver_sees_only_the_saves_that_happened(slot):
+    saves: list[tuple[int, bool]] = []
+
+    def receiver(sender, instance, created, **kwargs):
+        saves.append((instance.pk, created))
+
+    post_save.connect(receiver, sender=Reservation, weak=False)
+    try:
+        now = timezone.now()
+        paid = reserve(slot, now=now)
+        cancelled = reserve(now=now)
+        lapsed = reserve(now=now, hold_seconds=60)
+        bulk = reserve(now=now, hold_seconds=60)
+        reservation_extend_hold(reservation=paid, by=timedelta(minutes=5), now=now)
+        reservation_pay(reservation=paid, payment_reference="PAY-1", now=now)
+        reservation_cancel(reservation=cancelled, now=now)
+        reservation_expire(reservation_id=lapsed.pk, now=now + timedelta(seconds=60))
+        lapsed_holds_expire(now=now + timedelta(seconds=60))
+    finally:
+        post_save.disconnect(receiver, sender=Reservation)
+
+    # One real save per reservation: its INSERT. The changes are conditional
+    # UPDATEs, announced by reservations_changed, not by fake saves.
+    assert saves == [(r.pk, True) for r in (paid, cancelled, lapsed, bulk)]
+    assert Reservation.objects.get(pk=bulk.pk).status == Status.CANCELLED

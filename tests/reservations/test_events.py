@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from apps.reservations import errors
+from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import (
     reservation_cancel,
@@ -14,9 +15,10 @@ from apps.reservations.services import (
     reservation_extend_hold,
     reservation_pay,
 )
-from escape_rooms_backend.scheduler import cancel_expired_reservations, expire_reservation
+from escape_rooms_backend.scheduler import cancel_expired_reservations
+from escape_rooms_backend.timeline import run_deadline
 
-from .factories import TimeSlotFactory, reserve
+from ..factories import TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -64,7 +66,7 @@ def test_an_expiry_by_its_job_records_the_lateness(job_store):
     reservation = reserve(hold_seconds=0.001)
     reservation.refresh_from_db()
 
-    expire_reservation(reservation.pk)
+    run_deadline(HOLD_END.name, reservation.pk)
 
     event = ReservationEvent.objects.filter(reservation=reservation).last()
     assert (event.from_status, event.to_status, event.cause) == (

@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory
+from ..factories import RoomFactory, TimeSlotFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 
-from .factories import RoomFactory, TimeSlotFactory, reserve
+from ..factories import TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -129,30 +129,6 @@ def test_marking_a_lapsed_hold_paid_applies_it_late_while_the_slot_is_free(clien
     assert Payment.objects.get(reference="BANK-3").outcome == "applied_late"
 
 
-def test_staff_see_refunds_due_and_mark_them_refunded(client, staff, db):
-    staff.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_payment", "change_payment"])
-    )
-    cancelled = reserve()
-    act(client, "cancel", [cancelled])
-    act(client, "mark_paid", [cancelled], apply="1", payment_reference="BANK-9")
-    payment = Payment.objects.get(reference="BANK-9")
-
-    due = client.get("/admin/payments/payment/", {"refund": "due"})
-    assert list(due.context["cl"].result_list) == [payment]
-
-    client.post(
-        "/admin/payments/payment/",
-        {"action": "mark_refunded", ACTION_CHECKBOX_NAME: [payment.pk]},
-    )
-    payment.refresh_from_db()
-    assert payment.refunded_at is not None and payment.refunded_by == staff
-    assert (
-        list(client.get("/admin/payments/payment/", {"refund": "due"}).context["cl"].result_list)
-        == []
-    )
-
-
 def test_the_reservation_page_shows_its_history_read_only(client, staff):
     reservation = reserve()
     act(client, "cancel", [reservation])
@@ -194,27 +170,6 @@ def test_non_staff_users_are_refused(client):
 
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert Reservation.objects.get(pk=reservation.pk).status == "pending"
-
-
-def test_rooms_admin_generates_slots(client, db):
-    admin_user = get_user_model().objects.create_superuser("boss", password="pw")
-    client.force_login(admin_user)
-    room = RoomFactory(slug="tomb")
-    day = timezone.localdate() + timedelta(days=3)
-
-    client.post(
-        "/admin/rooms/room/",
-        {
-            "action": "generate_slots",
-            ACTION_CHECKBOX_NAME: [room.pk],
-            "apply": "1",
-            "start": day.isoformat(),
-            "end": (day + timedelta(days=1)).isoformat(),
-            "times": "10:00, 14:00",
-        },
-    )
-
-    assert TimeSlot.objects.filter(room=room).count() == 4
 
 
 def test_the_admin_index_warns_when_no_scheduler_reports(client, db):

@@ -1,16 +1,18 @@
-"""The JSON API: shapes, status codes, error objects; a refused request changes nothing."""
+"""The reservations API: shapes, status codes, error objects; a refused request changes nothing."""
 
-from datetime import datetime, time, timedelta
+from datetime import timedelta
 from uuid import uuid4
 
 import pytest
+from django.test import RequestFactory
 from django.utils import timezone
 
 from apps.payments.models import Payment
 from apps.reservations.models import Reservation
 from apps.rooms.models import TimeSlot
+from config.client_address import client_address
 
-from .factories import RoomFactory, TimeSlotFactory
+from ..factories import RoomFactory, TimeSlotFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -39,73 +41,6 @@ def booking(slot, **overrides):
 
 def nothing_changed(slot):
     return not Reservation.objects.exists() and TimeSlot.objects.get(pk=slot.pk).status == "active"
-
-
-def test_rooms_lists_the_active_rooms(api):
-    RoomFactory(slug="tomb", name="The Tomb", price="89.50", min_players=2, max_players=6)
-    RoomFactory(slug="closed", is_active=False)
-
-    response = api.get("/rooms/")
-
-    assert response.status_code == 200
-    assert response.json() == [
-        {
-            "slug": "tomb",
-            "name": "The Tomb",
-            "description": "A room for tests.",
-            "duration_minutes": 60,
-            "min_players": 2,
-            "max_players": 6,
-            "price": "89.50",
-            "currency": "EUR",
-        }
-    ]
-
-
-def test_slots_of_a_day_show_availability(api):
-    room = RoomFactory(slug="tomb")
-    day = timezone.localdate() + timedelta(days=2)
-    ten_o_clock = datetime.combine(day, time(10), tzinfo=timezone.get_default_timezone())
-    free = TimeSlotFactory(room=room, starts_at=ten_o_clock)
-    taken = TimeSlotFactory(room=room, starts_at=free.starts_at + timedelta(hours=2))
-    TimeSlotFactory(room=room, starts_at=free.starts_at + timedelta(days=1))  # another day
-    api.post("/reservations/", booking(taken))
-
-    response = api.get(f"/rooms/tomb/slots/?date={day.isoformat()}")
-
-    assert response.status_code == 200
-    assert [(s["id"], s["available"]) for s in response.json()] == [
-        (free.pk, True),
-        (taken.pk, False),
-    ]
-
-
-def test_a_lapsed_hold_shows_its_slot_available(api, settings):
-    slot = TimeSlotFactory()
-    api.post("/reservations/", booking(slot))
-    Reservation.objects.update(expires_at=timezone.now() - timedelta(seconds=1))  # no job ran
-    day = timezone.localdate(slot.starts_at)
-
-    slots = api.get(f"/rooms/{slot.room.slug}/slots/?date={day}").json()
-
-    assert [s["available"] for s in slots if s["id"] == slot.pk] == [True]
-
-
-def test_slots_of_an_unknown_room_are_404(api):
-    response = api.get("/rooms/nope/slots/")
-
-    assert response.status_code == 404
-    assert response.json()["error"]["code"] == "not_found"
-
-
-def test_slots_with_a_bad_date_are_400_with_the_field(api):
-    RoomFactory(slug="tomb")
-
-    response = api.get("/rooms/tomb/slots/?date=tomorrow")
-
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid"
-    assert "date" in response.json()["error"]["fields"]
 
 
 def test_reserve_returns_201_with_the_hold(api, settings):
@@ -340,18 +275,6 @@ def test_a_body_of_several_megabytes_is_refused_with_413(client):
     assert nothing_changed(slot)
 
 
-@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "2000-01-01"])
-def test_dates_far_away_are_400(api, day):
-    RoomFactory(slug="tomb")
-
-    response = api.get(f"/rooms/tomb/slots/?date={day}")
-
-    assert response.status_code == 400
-    assert response.json()["error"]["fields"] == {
-        "date": ["Pick a date within ten years of today."]
-    }
-
-
 def test_only_the_canonical_token_names_a_reservation(api):
     token = api.post("/reservations/", booking(TimeSlotFactory())).json()["token"]
 
@@ -359,3 +282,67 @@ def test_only_the_canonical_token_names_a_reservation(api):
     assert api.get(f"/reservations/{token.upper()}/").status_code == 200
     for variant in (token.replace("-", ""), f"urn:uuid:{token}", f"{{{token}}}"):
         assert api.get(f"/reservations/{variant}/").status_code == 404
+
+
+# Hold limits ---------------------------------------------------------------
+
+
+@pytest.fixture
+def limits(settings):
+    settings.MAX_PENDING_HOLDS_PER_EMAIL = 2
+    settings.MAX_PENDING_HOLDS_PER_ADDRESS = 3
+
+
+def test_a_third_hold_for_one_email_is_429_with_retry_after(api, limits):
+    room = RoomFactory()
+    slots = [TimeSlotFactory(room=room) for _ in range(3)]
+    api.post("/reservations/", booking(slots[0], customer_email="john@example.com"))
+    api.post(
+        "/reservations/",
+        booking(slots[1], customer_email="JOHN@example.com"),
+        REMOTE_ADDR="10.0.0.2",
+    )
+
+    response = api.post(
+        "/reservations/",
+        booking(slots[2], customer_email="John@Example.com"),
+        REMOTE_ADDR="10.0.0.3",
+    )
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "too_many_holds"
+    assert 0 < int(response["Retry-After"]) <= 1800
+    assert Reservation.objects.count() == 2
+
+
+def test_the_address_limit_counts_the_connection_not_a_forged_header(api, limits):
+    room = RoomFactory()
+    slots = [TimeSlotFactory(room=room) for _ in range(4)]
+    for index in range(3):
+        api.post(
+            "/reservations/",
+            booking(slots[index], customer_email=f"c{index}@example.com"),
+            HTTP_X_FORWARDED_FOR=f"203.0.113.{index}",
+        )
+
+    response = api.post(
+        "/reservations/",
+        booking(slots[3], customer_email="c9@example.com"),
+        HTTP_X_FORWARDED_FOR="198.51.100.7",
+    )
+
+    assert response.status_code == 429
+    assert Reservation.objects.count() == 3
+    assert set(Reservation.objects.values_list("client_address", flat=True)) == {"127.0.0.1"}
+
+
+def test_forwarded_addresses_are_believed_only_from_trusted_proxies(settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    factory = RequestFactory()
+
+    def address(remote, forwarded):
+        return client_address(factory.get("/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded))
+
+    assert address("10.1.2.3", "203.0.113.9") == "203.0.113.9"
+    assert address("10.1.2.3", "198.51.100.1, 203.0.113.9, 10.9.9.9") == "203.0.113.9"
+    assert address("192.0.2.1", "203.0.113.9") == "192.0.2.1"  # not a trusted proxy

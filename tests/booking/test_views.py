@@ -11,7 +11,7 @@ from apps.booking.views import slot_key
 from apps.reservations.models import Reservation
 from apps.reservations.text import NO_CONTROL_CHARACTERS
 
-from .factories import RoomFactory, TimeSlotFactory, reserve
+from ..factories import RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,8 @@ from apps.reservations.models import Reservation
 from apps.reservations.services import reservation_create, reservation_expire, reservation_pay
 from apps.rooms.models import TimeSlot
 
-from .conftest import run_together
-from .factories import TimeSlotFactory
+from ..conftest import run_together
+from ..factories import TimeSlotFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
