@@ -44,9 +44,10 @@ def valid(slot, **changes):
 
 
 @pytest.fixture
-def unchanged(slot, job_store):
-    """Assert after the request that nothing was written anywhere."""
-    yield
+def unchanged(slot, job_store, django_capture_on_commit_callbacks):
+    """Assert after the request that nothing was written anywhere, the job store included."""
+    with django_capture_on_commit_callbacks(execute=True):
+        yield
     assert not Reservation.objects.exists()
     assert not ReservationEvent.objects.exists()
     assert TimeSlot.objects.get(pk=slot.pk).status == TimeSlot.Status.ACTIVE
