@@ -425,6 +425,7 @@ def deadlines_reconcile(
 def _repair(item: Drift) -> None:
     kind = deadlines.kind_named(item.deadline)
     if item.kind is DriftKind.OVERDUE:
+        failed = False
         try:
             busy = item.reservation_id in kind.handle([item.reservation_id], BY_RECONCILE)
         except Exception:
@@ -433,11 +434,14 @@ def _repair(item: Drift) -> None:
                 kind.name,
                 item.reservation_id,
             )
-            busy = True
-        item.repaired = not busy
+            busy = failed = True
         item.action = "handled" if not busy else "busy; left to its job and the sweep"
-        if item.run_time is not None:
-            item.repaired = deadline_unschedule(kind, item.reservation_id) and item.repaired
+        # A deadline still due keeps its job, which the runner tries again.
+        item.repaired = not busy and (
+            item.run_time is None or deadline_unschedule(kind, item.reservation_id)
+        )
+        if busy and not failed:
+            return  # not repaired, yet nothing failed: the log has nothing to add
     elif item.kind is DriftKind.ORPHAN_JOB:
         item.repaired = deadline_unschedule(kind, item.reservation_id)
         item.action = "removed the job"

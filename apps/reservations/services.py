@@ -707,7 +707,7 @@ def lapsed_holds_release(*, cause: str, now: datetime | None = None) -> list[Exp
     released: list[ExpiredHold] = []
     while True:
         try:
-            batch = lapsed_holds_expire(now=now, cause=cause)
+            batch = lapsed_holds_expire(now=now, cause=cause, limit=EXPIRE_BATCH_SIZE)
         except Exception as exc:
             if _database_busy(exc):
                 logger.warning("Database busy; lapsed holds wait for the next try: %s", exc)

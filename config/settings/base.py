@@ -133,18 +133,22 @@ PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
 # On PostgreSQL the default is Django's own database (its own table), so that
 # the runner lock, LISTEN/NOTIFY and the jobs share one server.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    from sqlalchemy.engine import URL
+    from urllib.parse import quote, urlencode
 
+    # Spelled out rather than built with SQLAlchemy's URL: settings load in
+    # every process (migrate, shell), which must not import SQLAlchemy for it.
+    # Escapes the user and password; keeps options such as sslmode.
     _db = DATABASES["default"]
-    _default_jobstore = URL.create(  # escapes the password; keeps options such as sslmode
-        "postgresql+psycopg",
-        username=_db["USER"] or None,
-        password=_db["PASSWORD"] or None,
-        host=_db["HOST"] or "localhost",
-        port=int(_db["PORT"] or 5432),
-        database=_db["NAME"],
-        query={k: str(v) for k, v in _db.get("OPTIONS", {}).items()},
-    ).render_as_string(hide_password=False)
+    _user = quote(_db["USER"] or "", safe="")
+    _password = quote(str(_db["PASSWORD"] or ""), safe="")
+    _login = f"{_user}:{_password}@" if _user and _password else (f"{_user}@" if _user else "")
+    _host = _db["HOST"] or "localhost"
+    _host = f"[{_host}]" if ":" in _host else _host
+    _options = urlencode(sorted((k, str(v)) for k, v in _db.get("OPTIONS", {}).items()))
+    _default_jobstore = (
+        f"postgresql+psycopg://{_login}{_host}:{int(_db['PORT'] or 5432)}"
+        f"/{quote(_db['NAME'], safe='')}" + (f"?{_options}" if _options else "")
+    )
 else:
     _default_jobstore = f"sqlite:///{VAR_DIR / 'jobs.sqlite3'}"
 SCHEDULER_JOBSTORE_URL = env("SCHEDULER_JOBSTORE_URL", default=_default_jobstore)

@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation
 from apps.reservations.services import reservation_create
 from apps.rooms.models import TimeSlot
 
-from .conftest import database_url, wait_for
-from .factories import TimeSlotFactory
+from ..conftest import database_url, wait_for
+from ..factories import TimeSlotFactory
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def worker(job_store, tmp_path):
         process.wait()
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_the_worker_expires_holds_from_other_processes_and_stops_cleanly(worker, stop_signal):
     slot = TimeSlotFactory()
     reservation = reservation_create(
@@ -105,4 +106,4 @@ def test_a_job_written_by_a_shell_session_is_in_the_store_when_it_exits(job_stor
     assert result.returncode == 0, result.stderr
     reservation = Reservation.objects.get(time_slot=slot)
     assert f"RESERVED {reservation.pk}" in result.stdout
-    assert job_store.jobs() == {f"expire_reservation:{reservation.pk}": reservation.expires_at}
+    assert job_store.jobs() == {HOLD_END.job_id(reservation.pk): reservation.expires_at}

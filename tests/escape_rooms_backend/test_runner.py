@@ -1,5 +1,5 @@
 """
-One runner per job store, standbys that take over, every expiry exactly once (issue 5).
+One runner per job store, standbys that take over, every expiry exactly once.
 
 Real worker processes (``manage.py start_scheduler``) against one job store:
 the per-test SQLite file (file lock, polling) on SQLite runs, PostgreSQL
@@ -22,12 +22,12 @@ from apps.reservations.models import Reservation, ReservationEvent
 from escape_rooms_backend import scheduler as scheduler_module
 from escape_rooms_backend.runner import AdvisoryLock, FileLock
 
-from .conftest import database_url, wait_for
-from .factories import RoomFactory, TimeSlotFactory, reserve
+from ..conftest import database_url, wait_for
+from ..factories import RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def postgres_store_url() -> str:
@@ -225,6 +225,23 @@ def test_the_file_lock_admits_one_holder(tmp_path):
     second.release()
 
 
+def terminate_the_holder(key: int) -> None:
+    """End the PostgreSQL session that holds the advisory lock ``key`` in this database."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, classid::bigint, objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        holders = [
+            pid
+            for pid, high, low in cursor.fetchall()
+            if int.from_bytes(((high << 32) | low).to_bytes(8, "big"), "big", signed=True) == key
+        ]
+        assert len(holders) == 1, holders
+        cursor.execute("SELECT pg_terminate_backend(%s)", holders)
+
+
 @pytest.mark.postgres
 def test_the_advisory_lock_admits_one_holder_and_frees_with_its_connection():
     if connection.vendor != "postgresql":
@@ -234,7 +251,7 @@ def test_the_advisory_lock_admits_one_holder_and_frees_with_its_connection():
 
     assert first.try_acquire() is True
     assert second.try_acquire() is False
-    first._conn.close()  # the holder's connection dies
+    terminate_the_holder(first.key)  # the holder's connection dies
     assert first.held() is False
     assert second.try_acquire() is True
     second.release()
