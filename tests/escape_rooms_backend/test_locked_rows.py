@@ -11,13 +11,9 @@ released promptly once the lock ends. Either way a worker asked to stop
 stops within seconds, and loses nothing.
 """
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -33,7 +29,6 @@ from ..factories import TimeSlotFactory, reserve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 SKIPPED = "maximum number of running instances"
 
 
@@ -119,56 +114,21 @@ def test_on_sqlite_a_long_write_transaction_delays_expiry_only_while_it_lasts(ru
     assert SKIPPED not in caplog.text
 
 
-@pytest.fixture
-def worker(job_store, tmp_path):
-    """``manage.py start_scheduler`` on the test database and this test's job store."""
-    log_path = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DATABASE_URL": database_url(),
-        "SCHEDULER_JOBSTORE_URL": job_store.url,
-        "SCHEDULER_WORKER_MODE": "true",
-        "SCHEDULER_POLL_SECONDS": "0.2",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-    def start() -> subprocess.Popen:
-        with log_path.open("a") as log:
-            started = subprocess.Popen(
-                [sys.executable, "manage.py", "start_scheduler"],
-                cwd=PROJECT_DIR,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        assert wait_for(lambda: "This process is the runner" in log_path.read_text(), timeout=20)
-        return started
-
-    started: list[subprocess.Popen] = []
-    yield lambda: started.append(start()) or started[-1], lambda: log_path.read_text()
-    for worker_process in started:
-        if worker_process.poll() is None:
-            worker_process.kill()
-            worker_process.wait()
-
-
-def test_a_worker_asked_to_stop_stops_within_seconds_whatever_is_locked(worker):
-    start, log = worker
-    running = start()
+def test_a_worker_asked_to_stop_stops_within_seconds_whatever_is_locked(start_worker):
+    running = start_worker()
     lapsed = hold(0.5, 0)
     other = lock_row(lapsed) if connection.vendor == "postgresql" else lock_database()
     try:
         time.sleep(1.5)  # its job has met the lock
         running.send_signal(signal.SIGTERM)
         began = time.monotonic()
-        assert running.wait(timeout=10) == 0, log()
-        assert time.monotonic() - began < 5, log()
+        assert running.wait(timeout=10) == 0, running.log()
+        assert time.monotonic() - began < 5, running.log()
     finally:
         other.rollback() if isinstance(other, psycopg.Connection) else other.execute("ROLLBACK")
         other.close()
     assert status(lapsed) == "pending"  # nothing half done
 
-    start()  # the next start's sweep finds it
-    assert wait_for(lambda: status(lapsed) == "cancelled", timeout=10), log()
+    restarted = start_worker()  # its start-up sweep finds the hold
+    assert wait_for(lambda: status(lapsed) == "cancelled", timeout=10), restarted.log()
     assert TimeSlot.objects.get(pk=lapsed.time_slot_id).status == "active"

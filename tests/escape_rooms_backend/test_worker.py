@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,40 +14,14 @@ from apps.rooms.models import TimeSlot
 
 from ..conftest import database_url, wait_for
 from ..factories import TimeSlotFactory
+from .conftest import PROJECT_DIR
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
-def worker(job_store, tmp_path):
-    """Start ``manage.py start_scheduler`` on the test database and this test's job store."""
-    log_path = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.local",
-        "DATABASE_URL": database_url(),
-        "SCHEDULER_JOBSTORE_URL": job_store.url,
-        "SCHEDULER_WORKER_MODE": "true",
-        "SCHEDULER_POLL_SECONDS": "0.2",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "manage.py", "start_scheduler"],
-            cwd=PROJECT_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    process.log = lambda: log_path.read_text()
-    started = wait_for(lambda: "Scheduler started" in process.log(), timeout=20, interval=0.1)
-    assert started, process.log()
-    yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+def worker(start_worker):
+    return start_worker()
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)

@@ -170,11 +170,3 @@ def test_non_staff_users_are_refused(client):
 
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert Reservation.objects.get(pk=reservation.pk).status == "pending"
-
-
-def test_the_admin_index_warns_when_no_scheduler_reports(client, db):
-    client.force_login(get_user_model().objects.create_superuser("boss", password="pw"))
-
-    html = client.get("/admin/").content.decode()
-
-    assert "No expiry scheduler has reported in" in html
