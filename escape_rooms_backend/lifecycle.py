@@ -149,26 +149,27 @@ class SchedulerProcess:
         # that no signal kills the worker half-way through either.
         stop = StopSignals() if blocking else None
         with self.lock:
-            if config is not None and (
-                self.scheduler is None or self.scheduler.state == STATE_STOPPED
-            ):
-                self.scheduler = build_scheduler(config)
-            scheduler = self.get()
             try:
+                if config is not None and (
+                    self.scheduler is None or self.scheduler.state == STATE_STOPPED
+                ):
+                    self.scheduler = build_scheduler(config)
+                scheduler = self.get()
                 if scheduler.state == STATE_STOPPED:
                     _start_paused(scheduler)
                 url = scheduler._lookup_jobstore("default").engine.url.render_as_string(
                     hide_password=False
                 )
                 if self.runner is None:
-                    self.runner = Runner(
+                    runner = Runner(
                         lock_for(url),
                         interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
                         on_runner=lambda: self._become_runner(scheduler),
                         on_standby=lambda: self._become_standby(scheduler),
                         on_tick=self._tick_heartbeat,
                     )
-                    self.runner.start()
+                    runner.start()
+                    self.runner = runner  # only once it competes: a failed start tries again
                 if self.listener is None and make_url(url).get_backend_name() == "postgresql":
                     self.listener = Listener(url, scheduler.wakeup)
                     self.listener.start()

@@ -253,3 +253,25 @@ def test_a_runner_polling_rarely_still_looks_for_new_jobs_within_the_notify_hori
     assert cancelled
     reservation.refresh_from_db()
     assert (reservation.cancelled_at - reservation.expires_at).total_seconds() < 1.0
+
+
+def test_a_job_store_that_cannot_be_opened_fails_the_start_loudly_and_a_later_start_works(
+    job_store, caplog
+):
+    unopenable = {
+        "apscheduler.jobstores.default": {
+            "type": "sqlalchemy",
+            "url": "sqlite:////proc/1/no/jobs.sqlite3",
+        }
+    }
+    previous = signal.getsignal(signal.SIGTERM)
+
+    with pytest.raises(OSError):
+        scheduler.start_scheduler(blocking=True, config=unopenable)
+
+    assert "Scheduler failed to start" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is previous  # the worker's handlers were put back
+    started = scheduler.start_scheduler()  # the settings' store: this one competes and runs
+    assert wait_for(lambda: lifecycle.process.runner is not None, timeout=5)
+    assert wait_for(lambda: lifecycle.process.runner.is_runner, timeout=5)
+    assert started.running
