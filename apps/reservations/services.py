@@ -34,6 +34,8 @@ from . import errors
 from .models import Reservation, ReservationEvent
 from .signals import reservations_changed
 
+logger = logging.getLogger(__name__)
+
 Status = Reservation.Status
 Reason = Reservation.CancellationReason
 Cause = ReservationEvent.Cause
@@ -596,7 +598,6 @@ def _expire(
 
 
 EXPIRE_BATCH_SIZE = 1000  # reservations a bulk expiry changes in one transaction
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
