@@ -37,6 +37,7 @@ def start_background_scheduler() -> bool:
     """
     if settings.SCHEDULER_WORKER_MODE:
         logger.info("SCHEDULER_WORKER_MODE is on: jobs run in `manage.py start_scheduler`")
+        _open_job_store()
         return False
     from escape_rooms_backend.scheduler import start_scheduler, stop_scheduler
 
@@ -45,3 +46,17 @@ def start_background_scheduler() -> bool:
     # waits for running jobs and records the stop in the heartbeat.
     atexit.register(stop_scheduler, scheduler)
     return True
+
+
+def _open_job_store() -> None:
+    # This process still writes jobs: open the store (a paused scheduler) now,
+    # so that the first customer's request does not wait for it. A store that
+    # is down is no reason to refuse requests: the first write tries again.
+    from escape_rooms_backend.lifecycle import process
+
+    try:
+        process.writable()
+    except Exception:
+        logger.warning(
+            "Could not open the job store yet; the first job write tries again", exc_info=True
+        )
