@@ -33,12 +33,14 @@ class DeadlineKind:
       that reservation as it stands in memory, or ``None`` when the
       reservation does not need it (any more). Must not query the database:
       it runs after every change of a reservation.
-    - ``handle(reservation_ids, cause)``: do the work of the deadlines that fell
+    - ``handle(reservation_ids, by)``: do the work of the deadlines that fell
       due for these reservations; idempotent, and a reservation that no longer
-      needs it is no error. Returns the ids whose deadline is still due
-      because their rows were busy (locked by someone else): the job tries
-      them again shortly. Raises on failure; the job is then tried again.
-    - ``sweep(now, cause)``: handle every deadline of this kind due by ``now``
+      needs it is no error. ``by`` says what runs it (``timeline.BY_JOB``,
+      ``BY_SWEEP`` or ``BY_RECONCILE``), for the audit trail. Returns the ids
+      whose deadline is still due because their rows were busy (locked by
+      someone else): the job tries them again shortly. Raises on failure; the
+      job is then tried again.
+    - ``sweep(now, by)``: handle every deadline of this kind due by ``now``
       (``None``: the clock) whatever its job did; returns how many it handled.
     - ``scheduled()``: ``(reservation pk, due_at)`` for every reservation that
       needs this deadline now, for the reconcile.

@@ -71,9 +71,10 @@ def hold_end_handle(reservation_ids: Sequence[int], by: str) -> list[int]:
     busy: list[int] = []
     moved: list[Reservation] = []
     for start in range(0, len(watched), CHUNK):
+        # Whole instances: every kind's due_at may read any field.
         still_held = Reservation.objects.filter(
             pk__in=watched[start : start + CHUNK], status=Reservation.Status.PENDING
-        ).only("pk", "status", "expires_at")
+        )
         for reservation in still_held:
             if reservation.expires_at <= now:
                 busy.append(reservation.pk)
