@@ -25,6 +25,9 @@ class Scheduler(BackgroundScheduler):
     3. ``shutdown(wait=True)`` joins the executor's threads while holding the
        job store lock; a running job that writes to the store then waits for
        that lock forever. Here running jobs finish outside the lock.
+    4. ``shutdown()`` stops the executors while a pass may still be handing
+       them due jobs, whose rows it has already deleted: such a job failed to
+       submit and was lost. Here the pass under way finishes first.
     """
 
     def _process_jobs(self) -> float | None:
@@ -42,6 +45,8 @@ class Scheduler(BackgroundScheduler):
     def shutdown(self, wait: bool = True) -> None:
         if wait and self.state == STATE_RUNNING:
             self.pause()
+            with self._jobstores_lock:
+                pass  # the pass under way, if any, has handed its jobs over
             with self._executors_lock:
                 executors = list(self._executors.values())
             for executor in executors:

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
@@ -42,6 +43,9 @@ SWEEP_JOB_ID = "cancel_expired_reservations"
 SWEEP_JOB_FUNC = "escape_rooms_backend.scheduler:sweep"
 RECONCILE_JOB_ID = "reconcile_expiry_jobs"
 RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
+# The sweep runs in a thread of its own, so that deadline jobs waiting for
+# locks never hold it back (a skipped sweep is a missed safety net).
+SWEEP_EXECUTOR = "sweep"
 # A job due later than this is not announced with NOTIFY: the runner looks at
 # the store at least this often (SCHEDULER_POLL_SECONDS is capped at it).
 NOTIFY_HORIZON_SECONDS = 60.0
@@ -52,12 +56,14 @@ def build_scheduler(config: dict[str, Any]) -> Scheduler:
     # APScheduler pops keys from the dicts it is given: build from a deep copy
     # so that settings.SCHEDULER_CONFIG serves the next scheduler too.
     config = copy.deepcopy(config)
-    return Scheduler(
+    scheduler = Scheduler(
         gconfig={
             key: store_options(value) if key.startswith("apscheduler.jobstores.") else value
             for key, value in config.items()
         }
     )
+    scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias=SWEEP_EXECUTOR)
+    return scheduler
 
 
 @job_connection
@@ -110,6 +116,9 @@ class SchedulerProcess:
         self.listener: Listener | None = None
         self._poller: tuple[threading.Thread, threading.Event] | None = None
         self._last_tick_beat = 0.0
+        # Set while this process's scheduler stops: jobs that start then leave
+        # their deadlines in the store for the next runner instead of working.
+        self.stopping = threading.Event()
 
     def get(self) -> Scheduler:
         """Return this process's scheduler, building it if need be; starts nothing."""
@@ -200,18 +209,25 @@ class SchedulerProcess:
 
     def stop(self, scheduler: Scheduler | None = None) -> None:
         """See ``escape_rooms_backend.scheduler.stop_scheduler``."""
-        runner = None
+        runner = listener = poller = None
         with self.lock:
             scheduler = scheduler or self.scheduler
             if scheduler is None:
                 return
-            if scheduler is self.scheduler:
-                self._stop_poller()
-                self.scheduler = None
+            owned = scheduler is self.scheduler
+            if owned:
+                # Kept until it has shut down: the jobs still running write
+                # their retries through it (paused, it writes and runs nothing).
+                self.stopping.set()
                 runner, self.runner = self.runner, None
-                if self.listener is not None:
-                    self.listener.stop()
-                    self.listener = None
+                listener, self.listener = self.listener, None
+                poller, self._poller = self._poller, None
+        # Outside the lock: running jobs write to the store through it.
+        if poller is not None:
+            poller[1].set()
+            poller[0].join()
+        if listener is not None:
+            listener.stop()
         if runner is not None:
             runner.stop_checking()
         # Outside the lock: a running job may itself write a job (and take the
@@ -222,6 +238,11 @@ class SchedulerProcess:
         except SchedulerNotRunningError:
             return  # already stopped, or another thread stopped it first
         finally:
+            if owned:
+                with self.lock:
+                    if self.scheduler is scheduler:
+                        self.scheduler = None  # the next get() builds afresh
+                    self.stopping.clear()  # its jobs have all returned
             if runner is not None:
                 runner.lock.release()  # after the running jobs finished: a standby takes over
         if was_running or runner is not None:
@@ -242,6 +263,7 @@ class SchedulerProcess:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
+            executor=SWEEP_EXECUTOR,
         )
         scheduler.add_job(
             RECONCILE_JOB_FUNC,
@@ -280,13 +302,6 @@ class SchedulerProcess:
         thread = threading.Thread(target=poll, name="escape-rooms-scheduler-poll", daemon=True)
         thread.start()
         self._poller = (thread, stop)
-
-    def _stop_poller(self) -> None:
-        if self._poller is not None:
-            thread, stop = self._poller
-            stop.set()
-            thread.join()
-            self._poller = None
 
 
 def _start_paused(scheduler: Scheduler, attempts: int = 5) -> None:

@@ -111,6 +111,8 @@ def sweep() -> int:
     alive and what its last sweep did. Returns the number cancelled; never
     raises.
     """
+    if process.stopping.is_set():
+        return 0  # the next runner sweeps at its start
     cancelled = cancel_expired_reservations()
     record_heartbeat(sweep_cancelled=cancelled)
     return cancelled

@@ -148,7 +148,10 @@ def deadline_schedule(
                 replace_existing=True,
                 misfire_grace_time=None,
                 coalesce=True,
-                max_instances=1,
+                # Two: a job that stores its own retry may see it fall due
+                # before it has returned; with one, APScheduler would skip the
+                # retry and delete it. Every kind's handle is idempotent.
+                max_instances=2,
             )
         except (ConflictingIdError, JobLookupError):
             # replace_existing is an insert, then an update: the runner
@@ -233,12 +236,23 @@ def run_deadline(
     fails (the database unreachable, say) the traceback is logged and the job,
     with every reservation folded into it, is tried again after
     ``retry_delay(attempt)``; so are the reservations whose rows were busy.
-    The sweep remains the safety net.
+    The sweep remains the safety net. A job that starts while the process
+    stops leaves its deadline in the store, due, for the next runner.
     """
+    from .lifecycle import process
+
     try:
         deadline = deadlines.kind_named(kind)
     except LookupError:
         logger.error("A job names the deadline kind %r, which no app registers", kind)
+        return
+    if process.stopping.is_set():
+        # Handed over as the process stops: leave it in the store, due now,
+        # for the next runner (a standby takes over at once), rather than
+        # start on work that would hold the stop up.
+        deadline_schedule(
+            deadline, reservation_id, timezone.now(), coalesced=coalesced, attempt=attempt
+        )
         return
     reservation_ids = [reservation_id, *coalesced]
     delay = retry_delay(attempt)

@@ -291,6 +291,22 @@ def test_a_failing_job_is_logged_and_stored_again_with_every_reservation_it_had(
     assert 0 < (retry.next_run_time - timezone.now()).total_seconds() <= 0.5
 
 
+@pytest.mark.django_db
+def test_a_job_that_starts_while_the_process_stops_leaves_its_deadline_due_in_the_store(
+    job_store, reminder
+):
+    process.stopping.set()
+    try:
+        run_deadline("reminder", 41, coalesced=[42, 43], attempt=2)
+    finally:
+        process.stopping.clear()
+
+    assert reminder.handled == []  # no work started
+    kept = stored("remind_reservation:41")
+    assert kept.kwargs == {"coalesced": [42, 43], "attempt": 2}
+    assert kept.next_run_time <= timezone.now()  # due: the next runner runs it at once
+
+
 @pytest.mark.parametrize(
     ("attempt", "delay"), [(0, 0.5), (1, 1), (2, 2), (3, 4), (4, 8), (5, 10), (12, 10)]
 )
