@@ -1,9 +1,15 @@
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from apscheduler.triggers.date import DateTrigger
+
+from apps.reservations.deadlines import HOLD_END
+from escape_rooms_backend import timeline
+from escape_rooms_backend.lifecycle import build_scheduler
 
 from ..conftest import database_url, wait_for
 
@@ -50,3 +56,21 @@ def start_worker(job_store, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def job_from_another_process(reservation, config):
+    """Write the hold's end job of ``reservation`` from a scheduler of another process's own."""
+    other_process = build_scheduler(config)
+    other_process.start(paused=True)
+    other_process.add_job(
+        timeline.JOB_FUNC,
+        trigger=DateTrigger(run_date=reservation.expires_at),
+        args=[HOLD_END.name, reservation.pk],
+        id=HOLD_END.job_id(reservation.pk),
+        misfire_grace_time=None,
+    )
+    try:
+        yield
+    finally:
+        other_process.shutdown(wait=False)

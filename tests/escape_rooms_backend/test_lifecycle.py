@@ -14,26 +14,23 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from apscheduler.triggers.date import DateTrigger
 from django.db import OperationalError
 from django.utils import timezone
 
 from apps.operations.models import SchedulerHeartbeat
-from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation
-from escape_rooms_backend import lifecycle, scheduler, timeline
+from escape_rooms_backend import lifecycle, scheduler
 from escape_rooms_backend.compat import Scheduler
-from escape_rooms_backend.lifecycle import StopSignals, build_scheduler, record_heartbeat
+from escape_rooms_backend.lifecycle import StopSignals, record_heartbeat
 from escape_rooms_backend.runner import Runner
 from escape_rooms_backend.signals import scheduler_heartbeat
 
 from ..conftest import wait_for
 from ..factories import ReservationFactory
+from .conftest import PROJECT_DIR, job_from_another_process
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 REPORT_STATE = (
     "from escape_rooms_backend.lifecycle import process; "
     "print('STATE', process.scheduler.state if process.scheduler else 'none')"
@@ -235,21 +232,11 @@ def test_a_runner_polling_rarely_still_looks_for_new_jobs_within_the_notify_hori
     runner = scheduler.start_scheduler()
     time.sleep(0.3)  # let the runner finish its first pass and go to sleep
     reservation = ReservationFactory(expires_at=timezone.now() + timedelta(seconds=0.8))
-    other_process = build_scheduler(settings.SCHEDULER_CONFIG)
-    other_process.start(paused=True)
-    other_process.add_job(
-        timeline.JOB_FUNC,
-        trigger=DateTrigger(run_date=reservation.expires_at),
-        args=[HOLD_END.name, reservation.pk],
-        id=HOLD_END.job_id(reservation.pk),
-        misfire_grace_time=None,
-    )
+    with job_from_another_process(reservation, settings.SCHEDULER_CONFIG):
+        cancelled = wait_for(
+            lambda: Reservation.objects.get(pk=reservation.pk).status == "cancelled", timeout=3
+        )
 
-    cancelled = wait_for(
-        lambda: Reservation.objects.get(pk=reservation.pk).status == "cancelled", timeout=3
-    )
-
-    other_process.shutdown(wait=False)
     assert runner.running
     assert cancelled
     reservation.refresh_from_db()

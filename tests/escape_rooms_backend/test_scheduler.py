@@ -29,7 +29,6 @@ from escape_rooms_backend.lifecycle import (
     RECONCILE_JOB_ID,
     SWEEP_JOB_FUNC,
     SWEEP_JOB_ID,
-    build_scheduler,
 )
 from escape_rooms_backend.scheduler import (
     cancel_expired_reservations,
@@ -40,6 +39,7 @@ from escape_rooms_backend.scheduler import (
 
 from ..conftest import wait_for
 from ..factories import ReservationFactory, TimeSlotFactory, reserve
+from .conftest import job_from_another_process
 
 HOLD_SECONDS = 1
 LEGACY_JOB_FUNC = "escape_rooms_backend.scheduler:expire_reservation"
@@ -332,19 +332,9 @@ def test_a_job_written_by_another_process_runs_on_time(job_store, settings):
     time.sleep(0.3)  # let the runner finish its first pass and go to sleep
     # Written directly: the job comes from the other process only.
     reservation = ReservationFactory(expires_at=timezone.now() + timedelta(seconds=1))
-    other_process = build_scheduler(settings.SCHEDULER_CONFIG)
-    other_process.start(paused=True)
-    other_process.add_job(
-        timeline.JOB_FUNC,
-        trigger=DateTrigger(run_date=reservation.expires_at),
-        args=[HOLD_END.name, reservation.pk],
-        id=HOLD_END.job_id(reservation.pk),
-        misfire_grace_time=None,
-    )
+    with job_from_another_process(reservation, settings.SCHEDULER_CONFIG):
+        freed = wait_for(lambda: released_at(reservation), timeout=3)
 
-    freed = wait_for(lambda: released_at(reservation), timeout=3)
-
-    other_process.shutdown(wait=False)
     assert runner.running
     assert freed is not None
     assert (freed - reservation.expires_at).total_seconds() < 1.0
