@@ -2,7 +2,7 @@
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import ParamSpec, TypeVar
 
 from django.conf import settings
@@ -12,6 +12,15 @@ logger = logging.getLogger("escape_rooms_backend.scheduler")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+IN_LIST_SIZE = 1000  # values in one IN (...) list: far below every database's limit
+
+
+def chunks(items: Sequence[T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[T]]:
+    """Yield ``items`` in consecutive slices of at most ``size``, for one IN (...) list each."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def job_connection(func: Callable[P, R]) -> Callable[P, R]:

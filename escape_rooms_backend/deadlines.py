@@ -105,8 +105,3 @@ def kind_named(name: str) -> DeadlineKind:
         return _kinds[name]
     except KeyError:
         raise LookupError(f"No deadline kind {name!r} is registered.") from None
-
-
-def kind_of_job(job_id: str) -> DeadlineKind | None:
-    """Return the kind whose job prefix ``job_id`` starts with, or ``None``."""
-    return next((k for k in _kinds.values() if job_id.startswith(k.job_prefix)), None)

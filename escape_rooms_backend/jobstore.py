@@ -20,11 +20,11 @@ from sqlalchemy import event, or_, select
 from sqlalchemy.engine import make_url
 
 from . import deadlines
+from .db import chunks
 
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
 JOB_STORE_BUSY_TIMEOUT = 2  # seconds a SQLite job store write waits for a lock
-CHUNK = 1000  # ids per IN (...) list
 
 
 class FoldingJobStore(SQLAlchemyJobStore):
@@ -84,9 +84,8 @@ class FoldingJobStore(SQLAlchemyJobStore):
         if not first:
             return self._get_jobs(due, of_kind)
         with self.engine.begin() as db:
-            for start in range(0, len(due_ids), CHUNK):
+            for chunk in chunks(due_ids):
                 # Only rows still due: one moved meanwhile keeps its job.
-                chunk = due_ids[start : start + CHUNK]
                 db.execute(table.delete().where(due, table.c.id.in_(chunk)))
         coalesced = [pk for pk in map(kind.reservation_id, due_ids) if pk is not None]
         for job in first:
@@ -176,7 +175,5 @@ def delete_not_due(store: SQLAlchemyJobStore, job_ids: list[str], now: float) ->
     table = store.jobs_t
     not_due = table.c.next_run_time > now
     with store.engine.begin() as db:
-        for start in range(0, len(job_ids), CHUNK):
-            db.execute(
-                table.delete().where(not_due, table.c.id.in_(job_ids[start : start + CHUNK]))
-            )
+        for chunk in chunks(job_ids):
+            db.execute(table.delete().where(not_due, table.c.id.in_(chunk)))

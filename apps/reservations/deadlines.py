@@ -13,6 +13,7 @@ from datetime import datetime
 from django.utils import timezone
 
 from escape_rooms_backend import deadlines, timeline
+from escape_rooms_backend.db import chunks
 
 from . import services
 from .models import Reservation, ReservationEvent
@@ -28,7 +29,6 @@ EXPIRY_CAUSES = {
     timeline.BY_SWEEP: Cause.SWEEP,
     timeline.BY_RECONCILE: Cause.RECONCILE,
 }
-CHUNK = 1000
 
 
 def _log_cancelled(released: Sequence[services.ExpiredHold]) -> None:
@@ -70,11 +70,9 @@ def hold_end_handle(reservation_ids: Sequence[int], by: str) -> list[int]:
     now = timezone.now()
     busy: list[int] = []
     moved: list[Reservation] = []
-    for start in range(0, len(watched), CHUNK):
+    for chunk in chunks(watched):
         # Whole instances: every kind's due_at may read any field.
-        still_held = Reservation.objects.filter(
-            pk__in=watched[start : start + CHUNK], status=Reservation.Status.PENDING
-        )
+        still_held = Reservation.objects.filter(pk__in=chunk, status=Reservation.Status.PENDING)
         for reservation in still_held:
             if reservation.expires_at <= now:
                 busy.append(reservation.pk)

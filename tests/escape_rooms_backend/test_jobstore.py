@@ -46,7 +46,7 @@ def store_with_jobs(job_store, run_times: dict[str, object]) -> FoldingJobStore:
     job_store.create()
     writer = process.writable()
     for job_id, run_time in run_times.items():
-        deadline = deadlines.kind_of_job(job_id)
+        deadline = next((k for k in deadlines.kinds() if job_id.startswith(k.job_prefix)), None)
         if deadline is None:
             writer.add_job(SWEEP_JOB_FUNC, "date", run_date=run_time, id=job_id)
         else:
