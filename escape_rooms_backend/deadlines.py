@@ -32,7 +32,11 @@ class DeadlineKind:
     - ``due_at(reservation)``: the aware datetime at which it falls due for
       that reservation as it stands in memory, or ``None`` when the
       reservation does not need it (any more). Must not query the database:
-      it runs after every change of a reservation.
+      it runs after every change of a reservation. ``due_at=None`` makes a
+      kind whose jobs are keyed by something else than a reservation (the
+      outbox's deliveries, by message): its app schedules them itself with
+      ``timeline.deadline_schedule``; everything below reads "pk" for
+      "reservation pk".
     - ``handle(reservation_ids, by)``: do the work of the deadlines that fell
       due for these reservations; idempotent, and a reservation that no longer
       needs it is no error. ``by`` says what runs it (``timeline.BY_JOB``,
@@ -50,7 +54,7 @@ class DeadlineKind:
 
     name: str
     job_prefix: str
-    due_at: Callable[[Any], datetime | None]
+    due_at: Callable[[Any], datetime | None] | None
     handle: Callable[[Sequence[int], str], Sequence[int]]
     sweep: Callable[[datetime | None, str], int]
     scheduled: Callable[[], Iterable[tuple[int, datetime]]]

@@ -85,8 +85,8 @@ def deadlines_sync(reservations: Sequence[Any]) -> None:
     """
     Give each reservation exactly the jobs its state needs, at the times they fall due.
 
-    For every registered kind, adds or moves the job of each reservation for
-    which ``due_at`` gives a time, and removes it for the others (one
+    For every registered kind keyed by reservation, adds or moves the job of
+    each reservation for which ``due_at`` gives a time, and removes it for the others (one
     statement per thousand when there are many). Call after the
     reservations' transaction committed. Never raises: a store failure is
     logged, and the sweep and the next reconcile make up for it. Writes
@@ -95,6 +95,8 @@ def deadlines_sync(reservations: Sequence[Any]) -> None:
     if not settings.SCHEDULER_EXPIRY_JOBS:
         return
     for kind in deadlines.kinds():
+        if kind.due_at is None:
+            continue  # keyed by something else: its app schedules its jobs
         unneeded = []
         for reservation in reservations:
             at = kind.due_at(reservation)

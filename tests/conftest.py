@@ -9,6 +9,7 @@ from django.db import connection
 from sqlalchemy.engine import make_url
 
 from apps.reservations.errors import ReservationError
+from escape_rooms_backend import deadlines
 from escape_rooms_backend import scheduler as scheduler_module
 
 from .factories import TimeSlotFactory
@@ -108,3 +109,42 @@ def run_together(*actions) -> Counter:
         thread.join(timeout=30)
     assert len(results) == len(actions), "a thread died or hung"
     return Counter(results)
+
+
+@pytest.fixture(autouse=True)
+def deadline_kinds():
+    """Give each test the registry of deadline kinds it started with, whatever it registers."""
+    saved = deadlines.kinds()
+    yield
+    for kind in deadlines.kinds():
+        deadlines.unregister(kind.name)
+    for kind in saved:
+        deadlines.register(kind)
+
+
+@pytest.fixture
+def hold_end_only():
+    """
+    The hold's end alone on the timeline: no reminder or delivery jobs, no messages queued.
+
+    For the tests of the expiry engine that compare the whole job store.
+    """
+    from django.db.models.signals import post_save
+
+    from apps.messaging import receivers
+    from apps.payments.models import Payment
+    from apps.reservations.models import Reservation
+    from apps.reservations.signals import reservations_changed
+
+    for kind in deadlines.kinds():
+        if kind.name != deadlines.EXPIRY:
+            deadlines.unregister(kind.name)
+    reservations_changed.disconnect(sender=Reservation, dispatch_uid="reservation_messages")
+    post_save.disconnect(sender=Payment, dispatch_uid="payment_messages")
+    yield
+    reservations_changed.connect(
+        receivers.messages_for_reservations, sender=Reservation, dispatch_uid="reservation_messages"
+    )
+    post_save.connect(
+        receivers.messages_for_payment, sender=Payment, dispatch_uid="payment_messages"
+    )

@@ -25,14 +25,13 @@ from apps.payments.services import payment_confirm_price
 from apps.reservations import errors, services
 from apps.reservations.models import Reservation
 from apps.reservations.selectors import reservation_by_token
-from apps.rooms.models import Room, TimeSlot
+from apps.rooms.models import SLOT_KEY_FORMAT, Room, TimeSlot
 from apps.rooms.selectors import room_list_active, timeslot_list_for_day, venue_day_bounds
 from config.client_address import client_address
 
 from .forms import ReserveForm
 
 DAYS_SHOWN = 14
-SLOT_KEY_FORMAT = "%Y%m%dT%H%M%SZ"
 SLOT_KEY_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}Z", re.ASCII)
 SESSION_KEY = "booking_reservations"
 ISSUED_KEYS = "booking_form_keys"
@@ -45,7 +44,7 @@ SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are 
 
 def slot_key(slot: TimeSlot) -> str:
     """The slot's start in UTC, its public name in URLs (no sequential ids in public)."""
-    return slot.starts_at.astimezone(UTC).strftime(SLOT_KEY_FORMAT)
+    return slot.key
 
 
 def _slot_from_key(room: Room, key: str) -> TimeSlot:

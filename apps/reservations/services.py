@@ -679,18 +679,19 @@ def lapsed_holds_expire(
             status=TimeSlot.Status.RESERVED,
         ).update(status=TimeSlot.Status.ACTIVE)
         _record_expiries(expired, at=at, cause=cause)
-    # After the commit, so that the slots are free sooner: instances with the
-    # fields that changed, not rows read again.
-    fields = ["id", "status", "expires_at", "cancelled_at", "cancellation_reason"]
-    changed = [
-        Reservation.from_db(
-            connection.alias,
-            fields,
-            (hold.reservation_id, Status.CANCELLED, hold.expires_at, at, Reason.EXPIRED),
-        )
-        for hold in expired
-    ]
-    reservations_changed.send(sender=Reservation, reservations=changed)
+        # Inside the transaction, so that what receivers write (the customers'
+        # messages) commits with the expiry: instances with the fields that
+        # changed, not rows read again.
+        fields = ["id", "status", "expires_at", "cancelled_at", "cancellation_reason"]
+        changed = [
+            Reservation.from_db(
+                connection.alias,
+                fields,
+                (hold.reservation_id, Status.CANCELLED, hold.expires_at, at, Reason.EXPIRED),
+            )
+            for hold in expired
+        ]
+        reservations_changed.send(sender=Reservation, reservations=changed)
     return expired
 
 

@@ -3,10 +3,10 @@
 from django.dispatch import Signal
 
 # Sent by the services (``apps.reservations.services``) once reservations,
-# one or many, were created or changed: inside the transaction that changed
-# them, or just after it committed (the bulk expiry, so that its locks are
-# held no longer). Keyword argument ``reservations``: a list of
-# ``Reservation`` instances as they now stand (a bulk change sends instances
-# loaded with the fields it changed). Receivers that act outside the database
-# defer to ``transaction.on_commit``, which runs at once outside a transaction.
+# one or many, were created or changed, inside the transaction that changed
+# them: what receivers write to the database (the customers' messages)
+# commits or rolls back with the change. Keyword argument ``reservations``: a
+# list of ``Reservation`` instances as they now stand (a bulk change sends
+# instances loaded with only the fields it changed). Receivers that act
+# outside the database defer to ``transaction.on_commit``.
 reservations_changed = Signal()

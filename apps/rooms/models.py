@@ -1,8 +1,12 @@
+from datetime import UTC
 from decimal import Decimal
 
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
+
+# A slot's public name in URLs: its start in UTC (TimeSlot.key).
+SLOT_KEY_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
 class Room(models.Model):
@@ -82,3 +86,8 @@ class TimeSlot(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room} at {self.starts_at:%Y-%m-%d %H:%M %Z}"
+
+    @property
+    def key(self) -> str:
+        """The start in UTC, ``20261204T180000Z``: the slot's public name in URLs."""
+        return self.starts_at.astimezone(UTC).strftime(SLOT_KEY_FORMAT)

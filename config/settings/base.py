@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "apps.operations",
     "apps.booking",
     "apps.payments",
+    "apps.messaging",
 ]
 
 MIDDLEWARE = [
@@ -124,6 +125,33 @@ PAYMENT_WEBHOOK_SECRET = env("PAYMENT_WEBHOOK_SECRET", default="dev-webhook-secr
 PAYMENT_WEBHOOK_TOLERANCE_SECONDS = 300
 # Once a customer starts paying, the hold lasts at least this long, seconds.
 PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
+
+# THE VENUE AND ITS MESSAGES
+# ------------------------------------------------------------------------------
+# Named in every message and in the .ics attachment.
+VENUE_NAME = env("VENUE_NAME", default="Escape Berlin")
+VENUE_ADDRESS = env("VENUE_ADDRESS", default="Oranienstraße 1, 10999 Berlin")
+# Links in messages leave the site: the address customers reach it at.
+SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
+# Django's email framework, from one URL: smtp://user:pass@host:587,
+# smtp+tls://..., smtp+ssl://..., consolemail:// (printed by the server).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default=f"{VENUE_NAME} <bookings@example.com>")
+# Seconds a connection to the mail server may take to answer.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# The reminder comes this many seconds before a hold ends (0: no reminders).
+HOLD_REMINDER_SECONDS = env.int("HOLD_REMINDER_SECONDS", default=600)
+# A message the mail server refused is tried again after this many seconds,
+# twice as long each time up to the maximum, and given up after so many tries
+# (about a day); staff may retry it from the admin.
+MESSAGE_RETRY_SECONDS = env.float("MESSAGE_RETRY_SECONDS", default=10.0)
+MESSAGE_RETRY_MAX_SECONDS = env.float("MESSAGE_RETRY_MAX_SECONDS", default=3600.0)
+MESSAGE_MAX_ATTEMPTS = env.int("MESSAGE_MAX_ATTEMPTS", default=30)
+# A delivery in flight is another's to retry only after this many seconds:
+# longer than a send can take (EMAIL_TIMEOUT for each step of the exchange).
+MESSAGE_CLAIM_SECONDS = env.float("MESSAGE_CLAIM_SECONDS", default=120.0)
+# "Find my booking": requests per email address, and per client address, an hour.
+FIND_BOOKING_PER_HOUR = env.int("FIND_BOOKING_PER_HOUR", default=5)
 
 # SCHEDULER
 # ------------------------------------------------------------------------------

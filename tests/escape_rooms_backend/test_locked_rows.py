@@ -28,7 +28,11 @@ from escape_rooms_backend.scheduler import start_scheduler, stop_scheduler
 from ..conftest import database_url, wait_for
 from ..factories import TimeSlotFactory, reserve
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.integration,
+    pytest.mark.usefixtures("hold_end_only"),
+]
 
 SKIPPED = "maximum number of running instances"
 

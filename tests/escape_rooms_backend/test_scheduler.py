@@ -41,6 +41,9 @@ from ..conftest import wait_for
 from ..factories import ReservationFactory, TimeSlotFactory, reserve
 from .conftest import job_from_another_process
 
+# The expiry engine's own jobs: the messages' kinds have tests of their own.
+pytestmark = pytest.mark.usefixtures("hold_end_only")
+
 HOLD_SECONDS = 1
 LEGACY_JOB_FUNC = "escape_rooms_backend.scheduler:expire_reservation"
 

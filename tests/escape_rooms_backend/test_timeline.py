@@ -45,6 +45,9 @@ from escape_rooms_backend.timeline import (
 
 from ..factories import ReservationFactory, reserve
 
+# The expiry engine's own jobs: the messages' kinds have tests of their own.
+pytestmark = pytest.mark.usefixtures("hold_end_only")
+
 REMINDER_BEFORE = timedelta(minutes=1)
 
 

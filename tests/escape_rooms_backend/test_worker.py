@@ -4,9 +4,12 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
+from django.conf import settings
 
+from apps.messaging.deadlines import DELIVERY, REMINDER
 from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation
 from apps.reservations.services import reservation_create
@@ -79,4 +82,10 @@ def test_a_job_written_by_a_shell_session_is_in_the_store_when_it_exits(job_stor
     assert result.returncode == 0, result.stderr
     reservation = Reservation.objects.get(time_slot=slot)
     assert f"RESERVED {reservation.pk}" in result.stdout
-    assert job_store.jobs() == {HOLD_END.job_id(reservation.pk): reservation.expires_at}
+    jobs = job_store.jobs()
+    assert jobs.pop(HOLD_END.job_id(reservation.pk)) == reservation.expires_at
+    lead = timedelta(seconds=settings.HOLD_REMINDER_SECONDS)
+    assert jobs.pop(REMINDER.job_id(reservation.pk)) == reservation.expires_at - lead
+    # The hold-placed message's delivery, due at once.
+    [delivery] = jobs
+    assert delivery.startswith(DELIVERY.job_prefix)

@@ -18,6 +18,9 @@ from escape_rooms_backend import scheduler, timeline
 from ..conftest import database_url
 from ..factories import ReservationFactory, reserve
 
+# The expiry engine's own jobs: the messages' kinds have tests of their own.
+pytestmark = pytest.mark.usefixtures("hold_end_only")
+
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 

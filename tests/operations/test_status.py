@@ -16,7 +16,7 @@ from escape_rooms_backend import scheduler
 
 from ..factories import ReservationFactory, reserve
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hold_end_only")]
 
 
 def status() -> dict[str, str]:

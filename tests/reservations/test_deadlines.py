@@ -28,6 +28,9 @@ from ..conftest import database_url
 from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory
 from .conftest import lapsed, statuses
 
+# The expiry engine's own jobs: the messages' kinds have tests of their own.
+pytestmark = pytest.mark.usefixtures("hold_end_only")
+
 Cause = ReservationEvent.Cause
 
 

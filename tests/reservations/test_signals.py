@@ -24,6 +24,9 @@ from apps.reservations.signals import reservations_changed
 
 from ..factories import TimeSlotFactory, reserve
 
+# The expiry engine's own jobs: the messages' kinds have tests of their own.
+pytestmark = pytest.mark.usefixtures("hold_end_only")
+
 
 @pytest.fixture
 def changes():

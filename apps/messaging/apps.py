@@ -1,0 +1,26 @@
+from django.apps import AppConfig
+
+
+class MessagingConfig(AppConfig):
+    name = "apps.messaging"
+    label = "messaging"
+    verbose_name = "Customer messages"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_save
+
+        from apps.payments.models import Payment
+        from apps.reservations.models import Reservation
+        from apps.reservations.signals import reservations_changed
+
+        from . import deadlines, receivers
+
+        deadlines.register()
+        reservations_changed.connect(
+            receivers.messages_for_reservations,
+            sender=Reservation,
+            dispatch_uid="reservation_messages",
+        )
+        post_save.connect(
+            receivers.messages_for_payment, sender=Payment, dispatch_uid="payment_messages"
+        )

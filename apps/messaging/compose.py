@@ -1,0 +1,210 @@
+"""
+A queued message as an email: subject, plain text, HTML and attachments.
+
+Rendered when it is sent, from the reservation as it then stands, every time
+in the venue's zone (``TIME_ZONE``), named. A message the reservation no
+longer needs (the hold placed, when it has been paid since) renders as
+``None``: the outbox marks it skipped.
+"""
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import urljoin
+
+import icalendar  # type: ignore[import-untyped]  # ships no type hints
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from apps.reservations.models import Reservation
+from apps.rooms.models import TimeSlot
+
+from .models import Message
+
+Kind = Message.Kind
+Status = Reservation.Status
+
+# Short subjects that name the room and the time: "{room}, {when}".
+SUBJECTS = {
+    Kind.HOLD_PLACED: "Held for you: {room}, {when}",
+    Kind.REMINDER: "Your hold ends at {ends}: {room}, {when}",
+    Kind.CONFIRMED: "Booked: {room}, {when}",
+    Kind.HOLD_LAPSED: "Hold ended, not booked: {room}, {when}",
+    Kind.CANCELLED: "Cancelled: {room}, {when}",
+    Kind.REFUND_DUE: "Your payment will be refunded: {room}, {when}",
+    Kind.BOOKINGS: "Your bookings at {venue}",
+}
+ICS_NAME = "booking.ics"
+
+
+def absolute(path: str) -> str:
+    """``path`` on the public site (``SITE_URL``): links in messages leave the site."""
+    return urljoin(settings.SITE_URL, path)
+
+
+def local(at: datetime) -> datetime:
+    return timezone.localtime(at)
+
+
+def when(at: datetime) -> str:
+    """``Fri 4 Dec 2026, 19:00``, in the venue's zone."""
+    at = local(at)
+    return f"{at:%a} {at.day} {at:%b %Y}, {at:%H:%M}"
+
+
+def message_email(message: Message) -> EmailMultiAlternatives | None:
+    """
+    Render ``message``, or return ``None`` when its reservation no longer needs it.
+
+    Raises what the templates raise; the outbox counts that as a failed attempt.
+    """
+    now = timezone.now()
+    if message.kind == Kind.BOOKINGS:
+        return _bookings_email(message, now)
+    reservation = message.reservation
+    if reservation is None or not _still_needed(message, reservation, now):
+        return None
+    slot = reservation.time_slot
+    context = _reservation_context(message, reservation, slot, now)
+    subject = SUBJECTS[Kind(message.kind)].format(**context["subject"])
+    email = _email(message, subject, reservation.customer_email, context)
+    if message.kind == Kind.CONFIRMED:
+        email.attach(ICS_NAME, booking_ics(reservation), "text/calendar; method=PUBLISH")
+    return email
+
+
+def _still_needed(message: Message, reservation: Reservation, now: datetime) -> bool:
+    holding = reservation.status == Status.PENDING and reservation.expires_at > now
+    if message.kind == Kind.HOLD_PLACED:
+        return holding
+    if message.kind == Kind.REMINDER:
+        # For the hold end it was queued for: a hold kept longer has its own.
+        ends = parse_datetime(message.context.get("expires_at", ""))
+        return holding and ends == reservation.expires_at
+    if message.kind == Kind.CONFIRMED:
+        return reservation.status == Status.PAID
+    if message.kind == Kind.HOLD_LAPSED:
+        # Paid late meanwhile: the confirmation says all there is to say.
+        return reservation.status != Status.PAID
+    return True
+
+
+def _reservation_context(
+    message: Message, reservation: Reservation, slot: TimeSlot, now: datetime
+) -> dict[str, Any]:
+    room = slot.room
+    page = absolute(reverse("booking:reservation", args=[reservation.token]))
+    slot_free = (
+        slot.starts_at > now
+        and room.is_active
+        and not Reservation.objects.holding(now).filter(time_slot=slot).exists()
+    )
+    day = local(slot.starts_at).date().isoformat()
+    return {
+        "message": message,
+        "reservation": reservation,
+        "room": room,
+        "slot": slot,
+        "venue_name": settings.VENUE_NAME,
+        "venue_address": settings.VENUE_ADDRESS,
+        "zone": timezone.get_current_timezone_name(),
+        "starts": when(slot.starts_at),
+        "ends_time": f"{local(slot.ends_at):%H:%M}",
+        "hold_ends": when(reservation.expires_at),
+        "hold_ends_time": f"{local(reservation.expires_at):%H:%M}",
+        "page_url": page,
+        "paid_late": (
+            reservation.paid_at is not None and reservation.paid_at > reservation.expires_at
+        ),
+        "slot_free": slot_free,
+        "rebook_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
+        "room_url": absolute(f"{reverse('booking:room', args=[room.slug])}?date={day}"),
+        "refund": message.context,
+        "subject": {
+            "room": room.name,
+            "when": when(slot.starts_at),
+            "ends": f"{local(reservation.expires_at):%H:%M}",
+            "venue": settings.VENUE_NAME,
+        },
+    }
+
+
+def _bookings_email(message: Message, now: datetime) -> EmailMultiAlternatives | None:
+    current = list(
+        Reservation.objects.holding(now)
+        .filter(customer_email__iexact=message.to_email, time_slot__starts_at__gt=now)
+        .select_related("time_slot__room")
+        .order_by("time_slot__starts_at")
+    )
+    if not current:
+        return None  # nothing to tell; the request's answer was the same
+    bookings = [
+        {
+            "room": r.time_slot.room.name,
+            "starts": when(r.time_slot.starts_at),
+            "status": r.get_status_display(),
+            "url": absolute(reverse("booking:reservation", args=[r.token])),
+        }
+        for r in current
+    ]
+    context = {
+        "message": message,
+        "bookings": bookings,
+        "venue_name": settings.VENUE_NAME,
+        "venue_address": settings.VENUE_ADDRESS,
+        "zone": timezone.get_current_timezone_name(),
+    }
+    subject = SUBJECTS[Kind.BOOKINGS].format(venue=settings.VENUE_NAME)
+    return _email(message, subject, message.to_email, context)
+
+
+def _email(
+    message: Message, subject: str, to: str, context: dict[str, Any]
+) -> EmailMultiAlternatives:
+    template = f"messaging/{message.kind}"
+    email = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string(f"{template}.txt", context),
+        to=[to],
+        headers={"Message-ID": message.message_id},
+    )
+    email.attach_alternative(render_to_string(f"{template}.html", context), "text/html")
+    return email
+
+
+def booking_ics(reservation: Reservation) -> bytes:
+    """
+    The booking as an iCalendar file: one event in the venue's zone, with its ``VTIMEZONE``.
+
+    The UID is stable per reservation, so a calendar that imports it twice
+    keeps one event.
+    """
+    slot = reservation.time_slot
+    calendar = icalendar.Calendar()
+    calendar.add("prodid", f"-//{settings.VENUE_NAME}//escape-rooms//EN")
+    calendar.add("version", "2.0")
+    calendar.add("method", "PUBLISH")
+    event = icalendar.Event()
+    event.add("uid", f"reservation-{reservation.token}@{_uid_domain()}")
+    event.add("dtstamp", timezone.now())
+    event.add("dtstart", local(slot.starts_at))
+    event.add("dtend", local(slot.ends_at))
+    event.add("summary", f"{slot.room.name} at {settings.VENUE_NAME}")
+    event.add("location", f"{settings.VENUE_NAME}, {settings.VENUE_ADDRESS}")
+    event.add(
+        "description",
+        f"Party of {reservation.party_size}. Your booking: "
+        + absolute(reverse("booking:reservation", args=[reservation.token])),
+    )
+    calendar.add_component(event)
+    calendar.add_missing_timezones()
+    return calendar.to_ical()
+
+
+def _uid_domain() -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(settings.SITE_URL).hostname or "localhost"

@@ -1,0 +1,29 @@
+"""
+Receivers that queue the messages a change calls for, in the change's own transaction.
+
+Wired in ``MessagingConfig.ready()``. They decide and delegate; the outbox
+(``services.messages_enqueue``) sends nothing before the commit.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from apps.payments.models import Payment
+from apps.reservations.models import Reservation
+
+from . import services
+
+
+def messages_for_reservations(
+    sender: Any, reservations: Sequence[Reservation], **kwargs: Any
+) -> None:
+    """Receiver of ``reservations_changed``: queue what each reservation's new state calls for."""
+    services.messages_enqueue(
+        [item for r in reservations if (item := services.message_for_state(r)) is not None]
+    )
+
+
+def messages_for_payment(sender: Any, instance: Payment, created: bool, **kwargs: Any) -> None:
+    """Receiver of ``post_save`` for payments: a refused payment tells its customer."""
+    if created and (item := services.refund_due_for(instance)) is not None:
+        services.messages_enqueue([item])

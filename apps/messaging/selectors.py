@@ -1,0 +1,33 @@
+"""Reads of the outbox that several interfaces share."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Min, Q
+
+from .models import Message
+
+
+@dataclass(frozen=True)
+class Backlog:
+    pending: int  # queued, not sent yet
+    failing: int  # of those, the ones whose last attempt failed
+    failed: int  # given up; staff may retry them
+    oldest_pending_at: datetime | None  # when the oldest pending one was queued
+
+    def oldest_age_seconds(self, now: datetime) -> float | None:
+        if self.oldest_pending_at is None:
+            return None
+        return max(0.0, (now - self.oldest_pending_at).total_seconds())
+
+
+def outbox_backlog() -> Backlog:
+    """The outbox in one query: pending, failing and failed messages, and the oldest pending."""
+    pending = Q(status=Message.Status.PENDING)
+    row = Message.objects.aggregate(
+        pending=Count("pk", filter=pending),
+        failing=Count("pk", filter=pending & Q(attempts__gt=0) & ~Q(last_error="")),
+        failed=Count("pk", filter=Q(status=Message.Status.FAILED)),
+        oldest=Min("created_at", filter=pending),
+    )
+    return Backlog(row["pending"], row["failing"], row["failed"], row["oldest"])

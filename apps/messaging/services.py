@@ -1,0 +1,452 @@
+"""
+Customer messages: queued with the change that causes them, delivered after commit.
+
+The outbox: ``messages_enqueue`` writes ``Message`` rows in the caller's
+transaction, so that a message exists exactly when its change committed, and
+after commit wakes the runner with a delivery job due now.
+``messages_deliver`` (that job, and the sweep) claims due messages one at a
+time with a conditional UPDATE, renders and sends each outside any
+transaction, and marks it sent; a message the mail server refused, or could
+not take because it was down, is tried again later with a doubling backoff.
+A crash between the server's acceptance and the mark leaves the message
+claimed: once the claim lapses it is sent again with the same ``Message-ID``.
+
+The outbox has one deadline at a time, its earliest pending message's next
+attempt: the delivery job delivers every due message, whichever message it
+is named after.
+"""
+
+import contextlib
+import logging
+import math
+import smtplib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import make_msgid, parseaddr
+from typing import Any
+
+from django.conf import settings
+from django.core.mail import get_connection
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.payments.models import Payment
+from apps.reservations.models import Reservation
+from escape_rooms_backend import deadlines, timeline
+from escape_rooms_backend.db import chunks
+
+from . import compose
+from .models import Message
+
+logger = logging.getLogger(__name__)
+
+Kind = Message.Kind
+Status = Message.Status
+
+# The deadline kinds this app registers (``apps.messaging.deadlines``).
+DELIVERY = "delivery"
+REMINDER = "reminder"
+
+DELIVERY_BATCH = 100  # messages claimed, and sent over one connection, at a time
+SENT_LOG = "Sent %s message %s to %s"
+RETRY_LOG = "Could not send %s message %s (attempt %d): %s; trying again at %s"
+GAVE_UP_LOG = "Gave up on %s message %s after %d attempts: %s"
+SERVER_DOWN_LOG = "The mail server is unreachable: %s; %d messages wait until %s"
+
+FIND_BOOKING_LIMITED = "Too many requests for booking links; try again in an hour."
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to queue: ``key`` names it, so that queueing it twice queues it once."""
+
+    key: str
+    kind: str
+    reservation_id: int | None = None
+    to_email: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    client_address: str | None = None
+
+
+@dataclass
+class Delivered:
+    """What ``messages_deliver`` did: messages sent, put off, given up on and not needed."""
+
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def handled(self) -> int:
+        return self.sent + self.retrying + self.failed + self.skipped
+
+
+# ---------------------------------------------------------------------------
+# Queueing
+# ---------------------------------------------------------------------------
+
+
+def message_for_state(reservation: Reservation) -> Outgoing | None:
+    """
+    The message a reservation's current state calls for, or ``None``.
+
+    Reads ``pk``, ``status`` and ``cancellation_reason`` only (a bulk change
+    sends instances with little else loaded). Pending: the hold was placed;
+    paid: confirmed (on time or late); cancelled: lapsed, or cancelled by the
+    customer or staff. Each is keyed by the reservation, so a reservation
+    changed again (a hold kept longer) queues nothing new.
+    """
+    if reservation.status == Reservation.Status.PENDING:
+        kind = Kind.HOLD_PLACED
+    elif reservation.status == Reservation.Status.PAID:
+        kind = Kind.CONFIRMED
+    elif reservation.cancellation_reason == Reservation.CancellationReason.EXPIRED:
+        kind = Kind.HOLD_LAPSED
+    elif reservation.status == Reservation.Status.CANCELLED:
+        kind = Kind.CANCELLED
+    else:
+        return None
+    return Outgoing(key=f"{kind}:{reservation.pk}", kind=kind, reservation_id=reservation.pk)
+
+
+def reminder_for(reservation: Reservation) -> Outgoing:
+    """The reminder before the hold's current end: one per reservation and hold end."""
+    ends = reservation.expires_at
+    return Outgoing(
+        key=f"{Kind.REMINDER}:{reservation.pk}:{ends.timestamp():.0f}",
+        kind=Kind.REMINDER,
+        reservation_id=reservation.pk,
+        context={"expires_at": ends.isoformat()},
+    )
+
+
+def refund_due_for(payment: Payment) -> Outgoing | None:
+    """The message a refused payment calls for: one per payment with a reservation to write to."""
+    if payment.outcome != Payment.Outcome.REFUND_DUE or payment.reservation_id is None:
+        return None
+    return Outgoing(
+        key=f"{Kind.REFUND_DUE}:{payment.pk}",
+        kind=Kind.REFUND_DUE,
+        reservation_id=payment.reservation_id,
+        context={
+            "amount": str(payment.amount),
+            "currency": payment.currency,
+            "reason": payment.reason,
+        },
+    )
+
+
+def messages_enqueue(outgoing: Sequence[Outgoing], *, now: datetime | None = None) -> int:
+    """
+    Queue messages in the current transaction; one whose key is queued already is skipped.
+
+    Returns how many it queued. After the transaction commits (at once
+    outside one), a delivery job due now wakes the runner. Call inside the
+    transaction of the change that causes the messages, so that both commit
+    or neither does.
+    """
+    unique = {item.key: item for item in outgoing}
+    if not unique:
+        return 0
+    now = now or timezone.now()
+    new: list[Outgoing] = []
+    for chunk in chunks(list(unique)):
+        seen = set(Message.objects.filter(key__in=chunk).values_list("key", flat=True))
+        new += [unique[key] for key in chunk if key not in seen]
+    if not new:
+        return 0
+    domain = _message_id_domain()
+    Message.objects.bulk_create(
+        [
+            Message(
+                key=item.key,
+                kind=item.kind,
+                reservation_id=item.reservation_id,
+                to_email=item.to_email,
+                context=item.context,
+                client_address=item.client_address,
+                message_id=make_msgid(domain=domain),
+                created_at=now,
+                next_attempt_at=now,
+            )
+            for item in new
+        ],
+        batch_size=500,
+        # A concurrent transaction queued the same key: it is that one's.
+        ignore_conflicts=True,
+    )
+    first = Message.objects.filter(key=new[0].key).values_list("pk", flat=True).first()
+    if first is not None:
+        transaction.on_commit(lambda: delivery_schedule(first, timezone.now()))
+    return len(new)
+
+
+def _message_id_domain() -> str:
+    address = parseaddr(settings.DEFAULT_FROM_EMAIL)[1]
+    return address.rpartition("@")[2] or "localhost"
+
+
+def delivery_schedule(message_id: int, at: datetime) -> None:
+    """Put the outbox's delivery job, named after message ``message_id``, at ``at``."""
+    if not settings.SCHEDULER_EXPIRY_JOBS:
+        return  # the benchmarks' switch: no jobs; the sweep delivers
+    timeline.deadline_schedule(deadlines.kind_named(DELIVERY), message_id, at)
+
+
+# ---------------------------------------------------------------------------
+# Delivery
+# ---------------------------------------------------------------------------
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """The wait after ``attempts`` failed attempts: ``MESSAGE_RETRY_SECONDS`` doubling, capped."""
+    seconds = settings.MESSAGE_RETRY_SECONDS * 2 ** max(0, attempts - 1)
+    return timedelta(seconds=min(seconds, settings.MESSAGE_RETRY_MAX_SECONDS))
+
+
+def _unclaimed(now: datetime) -> Q:
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lte=now)
+
+
+def messages_due(now: datetime) -> Any:
+    """Pending messages due by ``now`` and not in flight, earliest first."""
+    return (
+        Message.objects.filter(status=Status.PENDING, next_attempt_at__lte=now)
+        .filter(_unclaimed(now))
+        .order_by("next_attempt_at", "pk")
+    )
+
+
+def messages_deliver(*, now: datetime | None = None) -> Delivered:
+    """
+    Send every message due by ``now`` (default: the clock), earliest first.
+
+    Claims each message before sending it (one conditional UPDATE: another
+    delivery running beside this one never sends it too), sends batches of
+    ``DELIVERY_BATCH`` over one connection, and holds no database lock or
+    transaction while the mail server answers. A message no longer needed
+    (a reminder for a hold that was paid) is marked skipped, not sent. When
+    the server cannot be reached the pass stops, and every due message waits
+    for the same next attempt. Afterwards the delivery job is put at the
+    outbox's next deadline. Never raises for a mail server's failure.
+    """
+    result = Delivered()
+    retry_at: datetime | None = None
+    while retry_at is None:
+        at = now or timezone.now()
+        due = list(messages_due(at).values_list("pk", flat=True)[:DELIVERY_BATCH])
+        claimed = [pk for pk in due if _claim(pk, at)]
+        if claimed:
+            retry_at = _deliver(claimed, result)
+        if len(due) < DELIVERY_BATCH:
+            break
+    if retry_at is not None:
+        # Down for one is down for all: the rest wait as long, untried.
+        waiting = messages_due(retry_at).filter(next_attempt_at__lt=retry_at)
+        waiting.update(next_attempt_at=retry_at)
+    delivery_schedule_next()
+    return result
+
+
+def _claim(pk: int, now: datetime) -> bool:
+    claim = now + timedelta(seconds=settings.MESSAGE_CLAIM_SECONDS)
+    return bool(
+        Message.objects.filter(pk=pk, status=Status.PENDING)
+        .filter(_unclaimed(now))
+        .update(claimed_until=claim, attempts=F("attempts") + 1)
+    )
+
+
+def _deliver(pks: list[int], result: Delivered) -> datetime | None:
+    """Send claimed messages over one connection; return the next attempt if the server is down."""
+    messages = (
+        Message.objects.filter(pk__in=pks)
+        .select_related("reservation__time_slot__room")
+        .order_by("next_attempt_at", "pk")
+    )
+    connection = get_connection(timeout=settings.EMAIL_TIMEOUT)
+    try:
+        remaining = list(messages)
+        while remaining:
+            message = remaining.pop(0)
+            try:
+                email = compose.message_email(message)
+            except Exception as exc:
+                logger.exception("Could not compose %s message %s", message.kind, message.pk)
+                _failed(message, exc, result)
+                continue
+            if email is None:
+                _mark(message, status=Status.SKIPPED)
+                result.skipped += 1
+                continue
+            email.connection = connection
+            try:
+                email.send()
+            except smtplib.SMTPRecipientsRefused as exc:
+                permanent = all(code >= 500 for code, _ in exc.recipients.values())
+                _failed(message, exc, result, give_up=permanent)
+            except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+                _failed(message, exc, result)
+            except OSError as exc:
+                # Refused, timed out, disconnected: the server, not this message.
+                for unsent in [message, *remaining]:
+                    _failed(unsent, exc, result)
+                retry_at = timezone.now() + retry_delay(message.attempts)
+                logger.warning(SERVER_DOWN_LOG, exc, len(remaining) + 1, retry_at.isoformat())
+                return retry_at
+            else:
+                _mark(
+                    message,
+                    status=Status.SENT,
+                    sent_at=timezone.now(),
+                    subject=email.subject[:200],
+                    to_email=email.to[0],
+                    last_error="",
+                )
+                result.sent += 1
+                logger.info(SENT_LOG, message.kind, message.pk, email.to[0])
+    finally:
+        with contextlib.suppress(Exception):  # a connection that failed to close is gone
+            connection.close()
+    return None
+
+
+def _mark(message: Message, **changes: Any) -> None:
+    Message.objects.filter(pk=message.pk, status=Status.PENDING).update(
+        claimed_until=None, **changes
+    )
+
+
+def _failed(message: Message, exc: Exception, result: Delivered, *, give_up: bool = False) -> None:
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    if give_up or message.attempts >= settings.MESSAGE_MAX_ATTEMPTS:
+        _mark(message, status=Status.FAILED, last_error=error)
+        result.failed += 1
+        logger.error(GAVE_UP_LOG, message.kind, message.pk, message.attempts, error)
+        return
+    retry_at = timezone.now() + retry_delay(message.attempts)
+    _mark(message, next_attempt_at=retry_at, last_error=error)
+    result.retrying += 1
+    logger.warning(
+        RETRY_LOG, message.kind, message.pk, message.attempts, error, retry_at.isoformat()
+    )
+
+
+def outbox_next() -> tuple[int, datetime] | None:
+    """``(pk, due)`` of the pending message to try next: the outbox's one deadline, or ``None``."""
+    row = (
+        Message.objects.filter(status=Status.PENDING)
+        .order_by("next_attempt_at", "pk")
+        .values_list("pk", "next_attempt_at", "claimed_until")
+        .first()
+    )
+    if row is None:
+        return None
+    pk, next_attempt_at, claimed_until = row
+    # A message in flight is due again only once its claim lapses.
+    return pk, max(next_attempt_at, claimed_until or next_attempt_at)
+
+
+def delivery_schedule_next() -> None:
+    """
+    Put the delivery job at the outbox's next deadline, and remove the others not yet due.
+
+    With nothing pending, no delivery job is left: one scheduled by a pass
+    that found a message in flight would otherwise wait for its claim to
+    lapse, to find nothing.
+    """
+    if not settings.SCHEDULER_EXPIRY_JOBS:
+        return
+    upcoming = outbox_next()
+    kind = deadlines.kind_named(DELIVERY)
+    try:
+        stale = [
+            pk
+            for pk in timeline.stored_jobs(kind, missing_ok=True)
+            if upcoming is None or pk != upcoming[0]
+        ]
+    except Exception:
+        logger.exception("Could not read the delivery jobs; a stale one finds nothing to do")
+        stale = []
+    if stale:
+        timeline.deadlines_unschedule(kind, stale)
+    if upcoming is not None:
+        pk, at = upcoming
+        delivery_schedule(pk, at)
+
+
+def message_retry(*, message: Message, now: datetime | None = None) -> bool:
+    """
+    Staff's *retry*: send a failed or pending message again as soon as possible.
+
+    Returns False when it was sent or skipped already (nothing to retry). A
+    failed message gets a fresh round of ``MESSAGE_MAX_ATTEMPTS`` attempts.
+    """
+    now = now or timezone.now()
+    updated = Message.objects.filter(
+        pk=message.pk, status__in=[Status.PENDING, Status.FAILED]
+    ).update(status=Status.PENDING, next_attempt_at=now, attempts=0, claimed_until=None)
+    if updated:
+        transaction.on_commit(lambda: delivery_schedule(message.pk, now))
+    return bool(updated)
+
+
+# ---------------------------------------------------------------------------
+# Find my booking
+# ---------------------------------------------------------------------------
+
+
+class TooManyRequests(Exception):
+    """Refused by the rate limit; ``retry_after`` in seconds."""
+
+    def __init__(self, message: str = FIND_BOOKING_LIMITED, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+FIND_BOOKING_WINDOW = timedelta(hours=1)
+
+
+def bookings_link_request(
+    *, email: str, client_address: str | None, now: datetime | None = None
+) -> None:
+    """
+    Queue a message to ``email`` with the links to its current bookings.
+
+    The same for every address, known or not: whether the address has
+    bookings is decided when the message is sent (none: it is skipped), so
+    that the answer tells nobody whether it has. At most
+    ``FIND_BOOKING_PER_HOUR`` requests per email address and per client
+    address (an IPv6 client by its /64) an hour; raises ``TooManyRequests``
+    beyond that.
+    """
+    now = now or timezone.now()
+    email = email.strip()
+    recent = Message.objects.filter(kind=Kind.BOOKINGS, created_at__gt=now - FIND_BOOKING_WINDOW)
+    with transaction.atomic():
+        for asked in (
+            recent.filter(to_email__iexact=email),
+            recent.filter(client_address=client_address) if client_address else None,
+        ):
+            if asked is None:
+                continue
+            times = list(asked.order_by("created_at").values_list("created_at", flat=True))
+            if len(times) >= settings.FIND_BOOKING_PER_HOUR:
+                frees = times[len(times) - settings.FIND_BOOKING_PER_HOUR] + FIND_BOOKING_WINDOW
+                raise TooManyRequests(retry_after=max(1, math.ceil((frees - now).total_seconds())))
+        messages_enqueue(
+            [
+                Outgoing(
+                    key=f"{Kind.BOOKINGS}:{uuid.uuid4()}",
+                    kind=Kind.BOOKINGS,
+                    to_email=email,
+                    client_address=client_address,
+                )
+            ],
+            now=now,
+        )
