@@ -1,10 +1,18 @@
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 from django.db import connection
 from sqlalchemy.engine import make_url
 
@@ -13,6 +21,8 @@ from escape_rooms_backend import deadlines
 from escape_rooms_backend import scheduler as scheduler_module
 
 from .factories import TimeSlotFactory
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 class JobStore:
@@ -148,3 +158,107 @@ def hold_end_only():
     post_save.connect(
         receivers.messages_for_payment, sender=Payment, dispatch_uid="payment_messages"
     )
+
+
+@pytest.fixture
+def start_worker(job_store, tmp_path):
+    """
+    Start ``manage.py start_scheduler`` on the test database and this test's job store.
+
+    ``start(NAME=value, ...)`` adds settings to its environment. Each call
+    starts one more and returns its ``Popen`` once it has started, with
+    ``log()`` reading what it printed. Those still running at the end are
+    killed.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(**environ: str) -> subprocess.Popen:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "config.settings.local",
+            "DATABASE_URL": database_url(),
+            "SCHEDULER_JOBSTORE_URL": job_store.url,
+            "SCHEDULER_WORKER_MODE": "true",
+            "SCHEDULER_POLL_SECONDS": "0.2",
+            "PYTHONUNBUFFERED": "1",
+            **environ,
+        }
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "manage.py", "start_scheduler"],
+                cwd=PROJECT_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        process.log = log_path.read_text
+        started.append(process)
+        assert wait_for(lambda: "Scheduler started" in process.log(), timeout=20), process.log()
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MailServer:
+    """
+    A real SMTP server (aiosmtpd) on a free local port, and the messages it accepted.
+
+    ``stop()`` and ``start()`` take it down and bring it back on the same
+    port; ``refusing = True`` answers every message with a temporary failure.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[EmailMessage] = []
+        self.refusing = False
+        self._controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's name)
+        if self.refusing:
+            return "451 4.3.0 Try again later"
+        message = message_from_bytes(envelope.content, policy=policy.default)
+        message.arrived_at = time.time()  # when the server took it, epoch seconds
+        self.received.append(message)
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.received if m["To"] == address]
+
+
+@pytest.fixture
+def mail_server(settings):
+    """A running SMTP server that this process's Django sends through."""
+    server = MailServer()
+    server.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = server.port
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 5
+    yield server
+    server.stop()

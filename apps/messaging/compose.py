@@ -55,13 +55,13 @@ def when(at: datetime) -> str:
     return f"{at:%a} {at.day} {at:%b %Y}, {at:%H:%M}"
 
 
-def message_email(message: Message) -> EmailMultiAlternatives | None:
+def message_email(message: Message, now: datetime | None = None) -> EmailMultiAlternatives | None:
     """
-    Render ``message``, or return ``None`` when its reservation no longer needs it.
+    Render ``message`` as of ``now`` (default: the clock), or ``None`` when no longer needed.
 
     Raises what the templates raise; the outbox counts that as a failed attempt.
     """
-    now = timezone.now()
+    now = now or timezone.now()
     if message.kind == Kind.BOOKINGS:
         return _bookings_email(message, now)
     reservation = message.reservation

@@ -241,7 +241,7 @@ def messages_deliver(*, now: datetime | None = None) -> Delivered:
         due = list(messages_due(at).values_list("pk", flat=True)[:DELIVERY_BATCH])
         claimed = [pk for pk in due if _claim(pk, at)]
         if claimed:
-            retry_at = _deliver(claimed, result)
+            retry_at = _deliver(claimed, result, now)
         if len(due) < DELIVERY_BATCH:
             break
     if retry_at is not None:
@@ -261,7 +261,7 @@ def _claim(pk: int, now: datetime) -> bool:
     )
 
 
-def _deliver(pks: list[int], result: Delivered) -> datetime | None:
+def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetime | None:
     """Send claimed messages over one connection; return the next attempt if the server is down."""
     messages = (
         Message.objects.filter(pk__in=pks)
@@ -274,10 +274,10 @@ def _deliver(pks: list[int], result: Delivered) -> datetime | None:
         while remaining:
             message = remaining.pop(0)
             try:
-                email = compose.message_email(message)
+                email = compose.message_email(message, now)
             except Exception as exc:
                 logger.exception("Could not compose %s message %s", message.kind, message.pk)
-                _failed(message, exc, result)
+                _failed(message, exc, result, now)
                 continue
             if email is None:
                 _mark(message, status=Status.SKIPPED)
@@ -288,21 +288,21 @@ def _deliver(pks: list[int], result: Delivered) -> datetime | None:
                 email.send()
             except smtplib.SMTPRecipientsRefused as exc:
                 permanent = all(code >= 500 for code, _ in exc.recipients.values())
-                _failed(message, exc, result, give_up=permanent)
+                _failed(message, exc, result, now, give_up=permanent)
             except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                _failed(message, exc, result)
+                _failed(message, exc, result, now)
             except OSError as exc:
                 # Refused, timed out, disconnected: the server, not this message.
                 for unsent in [message, *remaining]:
-                    _failed(unsent, exc, result)
-                retry_at = timezone.now() + retry_delay(message.attempts)
+                    _failed(unsent, exc, result, now, quiet=True)
+                retry_at = (now or timezone.now()) + retry_delay(message.attempts)
                 logger.warning(SERVER_DOWN_LOG, exc, len(remaining) + 1, retry_at.isoformat())
                 return retry_at
             else:
                 _mark(
                     message,
                     status=Status.SENT,
-                    sent_at=timezone.now(),
+                    sent_at=now or timezone.now(),
                     subject=email.subject[:200],
                     to_email=email.to[0],
                     last_error="",
@@ -321,19 +321,28 @@ def _mark(message: Message, **changes: Any) -> None:
     )
 
 
-def _failed(message: Message, exc: Exception, result: Delivered, *, give_up: bool = False) -> None:
+def _failed(
+    message: Message,
+    exc: Exception,
+    result: Delivered,
+    now: datetime | None,
+    *,
+    give_up: bool = False,
+    quiet: bool = False,
+) -> None:
     error = f"{type(exc).__name__}: {exc}"[:2000]
     if give_up or message.attempts >= settings.MESSAGE_MAX_ATTEMPTS:
         _mark(message, status=Status.FAILED, last_error=error)
         result.failed += 1
         logger.error(GAVE_UP_LOG, message.kind, message.pk, message.attempts, error)
         return
-    retry_at = timezone.now() + retry_delay(message.attempts)
+    retry_at = (now or timezone.now()) + retry_delay(message.attempts)
     _mark(message, next_attempt_at=retry_at, last_error=error)
     result.retrying += 1
-    logger.warning(
-        RETRY_LOG, message.kind, message.pk, message.attempts, error, retry_at.isoformat()
-    )
+    if not quiet:  # the server being down is logged once for them all
+        logger.warning(
+            RETRY_LOG, message.kind, message.pk, message.attempts, error, retry_at.isoformat()
+        )
 
 
 def outbox_next() -> tuple[int, datetime] | None:
