@@ -20,6 +20,12 @@ from typing import Any
 # The hold's end. Its job ids keep the scheme of the first release, so that
 # jobs stored then are still found, folded, moved and removed.
 EXPIRY = "expiry"
+# The executors a kind's jobs run in: the default pool, or a small one of
+# their own for kinds whose handle waits on a service outside the database
+# (a mail server, a payment provider), so that a slow one never holds the
+# other deadlines back.
+DEFAULT_EXECUTOR = "default"
+OUTSIDE_EXECUTOR = "outside"
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ class DeadlineKind:
       needs this deadline now, for the reconcile.
     - ``fold``: whether ``handle`` does the work of every due deadline of the
       kind at once, so that the job store may fold due jobs into one run.
+    - ``executor``: ``DEFAULT_EXECUTOR``, or ``OUTSIDE_EXECUTOR`` for a kind
+      whose handle waits on a service outside the database.
     """
 
     name: str
@@ -59,6 +67,7 @@ class DeadlineKind:
     sweep: Callable[[datetime | None, str], int]
     scheduled: Callable[[], Iterable[tuple[int, datetime]]]
     fold: bool = False
+    executor: str = DEFAULT_EXECUTOR
 
     def job_id(self, reservation_id: int) -> str:
         """Return the id of this kind's job for a reservation."""

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.utils import timezone
 from sqlalchemy.engine import make_url
 
+from . import deadlines
 from .compat import Scheduler
 from .db import job_connection
 from .jobstore import store_options
@@ -46,6 +47,10 @@ RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
 # The sweep runs in a thread of its own, so that deadline jobs waiting for
 # locks never hold it back (a skipped sweep is a missed safety net).
 SWEEP_EXECUTOR = "sweep"
+# Threads for the deadline jobs that wait on services outside the database
+# (deadlines.OUTSIDE_EXECUTOR): however slow those are, the default pool's
+# threads stay free for the hold's end.
+OUTSIDE_WORKERS = 2
 # A job due later than this is not announced with NOTIFY: the runner looks at
 # the store at least this often (SCHEDULER_POLL_SECONDS is capped at it).
 NOTIFY_HORIZON_SECONDS = 60.0
@@ -63,6 +68,9 @@ def build_scheduler(config: dict[str, Any]) -> Scheduler:
         }
     )
     scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias=SWEEP_EXECUTOR)
+    scheduler.add_executor(
+        ThreadPoolExecutor(max_workers=OUTSIDE_WORKERS), alias=deadlines.OUTSIDE_EXECUTOR
+    )
     return scheduler
 
 

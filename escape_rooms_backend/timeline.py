@@ -148,6 +148,7 @@ def deadline_schedule(
                 id=kind.job_id(reservation_id),
                 name=f"{kind.name} of reservation {reservation_id}",
                 replace_existing=True,
+                executor=kind.executor,
                 misfire_grace_time=None,
                 coalesce=True,
                 # Two: a job that stores its own retry may see it fall due

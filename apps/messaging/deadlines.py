@@ -138,6 +138,9 @@ DELIVERY = deadlines.DeadlineKind(
     sweep=delivery_sweep,
     scheduled=delivery_scheduled,
     fold=True,
+    # A slow or unreachable mail server keeps these threads busy, not the
+    # ones that end holds.
+    executor=deadlines.OUTSIDE_EXECUTOR,
 )
 
 

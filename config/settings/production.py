@@ -26,3 +26,8 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
+
+# Messages go to customers: no console default, and links must name the public site.
+vars().update(env.email_url("EMAIL_URL"))
+SITE_URL = env("SITE_URL")
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL")

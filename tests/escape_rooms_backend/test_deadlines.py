@@ -5,6 +5,9 @@ import pytest
 from escape_rooms_backend import deadlines
 from escape_rooms_backend.deadlines import DeadlineKind
 
+# The registry with the hold's end alone: the tests register kinds of their own.
+pytestmark = pytest.mark.usefixtures("hold_end_only")
+
 
 def kind(name: str, job_prefix: str) -> DeadlineKind:
     """A kind that does nothing: the registry looks only at its name and prefix."""
