@@ -221,6 +221,17 @@ def deadlines_unschedule(kind: DeadlineKind, reservation_ids: Sequence[int]) -> 
 # ---------------------------------------------------------------------------
 
 
+def process_stopping() -> bool:
+    """
+    Whether this process's scheduler is stopping: a long handle should return soon.
+
+    What it leaves undone stays due for the next runner.
+    """
+    from .lifecycle import process
+
+    return process.stopping.is_set()
+
+
 def retry_delay(attempt: int) -> float:
     """Seconds before retry number ``attempt + 1`` of a deadline: 0.5, 1, 2, ... up to 10."""
     return min(JOB_RETRY_SECONDS, 0.5 * 2**attempt)

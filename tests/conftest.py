@@ -1,3 +1,4 @@
+import asyncio
 import os
 import socket
 import sqlite3
@@ -215,13 +216,15 @@ class MailServer:
     A real SMTP server (aiosmtpd) on a free local port, and the messages it accepted.
 
     ``stop()`` and ``start()`` take it down and bring it back on the same
-    port; ``refusing = True`` answers every message with a temporary failure.
+    port; ``refusing = True`` answers every message with a temporary failure;
+    ``delay`` makes it slow.
     """
 
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[EmailMessage] = []
         self.refusing = False
+        self.delay = 0.0  # seconds it takes to answer each message
         self._controller: Controller | None = None
 
     @property
@@ -229,6 +232,8 @@ class MailServer:
         return f"smtp://127.0.0.1:{self.port}"
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 (aiosmtpd's name)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.refusing:
             return "451 4.3.0 Try again later"
         message = message_from_bytes(envelope.content, policy=policy.default)

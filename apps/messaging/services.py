@@ -231,12 +231,13 @@ def messages_deliver(*, now: datetime | None = None) -> Delivered:
     transaction while the mail server answers. A message no longer needed
     (a reminder for a hold that was paid) is marked skipped, not sent. When
     the server cannot be reached the pass stops, and every due message waits
-    for the same next attempt. Afterwards the delivery job is put at the
-    outbox's next deadline. Never raises for a mail server's failure.
+    for the same next attempt; so it does when the process stops, handing
+    back what it claimed. Afterwards the delivery job is put at the outbox's
+    next deadline. Never raises for a mail server's failure.
     """
     result = Delivered()
     retry_at: datetime | None = None
-    while retry_at is None:
+    while retry_at is None and not timeline.process_stopping():
         at = now or timezone.now()
         due = list(messages_due(at).values_list("pk", flat=True)[:DELIVERY_BATCH])
         claimed = [pk for pk in due if _claim(pk, at)]
@@ -272,6 +273,12 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
     try:
         remaining = list(messages)
         while remaining:
+            if timeline.process_stopping():
+                # Hand the rest back untried, due at once for the next runner.
+                Message.objects.filter(pk__in=[m.pk for m in remaining]).update(
+                    claimed_until=None, attempts=F("attempts") - 1
+                )
+                return None
             message = remaining.pop(0)
             try:
                 email = compose.message_email(message, now)

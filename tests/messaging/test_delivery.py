@@ -150,3 +150,23 @@ def test_with_the_mail_server_down_while_holds_lapse_every_message_arrives_once_
         print(f"delivered 10 of 10 in {delivered_in:.2f} s after the server came back")
     finally:
         server.stop()
+
+
+def test_a_slow_mail_server_never_holds_an_expiry_back(timeline):
+    # Each message takes the server 2.5 s while customers keep reserving: the
+    # deliveries wait on it in threads of their own, and the hold still ends
+    # on time.
+    timeline.delay = 2.5
+    first = reserve(customer_email="first@example.com", hold_seconds=2)
+    for i in range(30):
+        reserve(customer_email=f"busy{i}@example.com", hold_seconds=60)
+        time.sleep(0.05)
+
+    assert wait_for(lambda: released(first), timeout=5)
+    assert 0 <= (first.cancelled_at - first.expires_at).total_seconds() < 0.5
+    assert Message.objects.filter(status=Message.Status.PENDING).count() > 20  # the server's pace
+
+
+def released(reservation: Reservation) -> bool:
+    reservation.refresh_from_db()
+    return reservation.status == Reservation.Status.CANCELLED
