@@ -2,7 +2,8 @@
 One error shape for the whole API: ``{"error": {"code", "message", "fields"?}}``.
 
 400 for invalid input (with ``fields``), 404 for unknown tokens and slots, 409
-for conflicts; the codes are those of ``apps.reservations.errors``.
+for conflicts; the codes are those of ``apps.reservations.errors``. 429 with
+``Retry-After`` for the limits: ``too_many_holds`` and ``too_many_requests``.
 """
 
 from django.core.exceptions import RequestDataTooBig
@@ -12,6 +13,7 @@ from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.types import DictStrAny
 
+from apps.messaging.services import TooManyRequests
 from apps.reservations.errors import ReservationError, TooManyHolds
 
 INVALID_MESSAGE = "Some fields are not valid."
@@ -34,6 +36,7 @@ class JsonOnlyParser(Parser):
 
 MALFORMED_MESSAGE = "The request body is not valid JSON."
 NOT_FOUND_MESSAGE = "Not found."
+TOO_MANY_REQUESTS = "too_many_requests"
 
 
 class ErrorDetail(Schema):
@@ -116,4 +119,12 @@ def install_error_handlers(api: NinjaAPI) -> None:
         )
         if isinstance(exc, TooManyHolds):
             response["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @api.exception_handler(TooManyRequests)
+    def too_many_requests(request, exc):
+        response = error_response(
+            api, request, status=429, code=TOO_MANY_REQUESTS, message=exc.message
+        )
+        response["Retry-After"] = str(exc.retry_after)
         return response

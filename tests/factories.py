@@ -57,3 +57,35 @@ def reserve(slot=None, **overrides):
     return reservation_create(
         time_slot_id=(slot or TimeSlotFactory()).pk, **{**fields, **overrides}
     )
+
+
+def bookings_of(email: str) -> dict[str, Reservation]:
+    """
+    One customer's reservations in each state that "find my booking" tells apart.
+
+    Written directly, so that no message is queued for them. ``held`` (a
+    running hold) and ``paid`` are current: their links are sent. ``lapsed``
+    (a hold that ended unpaid, not yet expired by a job), ``cancelled`` and
+    ``played`` (paid, for a time that has passed) are not.
+    """
+    now = timezone.now()
+    paid = {"status": Reservation.Status.PAID, "paid_at": now, "payment_reference": "PAY-1"}
+    return {
+        "held": ReservationFactory(customer_email=email),
+        "paid": ReservationFactory(customer_email=email, **paid),
+        "lapsed": ReservationFactory(customer_email=email, expires_at=now - timedelta(minutes=1)),
+        "cancelled": ReservationFactory(
+            customer_email=email,
+            status=Reservation.Status.CANCELLED,
+            cancelled_at=now,
+            cancellation_reason=Reservation.CancellationReason.CUSTOMER,
+        ),
+        "played": ReservationFactory(
+            customer_email=email,
+            time_slot=TimeSlotFactory(
+                starts_at=(now - timedelta(days=1)).replace(microsecond=0),
+                status=TimeSlot.Status.RESERVED,
+            ),
+            **paid,
+        ),
+    }

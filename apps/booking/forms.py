@@ -60,3 +60,13 @@ class ReserveForm(forms.Form):
         if self.room is not None and (problem := party_size_problem(self.room, size)):
             raise forms.ValidationError(problem)
         return size
+
+
+class FindBookingForm(forms.Form):
+    """The address to send the links of its current bookings to."""
+
+    email = forms.EmailField(label="Email", max_length=254)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["email"].widget.attrs["autocomplete"] = "email"

@@ -3,10 +3,12 @@ The customer's booking pages: interfaces over the reservation services.
 
 Each view parses its input, calls one service and presents the result; the
 rules (who may book, pay, cancel or keep a slot, and until when) live in
-``apps.reservations.services``.
+``apps.reservations.services``, and those of "find my booking" (who is sent
+which links, how often) in ``apps.messaging.services``.
 """
 
 import contextlib
+import math
 import re
 import secrets
 import uuid
@@ -21,6 +23,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from apps.messaging.services import FIND_BOOKING_SENT, TooManyRequests, bookings_link_request
 from apps.payments.services import payment_confirm_price
 from apps.reservations import errors, services
 from apps.reservations.models import Reservation
@@ -29,7 +32,7 @@ from apps.rooms.models import SLOT_KEY_FORMAT, Room, TimeSlot
 from apps.rooms.selectors import room_list_active, timeslot_list_for_day, venue_day_bounds
 from config.client_address import client_address
 
-from .forms import ReserveForm
+from .forms import FindBookingForm, ReserveForm
 
 DAYS_SHOWN = 14
 SLOT_KEY_PATTERN = re.compile(r"[0-9]{8}T[0-9]{6}Z", re.ASCII)
@@ -40,6 +43,10 @@ REMEMBERED_KEYS = 20
 SLOT_PASSED_MESSAGE = "This time has already started or can no longer be booked; pick another."
 OUT_OF_RANGE_MESSAGE = "Pick a day within the next two weeks."
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
+FIND_LIMITED_MESSAGE = (
+    "We have had too many requests for booking links for this address or from your "
+    "connection. Try again in {wait}."
+)
 
 
 def slot_key(slot: TimeSlot) -> str:
@@ -298,3 +305,37 @@ def keep(request: HttpRequest, token: str) -> HttpResponse:
         lambda r: services.reservation_keep_slot(reservation=r),
         "Your slot is held for longer.",
     )
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def find(request: HttpRequest) -> HttpResponse:
+    """
+    Find my booking: send an address the links to its current bookings.
+
+    Every accepted address gets the same answer, known or not; the message
+    is sent only if it has bookings (decided when it is delivered).
+    """
+    if request.method == "POST":
+        form = FindBookingForm(request.POST)
+        if form.is_valid():
+            try:
+                bookings_link_request(
+                    email=form.cleaned_data["email"], client_address=client_address(request)
+                )
+            except TooManyRequests as refused:
+                form.add_error(None, FIND_LIMITED_MESSAGE.format(wait=_wait(refused.retry_after)))
+                response = render(request, "booking/find.html", {"form": form}, status=429)
+                response["Retry-After"] = str(refused.retry_after)
+                return response
+            messages.success(request, FIND_BOOKING_SENT)
+            return redirect("booking:find")
+    else:
+        form = FindBookingForm()
+    return render(request, "booking/find.html", {"form": form}, status=400 if form.errors else 200)
+
+
+def _wait(seconds: int) -> str:
+    """``seconds`` in whole minutes, rounded up: never sooner than the limit allows."""
+    minutes = max(1, math.ceil(seconds / 60))
+    return "1 minute" if minutes == 1 else f"{minutes} minutes"

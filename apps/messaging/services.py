@@ -57,6 +57,10 @@ GAVE_UP_LOG = "Gave up on %s message %s after %d attempts: %s"
 SERVER_DOWN_LOG = "The mail server is unreachable: %s; %d messages wait until %s"
 
 FIND_BOOKING_LIMITED = "Too many requests for booking links; try again in an hour."
+# The answer to every accepted request, whether the address has bookings or not.
+FIND_BOOKING_SENT = (
+    "If this address has bookings with us, we have sent it their links. It may take a minute."
+)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from django.core.validators import validate_email
 from django.http import Http404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
-from pydantic import AfterValidator, ConfigDict, StringConstraints, field_validator
+from pydantic import AfterValidator, ConfigDict, StringConstraints
 
 from apps.payments.services import payment_confirm_price
 from config.api_errors import ErrorOut
@@ -40,6 +40,14 @@ def _legible(value: str) -> str:
     return value
 
 
+def _valid_email(value: str) -> str:
+    try:
+        validate_email(value)
+    except DjangoValidationError:
+        raise ValueError(INVALID_EMAIL) from None
+    return value
+
+
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
@@ -50,6 +58,7 @@ Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=254),
     Field(json_schema_extra={"format": "email"}),
+    AfterValidator(_valid_email),
 ]
 Phone = Annotated[
     str, StringConstraints(strip_whitespace=True, max_length=32), AfterValidator(_printable)
@@ -71,15 +80,6 @@ class ReservationIn(StrictIn):
     customer_email: Email
     customer_phone: Phone = ""
     party_size: int = Field(..., ge=1, le=100, description="Players; the room's limits apply.")
-
-    @field_validator("customer_email")
-    @classmethod
-    def email_is_valid(cls, value: str) -> str:
-        try:
-            validate_email(value)
-        except DjangoValidationError:
-            raise ValueError(INVALID_EMAIL) from None
-        return value
 
 
 class PayIn(StrictIn):

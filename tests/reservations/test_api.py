@@ -233,6 +233,7 @@ def test_the_openapi_document_describes_every_endpoint(api):
         "/api/reservations/{token}/pay/",
         "/api/reservations/{token}/cancel/",
         "/api/reservations/{token}/checkout/",
+        "/api/bookings/find/",
     }
     assert set(paths["/api/reservations/"]["post"]["responses"]) == {
         "201",
