@@ -56,7 +56,7 @@ RETRY_LOG = "Could not send %s message %s (attempt %d): %s; trying again at %s"
 GAVE_UP_LOG = "Gave up on %s message %s after %d attempts: %s"
 SERVER_DOWN_LOG = "The mail server is unreachable: %s; %d messages wait until %s"
 
-FIND_BOOKING_LIMITED = "Too many requests for booking links; try again in an hour."
+FIND_BOOKING_LIMITED = "Too many requests for booking links; try again in {minutes} min."
 # The answer to every accepted request, whether the address has bookings or not.
 FIND_BOOKING_SENT = (
     "If this address has bookings with us, we have sent it their links. It may take a minute."
@@ -423,7 +423,8 @@ def message_retry(*, message: Message, now: datetime | None = None) -> bool:
 class TooManyRequests(Exception):
     """Refused by the rate limit; ``retry_after`` in seconds."""
 
-    def __init__(self, message: str = FIND_BOOKING_LIMITED, *, retry_after: int) -> None:
+    def __init__(self, *, retry_after: int) -> None:
+        message = FIND_BOOKING_LIMITED.format(minutes=math.ceil(retry_after / 60))
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
@@ -442,7 +443,7 @@ def bookings_link_request(
     bookings is decided when the message is sent (none: it is skipped), so
     that the answer tells nobody whether it has. At most
     ``FIND_BOOKING_PER_HOUR`` requests per email address and per client
-    address (an IPv6 client by its /64) an hour; raises ``TooManyRequests``
+    address an hour; raises ``TooManyRequests``
     beyond that.
     """
     now = now or timezone.now()
