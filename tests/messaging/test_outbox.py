@@ -103,6 +103,29 @@ def test_a_refused_payment_tells_its_customer_and_an_unknown_one_writes_to_nobod
     assert Message.objects.filter(kind=Kind.REFUND_DUE).count() == 1
 
 
+def test_a_payment_applied_late_confirms_the_booking_and_says_it_came_late():
+    now = timezone.now()
+    reservation = reserve(now=now - timedelta(minutes=31))
+    reservations.lapsed_holds_release(cause="sweep", now=now)
+
+    confirmation = payment_confirm(
+        reservation_token=str(reservation.token),
+        reference="PAY-LATE-OK",
+        amount=reservation.time_slot.room.price,
+        currency="EUR",
+        source="webhook",
+        now=now,
+    )
+
+    assert confirmation.payment.outcome == Payment.Outcome.APPLIED_LATE
+    assert kinds(reservation) == [Kind.HOLD_PLACED, Kind.HOLD_LAPSED, Kind.CONFIRMED]
+    deliver()
+    # The lapse is old news once the booking is confirmed: only the confirmation goes.
+    [email] = mail.outbox
+    assert email.subject.startswith("Booked:")
+    assert "arrived after your hold had ended, but the time was still free" in email.body
+
+
 # ---------------------------------------------------------------------------
 # What the customer reads
 # ---------------------------------------------------------------------------
