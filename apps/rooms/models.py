@@ -3,6 +3,7 @@ from decimal import Decimal
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
 
 
 class Room(models.Model):
@@ -81,4 +82,4 @@ class TimeSlot(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.room} at {self.starts_at:%Y-%m-%d %H:%M %Z}"
+        return f"{self.room} at {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M %Z}"
