@@ -88,7 +88,7 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
 
     @admin.display(description="slot", ordering="time_slot__starts_at")
     def slot_time(self, obj: Reservation) -> str:
-        return f"{timezone.localtime(obj.time_slot.starts_at):%Y-%m-%d %H:%M}"
+        return f"{timezone.localtime(obj.time_slot.starts_at):%Y-%m-%d %H:%M %Z}"
 
     @admin.display(description="status", ordering="status")
     def current_status(self, obj: Reservation) -> str:

@@ -166,4 +166,5 @@ class ReservationEvent(models.Model):
 
     def __str__(self) -> str:
         before = self.from_status or "new"
-        return f"{before} → {self.to_status} by {self.cause} at {self.at:%Y-%m-%d %H:%M:%S}"
+        at = timezone.localtime(self.at)
+        return f"{before} → {self.to_status} by {self.cause} at {at:%Y-%m-%d %H:%M:%S %Z}"

@@ -474,13 +474,14 @@ def reservation_extend_hold(
         if limit is not None:
             expect["extensions"] = reservation.extensions
             changes["extensions"] = reservation.extensions + 1
+        until = timezone.localtime(new_expiry).isoformat()  # staff read it in the venue's zone
         extended = _transition(
             reservation,
             expect=expect,
             at=now,
             cause=cause,
             actor=actor,
-            detail=f"Hold extended by {_minutes(by)} to {new_expiry.isoformat()}",
+            detail=f"Hold extended by {_minutes(by)} to {until}",
             **changes,
         )
     if not extended:

@@ -4,6 +4,7 @@ from decimal import Decimal
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
 
 # A slot's public name in URLs: its start in UTC (TimeSlot.key).
 SLOT_KEY_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -85,7 +86,7 @@ class TimeSlot(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.room} at {self.starts_at:%Y-%m-%d %H:%M %Z}"
+        return f"{self.room} at {timezone.localtime(self.starts_at):%Y-%m-%d %H:%M %Z}"
 
     @property
     def key(self) -> str:

@@ -1,6 +1,6 @@
 """Staff change reservations through the admin's actions, which call the services."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apps.payments.models import Payment
 from apps.reservations.models import Reservation, ReservationEvent
-from apps.reservations.services import reservation_create
+from apps.reservations.services import reservation_create, reservation_extend_hold
 from apps.rooms.models import TimeSlot
 
 from ..factories import TimeSlotFactory, reserve
@@ -170,3 +170,29 @@ def test_non_staff_users_are_refused(client):
 
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert Reservation.objects.get(pk=reservation.pk).status == "pending"
+
+
+def test_the_admin_shows_times_in_the_venue_zone_and_names_it(client, staff, settings):
+    settings.TIME_ZONE = "Europe/Berlin"
+    staff.user_permissions.add(Permission.objects.get(codename="view_reservationevent"))
+    # 25 October 2026 in Berlin: 03:00 CEST -> 02:00 CET. Reserved at 02:50 CEST, for 10:00 CET.
+    slot = TimeSlotFactory(starts_at=datetime(2026, 10, 25, 9, tzinfo=UTC))
+    now = datetime(2026, 10, 25, 0, 50, tzinfo=UTC)
+    reservation = reservation_create(
+        time_slot_id=slot.pk,
+        customer_name="John Doe",
+        customer_email="john@example.com",
+        party_size=3,
+        now=now,
+        hold_seconds=30 * 60,
+    )
+    reservation_extend_hold(reservation=reservation, by=timedelta(minutes=30), now=now)
+
+    listed = client.get(CHANGELIST).content.decode()
+    page = client.get(f"{CHANGELIST}{reservation.pk}/change/").content.decode()
+
+    assert "Times in Europe/Berlin" in listed and "Times in Europe/Berlin" in page
+    assert '<td class="field-slot_time">2026-10-25 10:00 CET</td>' in listed
+    assert f"{slot.room} at 2026-10-25 10:00 CET" in page  # the slot
+    assert "new → pending by customer at 2026-10-25 02:50:00 CEST" in page  # its history
+    assert "Hold extended by 30 min to 2026-10-25T02:50:00+01:00" in page  # the second 02:50

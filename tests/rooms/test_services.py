@@ -5,6 +5,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 from django.utils import timezone
 
 from apps.rooms.models import TimeSlot
@@ -162,7 +163,8 @@ def test_generate_slots_reports_times_the_clocks_skip_and_measures_slots_in_real
 def test_generate_slots_never_overlaps_existing_slots_after_a_time_zone_change(settings):
     room = RoomFactory(slug="tomb", duration_minutes=75)
     args = ["generate_slots", "--room", "tomb", "--from", "2030-06-01", "--to", "2030-06-01"]
-    call_command(*args, "--times", "10:00,12:00", stdout=StringIO())  # UTC
+    with override_settings(TIME_ZONE="UTC"):  # the venue's zone before the change
+        call_command(*args, "--times", "10:00,12:00", stdout=StringIO())
     settings.TIME_ZONE = "Europe/Berlin"  # 10:00 CEST is 08:00 UTC, 12:00 CEST 10:00 UTC
     out = StringIO()
 
