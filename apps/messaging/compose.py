@@ -50,9 +50,15 @@ def local(at: datetime) -> datetime:
 
 
 def when(at: datetime) -> str:
-    """``Fri 4 Dec 2026, 19:00``, in the venue's zone."""
+    """``Fri 4 Dec 2026, 19:00 CET``: in the venue's zone, named, even in the hour clocks repeat."""
     at = local(at)
-    return f"{at:%a} {at.day} {at:%b %Y}, {at:%H:%M}"
+    return f"{at:%a} {at.day} {at:%b %Y}, {clock(at)}"
+
+
+def clock(at: datetime) -> str:
+    """``19:00 CET``, in the venue's zone."""
+    at = local(at)
+    return f"{at:%H:%M} {at.tzname()}"
 
 
 def message_email(message: Message, now: datetime | None = None) -> EmailMultiAlternatives | None:
@@ -112,9 +118,9 @@ def _reservation_context(
         "venue_address": settings.VENUE_ADDRESS,
         "zone": timezone.get_current_timezone_name(),
         "starts": when(slot.starts_at),
-        "ends_time": f"{local(slot.ends_at):%H:%M}",
+        "ends_time": clock(slot.ends_at),
         "hold_ends": when(reservation.expires_at),
-        "hold_ends_time": f"{local(reservation.expires_at):%H:%M}",
+        "hold_ends_time": clock(reservation.expires_at),
         "page_url": page,
         "paid_late": (
             reservation.paid_at is not None and reservation.paid_at > reservation.expires_at
@@ -126,7 +132,7 @@ def _reservation_context(
         "subject": {
             "room": room.name,
             "when": when(slot.starts_at),
-            "ends": f"{local(reservation.expires_at):%H:%M}",
+            "ends": clock(reservation.expires_at),
             "venue": settings.VENUE_NAME,
         },
     }

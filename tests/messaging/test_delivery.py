@@ -27,7 +27,10 @@ LEAD = 3  # the reminder, seconds before the hold ends
 
 def subjects(server: MailServer, address: str) -> list[str]:
     """What each message to ``address`` was, by its subject: the words before the room."""
-    return [re.sub(r" [0-9:]+$", "", m["Subject"].split(": ")[0]) for m in server.to(address)]
+    return [
+        re.sub(r" [0-9:]+ [A-Z+0-9-]+$", "", m["Subject"].split(": ")[0])
+        for m in server.to(address)
+    ]
 
 
 def arrival(server: MailServer, address: str, prefix: str) -> float | None:

@@ -169,9 +169,10 @@ def test_times_across_a_daylight_saving_change_read_in_the_venue_zone(settings):
 
     email = compose.message_email(message, now=placed + timedelta(minutes=1))
 
-    assert "until Sun 28 Mar 2027, 03:20 (Europe/Berlin)" in email.body
-    assert "Sun 28 Mar 2027, 10:00 to 11:00 (Europe/Berlin)" in email.body
-    assert email.subject.endswith("Sun 28 Mar 2027, 10:00")
+    assert "until Sun 28 Mar 2027, 03:20 CEST:" in email.body  # placed at 01:50 CET
+    assert "Sun 28 Mar 2027, 10:00 CEST to 11:00 CEST" in email.body
+    assert "All times are Europe/Berlin time." in email.body
+    assert email.subject.endswith("Sun 28 Mar 2027, 10:00 CEST")
 
 
 def test_a_lapsed_hold_links_to_its_slot_while_free_and_to_the_room_once_taken():
