@@ -4,6 +4,7 @@ from decimal import Decimal
 import factory
 from django.utils import timezone
 
+from apps.messaging.models import Message
 from apps.reservations.models import Reservation
 from apps.rooms.models import Room, TimeSlot
 
@@ -47,6 +48,18 @@ class ReservationFactory(factory.django.DjangoModelFactory):
     party_size = 3
     status = Reservation.Status.PENDING
     expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=30))
+
+
+class MessageFactory(factory.django.DjangoModelFactory):
+    """A queued message written directly, bypassing the outbox (for set-ups only)."""
+
+    class Meta:
+        model = Message
+
+    key = factory.Sequence(lambda n: f"test:{n}")
+    kind = Message.Kind.HOLD_PLACED
+    reservation = factory.SubFactory(ReservationFactory)
+    message_id = factory.Sequence(lambda n: f"<test.{n}@example.com>")
 
 
 def reserve(slot=None, **overrides):

@@ -3,13 +3,20 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from config.admin_actions import ChangedOnlyByActions
+
 from . import services
 from .models import Message
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
-    """The outbox: what was sent to whom, what waits, what fails and why."""
+class MessageAdmin(ChangedOnlyByActions, admin.ModelAdmin):
+    """
+    The outbox: what was sent to whom, what waits, what fails and why.
+
+    Read-only but for *retry*: a saved page would write every column back
+    over what a delivery running meanwhile had marked.
+    """
 
     list_display = [
         "created_at",
@@ -29,12 +36,6 @@ class MessageAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Message._meta.fields]
     show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
-        return False
-
     @admin.display(description="To")
     def recipient(self, obj: Message) -> str:
         if obj.to_email:
@@ -43,16 +44,24 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_shown(self, obj: Message) -> str:
-        if obj.status == Message.Status.PENDING and obj.last_error:
+        # Failing as outbox_backlog counts it: a retried message is pending
+        # until its next attempt fails.
+        if obj.status == Message.Status.PENDING and obj.attempts and obj.last_error:
             return format_html(
                 'failing: <span title="{}">{}</span>', obj.last_error, obj.last_error[:60]
             )
         return obj.get_status_display()
 
-    @admin.action(description="Send the selected messages again as soon as possible")
+    @admin.action(
+        description="Send the selected messages again as soon as possible",
+        permissions=["change"],
+    )
     def retry(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
-        retried = sum(services.message_retry(message=m) for m in queryset)
-        skipped = queryset.count() - retried
+        # Counted from the selection as read: with the list filtered by
+        # status, the queryset read again would miss the retried ones.
+        selected = list(queryset)
+        retried = sum(services.message_retry(message=m) for m in selected)
+        skipped = len(selected) - retried
         self.message_user(request, f"{retried} messages will be sent again.", messages.SUCCESS)
         if skipped:
             self.message_user(

@@ -296,6 +296,9 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
                 continue
             email.connection = connection
             try:
+                # Opened here, once: a backend that send() had to open itself
+                # would close it after each message. Down here is down for all.
+                connection.open()
                 email.send()
             except smtplib.SMTPRecipientsRefused as exc:
                 permanent = all(code >= 500 for code, _ in exc.recipients.values())

@@ -1,4 +1,4 @@
-"""Reads about the expiry machinery, shared by scheduler_status, /healthz and the admin."""
+"""Reads about expiry and the outbox, shared by scheduler_status, /healthz and the admin."""
 
 import math
 import os
@@ -10,12 +10,20 @@ from django.conf import settings
 from django.db.models import Count, Min
 from django.utils import timezone
 
+from apps.messaging.selectors import Backlog, outbox_backlog
 from apps.reservations.models import Reservation, ReservationEvent
 from escape_rooms_backend import deadlines, timeline
 
 from .models import SchedulerHeartbeat
 
 LATENESS_WINDOW = timedelta(hours=1)
+# The outbox reads "backlog" once its oldest pending message has waited this
+# long. A working runner sends a message within seconds of its commit; ten
+# minutes is about six failed attempts at the default backoff, so a short
+# hiccup of the mail server passes unnoticed and an outage does not.
+OUTBOX_BACKLOG_AFTER = timedelta(minutes=10)
+OUTBOX_OK = "ok"
+OUTBOX_BACKLOG = "backlog"
 
 
 def heartbeat_stale_after() -> float:
@@ -105,6 +113,19 @@ def expiry_lateness(now: datetime, window: timedelta = LATENESS_WINDOW) -> Laten
     return Lateness(len(values), _percentile(values, 0.5), _percentile(values, 0.95), values[-1])
 
 
+def outbox_state(backlog: Backlog, now: datetime) -> str:
+    """
+    ``"backlog"`` when the oldest pending message has waited past ``OUTBOX_BACKLOG_AFTER``.
+
+    Else ``"ok"``. Messages given up on (``failed``) do not count: they wait
+    for staff in the admin, not for the mail server, and one bounced address
+    would otherwise keep the outbox reading "backlog" for good.
+    """
+    age = backlog.oldest_age_seconds(now)
+    late = age is not None and age > OUTBOX_BACKLOG_AFTER.total_seconds()
+    return OUTBOX_BACKLOG if late else OUTBOX_OK
+
+
 @dataclass(frozen=True)
 class SchedulerStatus:
     now: datetime
@@ -113,6 +134,7 @@ class SchedulerStatus:
     running: bool
     overdue: Overdue
     lateness: Lateness
+    messages: Backlog
     expiry_jobs: int | None = None  # the hold's end's jobs
     jobs_per_kind: dict[str, int] | None = None  # deadline kind -> jobs in the store
     next_run_time: datetime | None = None
@@ -144,6 +166,7 @@ def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
         running=age is not None and age <= heartbeat_stale_after(),
         overdue=overdue_holds(now),
         lateness=expiry_lateness(now),
+        messages=outbox_backlog(),
         expiry_jobs=expiry_jobs,
         jobs_per_kind=jobs_per_kind,
         next_run_time=next_run_time,

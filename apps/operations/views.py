@@ -4,9 +4,20 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from apps.messaging.selectors import outbox_backlog
 from escape_rooms_backend import timeline
 
-from .selectors import heartbeat_age, heartbeat_stale_after, latest_heartbeat, running_schedulers
+from .selectors import (
+    heartbeat_age,
+    heartbeat_stale_after,
+    latest_heartbeat,
+    outbox_state,
+    running_schedulers,
+)
+
+# The checks that decide 200 or 503. The outbox's is reported beside them
+# only: a mail server outage must not take the web tier out of a load balancer.
+HEALTH_CHECKS = ("database", "job_store", "scheduler")
 
 
 @require_GET
@@ -16,8 +27,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
     Health for load balancers and watchdogs: 200 when healthy, 503 otherwise.
 
     Unhealthy: the database or the job store does not answer, or no running
-    scheduler has sent a heartbeat within two sweep intervals. Three small
-    queries; cheap enough to call every few seconds.
+    scheduler has sent a heartbeat within two sweep intervals. The outbox's
+    backlog is reported (``messages``, and the check ``outbox``) but never
+    makes it unhealthy. A few small queries; cheap enough to call every few
+    seconds.
     """
     now = timezone.now()
     checks: dict = {}
@@ -41,7 +54,20 @@ def healthz(request: HttpRequest) -> JsonResponse:
         standbys = []
     fresh = age is not None and age <= heartbeat_stale_after()
     checks["scheduler"] = "ok" if fresh else ("no heartbeat" if age is None else "stale")
-    healthy = all(value == "ok" for value in checks.values())
+    messages = None
+    try:
+        backlog = outbox_backlog()
+        checks["outbox"] = outbox_state(backlog, now)
+        oldest = backlog.oldest_age_seconds(now)
+        messages = {
+            "pending": backlog.pending,
+            "failing": backlog.failing,
+            "failed": backlog.failed,
+            "oldest_pending_age_seconds": None if oldest is None else round(oldest, 3),
+        }
+    except Exception as exc:
+        checks["outbox"] = f"error: {type(exc).__name__}"
+    healthy = all(checks[name] == "ok" for name in HEALTH_CHECKS)
     body = {
         "status": "ok" if healthy else "unhealthy",
         "checks": checks,
@@ -49,5 +75,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "heartbeat_stale_after_seconds": heartbeat_stale_after(),
         "runner": None if heartbeat is None else f"{heartbeat.hostname}:{heartbeat.pid}",
         "standbys": standbys,
+        "messages": messages,
     }
     return JsonResponse(body, status=200 if healthy else 503)

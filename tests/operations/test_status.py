@@ -82,7 +82,12 @@ def test_healthz_is_200_with_a_fresh_heartbeat(client, job_store):
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
-    assert body["checks"] == {"database": "ok", "job_store": "ok", "scheduler": "ok"}
+    assert body["checks"] == {
+        "database": "ok",
+        "job_store": "ok",
+        "scheduler": "ok",
+        "outbox": "ok",
+    }
     assert body["heartbeat_age_seconds"] < 5
 
 

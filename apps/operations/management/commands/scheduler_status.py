@@ -6,7 +6,9 @@ from django.utils import timezone
 
 from apps.operations.models import SchedulerHeartbeat
 from apps.operations.selectors import (
+    OUTBOX_BACKLOG,
     heartbeat_stale_after,
+    outbox_state,
     running_schedulers,
     scheduler_status_get,
 )
@@ -33,9 +35,10 @@ def _ms(seconds: float | None) -> str:
 class Command(BaseCommand):
     help = (
         "Show whether an expiry scheduler is running and where, its last heartbeat and sweep, "
-        "the deadline jobs in the store per kind, overdue holds and the expiry lateness of the "
-        "last hour. "
-        "Exits 1 when no scheduler is running or the job store cannot be read."
+        "the deadline jobs in the store per kind, overdue holds, the expiry lateness of the "
+        "last hour and the customer messages waiting to be sent. "
+        "Exits 1 when no scheduler is running or the job store cannot be read; a backlog of "
+        "messages is a warning only."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -80,12 +83,19 @@ class Command(BaseCommand):
         if late.count:
             lateness = f"p50 {_ms(late.p50)}, p95 {_ms(late.p95)}, max {_ms(late.max)}"
             lateness += f" over {late.count} expiries"
+        backlog = status.messages
+        messages = f"{backlog.pending} pending ({backlog.failing} failing), {backlog.failed} failed"
+        if backlog.pending:
+            messages += (
+                f"; oldest pending queued {_ago(backlog.oldest_age_seconds(status.now))} ago"
+            )
         for label, value in [
             ("Scheduler", scheduler),
             ("Deadline jobs", jobs),
             ("Overdue holds", overdue),
             ("Last sweep", sweep),
             ("Lateness (1 h)", lateness),
+            ("Messages", messages),
         ]:
             self.stdout.write(f"{label + ':':<16}{value}")
         standbys = running_schedulers(status.now, role="standby")
@@ -100,6 +110,20 @@ class Command(BaseCommand):
                 self.style.WARNING(
                     f"Warning: {len(runners)} schedulers run jobs ({where}); run exactly one "
                     "per job store (docs/scheduler.md)."
+                )
+            )
+        if outbox_state(backlog, status.now) == OUTBOX_BACKLOG:
+            self.stdout.write(
+                self.style.WARNING(
+                    "Warning: messages wait to be sent; is the mail server reachable? The "
+                    "admin's Messages show each one's last error (docs/messages.md)."
+                )
+            )
+        if backlog.failed:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Warning: {backlog.failed} message(s) given up on; staff can send them again "
+                    "with the admin's retry action."
                 )
             )
         if status.job_store_error:
