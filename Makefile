@@ -48,7 +48,7 @@ $(CHROMIUM):
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py load_demo_venue
-	$(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
+	SITE_URL=$${SITE_URL:-http://127.0.0.1:$(PORT)} $(BIN)/python manage.py runserver 127.0.0.1:$(PORT)
 
 ## Run the expiry scheduler as a dedicated worker (use with SCHEDULER_WORKER_MODE=true).
 worker: $(STAMP)

@@ -68,6 +68,12 @@ class Message(models.Model):
                 condition=Q(status="pending"),
                 name="message_pending_due_idx",
             ),
+            # The backlog's count (healthz, scheduler_status): open messages only.
+            models.Index(
+                fields=["status", "created_at"],
+                condition=Q(status__in=["pending", "failed"]),
+                name="message_open_idx",
+            ),
             models.Index(fields=["reservation", "kind"], name="message_reservation_kind_idx"),
             models.Index(fields=["kind", "created_at"], name="message_kind_created_idx"),
         ]

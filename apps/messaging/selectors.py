@@ -24,7 +24,9 @@ class Backlog:
 def outbox_backlog() -> Backlog:
     """The outbox in one query: pending, failing and failed messages, and the oldest pending."""
     pending = Q(status=Message.Status.PENDING)
-    row = Message.objects.aggregate(
+    # Only the open ones (an index of their own): sent messages pile up for ever.
+    open_ = Message.objects.filter(status__in=[Message.Status.PENDING, Message.Status.FAILED])
+    row = open_.aggregate(
         pending=Count("pk", filter=pending),
         failing=Count("pk", filter=pending & Q(attempts__gt=0) & ~Q(last_error="")),
         failed=Count("pk", filter=Q(status=Message.Status.FAILED)),

@@ -304,7 +304,8 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
                 permanent = all(code >= 500 for code, _ in exc.recipients.values())
                 _failed(message, exc, result, now, give_up=permanent)
             except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
-                _failed(message, exc, result, now)
+                # 5xx: the server will not take it, however often it is asked.
+                _failed(message, exc, result, now, give_up=exc.smtp_code >= 500)
             except OSError as exc:
                 # Refused, timed out, disconnected: the server, not this message.
                 for unsent in [message, *remaining]:
@@ -312,6 +313,11 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
                 retry_at = (now or timezone.now()) + retry_delay(message.attempts)
                 logger.warning(SERVER_DOWN_LOG, exc, len(remaining) + 1, retry_at.isoformat())
                 return retry_at
+            except Exception as exc:
+                # A message Django will not send (a header it refuses, say):
+                # this message's problem, counted like a refusal.
+                logger.exception("Could not send %s message %s", message.kind, message.pk)
+                _failed(message, exc, result, now, quiet=True)
             else:
                 _mark(
                     message,
@@ -406,13 +412,16 @@ def message_retry(*, message: Message, now: datetime | None = None) -> bool:
     """
     Staff's *retry*: send a failed or pending message again as soon as possible.
 
-    Returns False when it was sent or skipped already (nothing to retry). A
-    failed message gets a fresh round of ``MESSAGE_MAX_ATTEMPTS`` attempts.
+    Returns False when it was sent or skipped already (nothing to retry), or
+    is being sent right now. A failed message gets a fresh round of
+    ``MESSAGE_MAX_ATTEMPTS`` attempts.
     """
     now = now or timezone.now()
-    updated = Message.objects.filter(
-        pk=message.pk, status__in=[Status.PENDING, Status.FAILED]
-    ).update(status=Status.PENDING, next_attempt_at=now, attempts=0, claimed_until=None)
+    # Not one in flight: its delivery decides, and a second would send it twice.
+    retryable = Q(status=Status.FAILED) | (Q(status=Status.PENDING) & _unclaimed(now))
+    updated = Message.objects.filter(retryable, pk=message.pk).update(
+        status=Status.PENDING, next_attempt_at=now, attempts=0, claimed_until=None
+    )
     if updated:
         transaction.on_commit(lambda: delivery_schedule(message.pk, now))
     return bool(updated)

@@ -133,8 +133,9 @@ VENUE_NAME = env("VENUE_NAME", default="Escape Berlin")
 VENUE_ADDRESS = env("VENUE_ADDRESS", default="Oranienstraße 1, 10999 Berlin")
 # Links in messages leave the site: the address customers reach it at.
 SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
-# Django's email framework, from one URL: smtp://user:pass@host:587,
-# smtp+tls://..., smtp+ssl://..., consolemail:// (printed by the server).
+# Django's email framework, from one URL: smtp+tls://user:pass@host:587
+# (STARTTLS), smtp+ssl://user:pass@host:465, consolemail:// (printed by the
+# server); docs/messages.md.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default=f"{VENUE_NAME} <bookings@example.com>")
 # Seconds a connection to the mail server may take to answer.

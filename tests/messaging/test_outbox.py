@@ -341,3 +341,34 @@ def test_a_resend_after_a_crash_carries_the_same_message_id(mail_server, setting
     first, resent = mail_server.received
     assert first["Message-ID"] == resent["Message-ID"] == Message.objects.get().message_id
     assert Message.objects.get().status == Status.SENT
+
+
+class BrokenBackend(EmailBackend):
+    """Django refuses the message before any server sees it."""
+
+    def send_messages(self, email_messages):
+        raise ValueError("Header values may not contain linefeed or carriage return characters")
+
+
+def test_a_message_django_cannot_send_fails_alone_and_counts_its_attempts(settings, mail_server):
+    settings.EMAIL_BACKEND = f"{__name__}.BrokenBackend"
+    settings.MESSAGE_MAX_ATTEMPTS = 1
+    reserve()
+
+    result = deliver()
+
+    assert result.failed == 1
+    message = Message.objects.get()
+    assert message.status == Status.FAILED
+    assert "linefeed" in message.last_error
+    assert message.claimed_until is None
+
+
+def test_a_message_in_flight_is_not_retried_by_staff():
+    reserve()
+    message = Message.objects.get()
+    now = timezone.now()
+    Message.objects.filter(pk=message.pk).update(claimed_until=now + timedelta(seconds=60))
+
+    assert not services.message_retry(message=message, now=now)
+    assert services.message_retry(message=message, now=now + timedelta(seconds=61))
