@@ -111,8 +111,16 @@ def delivery_handle(message_ids: Sequence[int], by: str) -> list[int]:
 
 
 def delivery_sweep(now: datetime | None, by: str) -> int:
-    """Deliver every message due by ``now``; return how many were handled."""
-    return services.messages_deliver(now=now).handled
+    """
+    Put the delivery job at the outbox's next deadline; return how many messages are due.
+
+    The sweep never sends itself: a slow mail server would hold it, and with
+    it the safety net of every other kind, for as long as it is slow. The
+    job runs in the outside executor.
+    """
+    due = services.messages_due(now or timezone.now()).count()
+    services.delivery_schedule_next()
+    return due
 
 
 def delivery_scheduled() -> Iterable[tuple[int, datetime]]:

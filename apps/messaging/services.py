@@ -54,7 +54,7 @@ DELIVERY_BATCH = 100  # messages claimed, and sent over one connection, at a tim
 SENT_LOG = "Sent %s message %s to %s"
 RETRY_LOG = "Could not send %s message %s (attempt %d): %s; trying again at %s"
 GAVE_UP_LOG = "Gave up on %s message %s after %d attempts: %s"
-SERVER_DOWN_LOG = "The mail server is unreachable: %s; %d messages wait until %s"
+SERVER_DOWN_LOG = "The mail server is unreachable: %s; every due message waits until %s"
 
 FIND_BOOKING_LIMITED = "Too many requests for booking links; try again in {minutes} min."
 # The answer to every accepted request, whether the address has bookings or not.
@@ -229,24 +229,25 @@ def messages_deliver(*, now: datetime | None = None) -> Delivered:
     """
     Send every message due by ``now`` (default: the clock), earliest first.
 
-    Claims each message before sending it (one conditional UPDATE: another
-    delivery running beside this one never sends it too), sends batches of
-    ``DELIVERY_BATCH`` over one connection, and holds no database lock or
-    transaction while the mail server answers. A message no longer needed
-    (a reminder for a hold that was paid) is marked skipped, not sent. When
-    the server cannot be reached the pass stops, and every due message waits
-    for the same next attempt; so it does when the process stops, handing
-    back what it claimed. Afterwards the delivery job is put at the outbox's
-    next deadline. Never raises for a mail server's failure.
+    Claims each message just before sending it (one conditional UPDATE:
+    another delivery running beside this one never sends it too, and a claim
+    covers one send, never a whole batch that a slow server could make
+    outlast it), sends up to ``DELIVERY_BATCH`` over one connection, and
+    holds no database lock or transaction while the mail server answers. A
+    message no longer needed (a reminder for a hold that was paid) is marked
+    skipped, not sent. When the server cannot be reached the pass stops
+    after one attempt, and every due message waits for the same next one;
+    when the process stops, the pass stops between two messages. Afterwards
+    the delivery job is put at the outbox's next deadline. Never raises for
+    a mail server's failure.
     """
     result = Delivered()
     retry_at: datetime | None = None
     while retry_at is None and not timeline.process_stopping():
         at = now or timezone.now()
         due = list(messages_due(at).values_list("pk", flat=True)[:DELIVERY_BATCH])
-        claimed = [pk for pk in due if _claim(pk, at)]
-        if claimed:
-            retry_at = _deliver(claimed, result, now)
+        if due:
+            retry_at = _deliver(due, result, now)
         if len(due) < DELIVERY_BATCH:
             break
     if retry_at is not None:
@@ -257,33 +258,29 @@ def messages_deliver(*, now: datetime | None = None) -> Delivered:
     return result
 
 
-def _claim(pk: int, now: datetime) -> bool:
+def _claim(pk: int, now: datetime) -> Message | None:
+    """Claim a due message for one send; ``None`` when it is not (any more) this pass's."""
     claim = now + timedelta(seconds=settings.MESSAGE_CLAIM_SECONDS)
-    return bool(
-        Message.objects.filter(pk=pk, status=Status.PENDING)
+    claimed = (
+        Message.objects.filter(pk=pk, status=Status.PENDING, next_attempt_at__lte=now)
         .filter(_unclaimed(now))
         .update(claimed_until=claim, attempts=F("attempts") + 1)
     )
+    if not claimed:
+        return None
+    return Message.objects.select_related("reservation__time_slot__room").get(pk=pk)
 
 
 def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetime | None:
-    """Send claimed messages over one connection; return the next attempt if the server is down."""
-    messages = (
-        Message.objects.filter(pk__in=pks)
-        .select_related("reservation__time_slot__room")
-        .order_by("next_attempt_at", "pk")
-    )
+    """Send due messages over one connection; return the next attempt if the server is down."""
     connection = get_connection(timeout=settings.EMAIL_TIMEOUT)
     try:
-        remaining = list(messages)
-        while remaining:
+        for pk in pks:
             if timeline.process_stopping():
-                # Hand the rest back untried, due at once for the next runner.
-                Message.objects.filter(pk__in=[m.pk for m in remaining]).update(
-                    claimed_until=None, attempts=F("attempts") - 1
-                )
-                return None
-            message = remaining.pop(0)
+                return None  # the rest stay due, unclaimed, for the next runner
+            message = _claim(pk, now or timezone.now())
+            if message is None:
+                continue
             try:
                 email = compose.message_email(message, now)
             except Exception as exc:
@@ -308,10 +305,9 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
                 _failed(message, exc, result, now, give_up=exc.smtp_code >= 500)
             except OSError as exc:
                 # Refused, timed out, disconnected: the server, not this message.
-                for unsent in [message, *remaining]:
-                    _failed(unsent, exc, result, now, quiet=True)
+                _failed(message, exc, result, now, quiet=True)
                 retry_at = (now or timezone.now()) + retry_delay(message.attempts)
-                logger.warning(SERVER_DOWN_LOG, exc, len(remaining) + 1, retry_at.isoformat())
+                logger.warning(SERVER_DOWN_LOG, exc, retry_at.isoformat())
                 return retry_at
             except Exception as exc:
                 # A message Django will not send (a header it refuses, say):
