@@ -23,6 +23,24 @@ def chunks(items: Sequence[T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[T]
         yield items[start : start + size]
 
 
+def advisory_xact_lock(*names: str) -> None:
+    """
+    Serialise the transactions that name any of ``names`` until this one ends.
+
+    For limits counted over rows that a transaction is about to add (holds
+    per customer, requests an hour), which no row lock can guard. On
+    PostgreSQL, an advisory lock per name, taken in one order so that two
+    transactions never wait on each other in a circle; SQLite's transactions
+    take its one write lock as they begin, which serialises them already.
+    Call inside ``transaction.atomic``; empty names are ignored.
+    """
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for name in sorted({n for n in names if n}):
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [name])
+
+
 def job_connection(func: Callable[P, R]) -> Callable[P, R]:
     """
     Run ``func`` with a fresh, lock-bounded database connection, closing stale ones around it.

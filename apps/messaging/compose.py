@@ -7,7 +7,7 @@ longer needs (the hold placed, when it has been paid since) renders as
 ``None``: the outbox marks it skipped.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -196,8 +196,8 @@ def booking_ics(reservation: Reservation) -> bytes:
     event = icalendar.Event()
     event.add("uid", f"reservation-{reservation.token}@{_uid_domain()}")
     event.add("dtstamp", timezone.now())
-    event.add("dtstart", local(slot.starts_at))
-    event.add("dtend", local(slot.ends_at))
+    event.add("dtstart", ics_time(slot.starts_at))
+    event.add("dtend", ics_time(slot.ends_at))
     event.add("summary", f"{slot.room.name} at {settings.VENUE_NAME}")
     event.add("location", f"{settings.VENUE_NAME}, {settings.VENUE_ADDRESS}")
     event.add(
@@ -208,6 +208,19 @@ def booking_ics(reservation: Reservation) -> bytes:
     calendar.add_component(event)
     calendar.add_missing_timezones()
     return calendar.to_ical()
+
+
+def ics_time(at: datetime) -> datetime:
+    """
+    ``at`` as the ``.ics`` writes it: venue time with its ``TZID``, or UTC where that cannot say it.
+
+    iCalendar reads a local time that the clocks repeat as its first
+    occurrence: a time in the second one (``fold=1``) is written in UTC.
+    """
+    venue = local(at)
+    if venue.fold and venue.replace(fold=0).utcoffset() != venue.utcoffset():
+        return at.astimezone(UTC)
+    return venue
 
 
 def _uid_domain() -> str:

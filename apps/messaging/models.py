@@ -39,6 +39,7 @@ class Message(models.Model):
         null=True,
         blank=True,
         related_name="messages",
+        db_index=False,  # message_reservation_kind_idx leads with it
     )
     to_email = models.EmailField(
         max_length=254, blank=True, help_text="The reservation's address, read when it is sent."
@@ -68,14 +69,19 @@ class Message(models.Model):
                 condition=Q(status="pending"),
                 name="message_pending_due_idx",
             ),
-            # The backlog's count (healthz, scheduler_status): open messages only.
+            # The backlog's count of failed ones (healthz, scheduler_status).
             models.Index(
-                fields=["status", "created_at"],
-                condition=Q(status__in=["pending", "failed"]),
-                name="message_open_idx",
+                fields=["created_at"],
+                condition=Q(status="failed"),
+                name="message_failed_idx",
             ),
             models.Index(fields=["reservation", "kind"], name="message_reservation_kind_idx"),
-            models.Index(fields=["kind", "created_at"], name="message_kind_created_idx"),
+            # Find my booking's rate limit.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(kind="bookings"),
+                name="message_bookings_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -24,7 +24,7 @@ class Backlog:
 def outbox_backlog() -> Backlog:
     """The outbox in one query: pending, failing and failed messages, and the oldest pending."""
     pending = Q(status=Message.Status.PENDING)
-    # Only the open ones (an index of their own): sent messages pile up for ever.
+    # Only the open ones (partial indexes of their own): sent ones pile up for ever.
     open_ = Message.objects.filter(status__in=[Message.Status.PENDING, Message.Status.FAILED])
     row = open_.aggregate(
         pending=Count("pk", filter=pending),

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import smtplib
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,14 +30,16 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import get_connection
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F, Q
+from django.db.models.constants import OnConflict
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from apps.payments.models import Payment
 from apps.reservations.models import Reservation
 from escape_rooms_backend import deadlines, timeline
-from escape_rooms_backend.db import chunks
+from escape_rooms_backend.db import advisory_xact_lock
 
 from . import compose
 from .models import Message
@@ -50,6 +53,7 @@ Status = Message.Status
 DELIVERY = "delivery"
 REMINDER = "reminder"
 
+MARK_ATTEMPTS = 5  # tries to record a send's outcome, 0.5 s apart, doubling
 DELIVERY_BATCH = 100  # messages claimed, and sent over one connection, at a time
 SENT_LOG = "Sent %s message %s to %s"
 RETRY_LOG = "Could not send %s message %s (attempt %d): %s; trying again at %s"
@@ -157,36 +161,68 @@ def messages_enqueue(outgoing: Sequence[Outgoing], *, now: datetime | None = Non
     if not unique:
         return 0
     now = now or timezone.now()
-    new: list[Outgoing] = []
-    for chunk in chunks(list(unique)):
-        seen = set(Message.objects.filter(key__in=chunk).values_list("key", flat=True))
-        new += [unique[key] for key in chunk if key not in seen]
-    if not new:
-        return 0
+    # One multi-row statement, not model instances: a burst of expiries
+    # queues a thousand messages inside each of its transactions.
+    ops = connection.ops
+    at = ops.adapt_datetimefield_value(now)
     domain = _message_id_domain()
-    Message.objects.bulk_create(
-        [
-            Message(
-                key=item.key,
-                kind=item.kind,
-                reservation_id=item.reservation_id,
-                to_email=item.to_email,
-                context=item.context,
-                client_address=item.client_address,
-                message_id=make_msgid(domain=domain),
-                created_at=now,
-                next_attempt_at=now,
-            )
-            for item in new
-        ],
-        batch_size=500,
-        # A concurrent transaction queued the same key: it is that one's.
-        ignore_conflicts=True,
+    context = Message._meta.get_field("context")
+    address = Message._meta.get_field("client_address")
+    rows = [
+        (
+            item.key,
+            item.kind,
+            item.reservation_id,
+            item.to_email,
+            context.get_db_prep_save(item.context, connection),
+            make_msgid(domain=domain),
+            Status.PENDING.value,
+            at,
+            at,
+            0,
+            "",
+            "",
+            address.get_db_prep_save(item.client_address, connection),
+        )
+        for item in unique.values()
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            # A key queued already (a change seen twice, or a concurrent
+            # transaction's) is that message's: ignored, not an error.
+            f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_TABLE} ({_COLUMNS}) "
+            f"VALUES ({', '.join(['%s'] * len(rows[0]))}) "
+            f"{ops.on_conflict_suffix_sql([], OnConflict.IGNORE, [], [])}",
+            rows,
+        )
+        queued = max(cursor.rowcount, 0)
+    if queued:
+        first = Message.objects.filter(key__in=list(unique)[:1]).values_list("pk", flat=True)
+        pk = first.first()
+        if pk is not None:
+            transaction.on_commit(lambda: delivery_schedule(pk, timezone.now()))
+    return queued
+
+
+_TABLE = Message._meta.db_table
+_COLUMNS = ", ".join(
+    Message._meta.get_field(name).column  # type: ignore[union-attr,misc]  # concrete fields
+    for name in (
+        "key",
+        "kind",
+        "reservation",
+        "to_email",
+        "context",
+        "message_id",
+        "status",
+        "created_at",
+        "next_attempt_at",
+        "attempts",
+        "subject",
+        "last_error",
+        "client_address",
     )
-    first = Message.objects.filter(key=new[0].key).values_list("pk", flat=True).first()
-    if first is not None:
-        transaction.on_commit(lambda: delivery_schedule(first, timezone.now()))
-    return len(new)
+)
 
 
 def _message_id_domain() -> str:
@@ -332,9 +368,23 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
 
 
 def _mark(message: Message, **changes: Any) -> None:
-    Message.objects.filter(pk=message.pk, status=Status.PENDING).update(
-        claimed_until=None, **changes
-    )
+    """
+    Record the outcome of a send; a busy database is waited out a few times.
+
+    Were it given up, the message would stay claimed and, once the claim
+    lapsed, be sent again (with its ``Message-ID``): the server took it.
+    """
+    for attempt in range(MARK_ATTEMPTS):
+        try:
+            Message.objects.filter(pk=message.pk, status=Status.PENDING).update(
+                claimed_until=None, **changes
+            )
+            return
+        except OperationalError:
+            if attempt == MARK_ATTEMPTS - 1:
+                raise
+            logger.warning("Database busy marking message %s; trying again", message.pk)
+            time.sleep(0.5 * 2**attempt)
 
 
 def _failed(
@@ -363,17 +413,22 @@ def _failed(
 
 def outbox_next() -> tuple[int, datetime] | None:
     """``(pk, due)`` of the pending message to try next: the outbox's one deadline, or ``None``."""
-    row = (
-        Message.objects.filter(status=Status.PENDING)
+    pending = Message.objects.filter(status=Status.PENDING)
+    # A message in flight is due again only once its claim lapses: the
+    # earliest not in flight, or the earliest claim to lapse, whichever first.
+    candidates = [
+        pending.filter(claimed_until__isnull=True)
         .order_by("next_attempt_at", "pk")
-        .values_list("pk", "next_attempt_at", "claimed_until")
-        .first()
-    )
-    if row is None:
-        return None
-    pk, next_attempt_at, claimed_until = row
-    # A message in flight is due again only once its claim lapses.
-    return pk, max(next_attempt_at, claimed_until or next_attempt_at)
+        .values_list("pk", "next_attempt_at")
+        .first(),
+        pending.filter(claimed_until__isnull=False)
+        .annotate(due=Greatest("next_attempt_at", "claimed_until"))
+        .order_by("due", "pk")
+        .values_list("pk", "due")
+        .first(),
+    ]
+    found = [c for c in candidates if c is not None]
+    return min(found, key=lambda c: c[1]) if found else None
 
 
 def delivery_schedule_next() -> None:
@@ -458,6 +513,10 @@ def bookings_link_request(
     email = email.strip()
     recent = Message.objects.filter(kind=Kind.BOOKINGS, created_at__gt=now - FIND_BOOKING_WINDOW)
     with transaction.atomic():
+        advisory_xact_lock(
+            f"find-booking:{email.lower()}",
+            f"find-booking:{client_address}" if client_address else "",
+        )
         for asked in (
             recent.filter(to_email__iexact=email),
             recent.filter(client_address=client_address) if client_address else None,

@@ -29,6 +29,7 @@ from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.rooms.models import Room, TimeSlot
+from escape_rooms_backend.db import advisory_xact_lock
 
 from . import errors
 from .models import Reservation, ReservationEvent
@@ -548,9 +549,15 @@ def holds_limit_check(*, customer_email: str, client_address: str | None, now: d
 
     At most ``MAX_PENDING_HOLDS_PER_EMAIL`` pending holds per email address
     (case-insensitive) and ``MAX_PENDING_HOLDS_PER_ADDRESS`` per client
-    address at a time. Raises ``TooManyHolds`` with ``retry_after``: seconds
-    until the earliest of those holds ends.
+    address at a time; concurrent holds of one customer are counted one
+    after the other. Call inside the transaction that makes the hold.
+    Raises ``TooManyHolds`` with ``retry_after``: seconds until the earliest
+    of those holds ends.
     """
+    # Two holds made at once for one customer must not both count the other out.
+    advisory_xact_lock(
+        f"holds:{customer_email.lower()}", f"holds:{client_address}" if client_address else ""
+    )
     live = Reservation.objects.filter(status=Status.PENDING, expires_at__gt=now)
     for holds, limit in (
         (live.filter(customer_email__iexact=customer_email), settings.MAX_PENDING_HOLDS_PER_EMAIL),

@@ -138,8 +138,10 @@ SITE_URL = env("SITE_URL", default="http://127.0.0.1:8000")
 # server); docs/messages.md.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default=f"{VENUE_NAME} <bookings@example.com>")
-# Seconds a connection to the mail server may take to answer.
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+# Seconds the mail server may take to answer. Generous: a server that takes
+# a message, then answers after the timeout, gets it again on the next try
+# (SMTP allows it ten minutes); the deliveries wait in threads of their own.
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=60)
 # The reminder comes this many seconds before a hold ends (0: no reminders).
 HOLD_REMINDER_SECONDS = env.int("HOLD_REMINDER_SECONDS", default=600)
 # A message the mail server refused is tried again after this many seconds,
@@ -150,7 +152,7 @@ MESSAGE_RETRY_MAX_SECONDS = env.float("MESSAGE_RETRY_MAX_SECONDS", default=3600.
 MESSAGE_MAX_ATTEMPTS = env.int("MESSAGE_MAX_ATTEMPTS", default=30)
 # A delivery in flight is another's to retry only after this many seconds:
 # longer than a send can take (EMAIL_TIMEOUT for each step of the exchange).
-MESSAGE_CLAIM_SECONDS = env.float("MESSAGE_CLAIM_SECONDS", default=120.0)
+MESSAGE_CLAIM_SECONDS = env.float("MESSAGE_CLAIM_SECONDS", default=300.0)
 # "Find my booking": requests per email address, and per client address, an hour.
 FIND_BOOKING_PER_HOUR = env.int("FIND_BOOKING_PER_HOUR", default=5)
 
