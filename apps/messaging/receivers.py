@@ -18,9 +18,7 @@ def messages_for_reservations(
     sender: Any, reservations: Sequence[Reservation], **kwargs: Any
 ) -> None:
     """Receiver of ``reservations_changed``: queue what each reservation's new state calls for."""
-    services.messages_enqueue(
-        [item for r in reservations if (item := services.message_for_state(r)) is not None]
-    )
+    services.messages_enqueue_for_states(reservations)
 
 
 def messages_for_payment(sender: Any, instance: Payment, created: bool, **kwargs: Any) -> None:

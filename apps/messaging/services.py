@@ -39,7 +39,7 @@ from django.utils import timezone
 from apps.payments.models import Payment
 from apps.reservations.models import Reservation
 from escape_rooms_backend import deadlines, timeline
-from escape_rooms_backend.db import advisory_xact_lock
+from escape_rooms_backend.db import advisory_xact_lock, chunks
 
 from . import compose
 from .models import Message
@@ -223,6 +223,54 @@ _COLUMNS = ", ".join(
         "client_address",
     )
 )
+
+
+def messages_enqueue_for_states(
+    reservations: Sequence[Reservation], *, now: datetime | None = None
+) -> int:
+    """
+    Queue the message each reservation's state calls for (``message_for_state``).
+
+    The bulk form of ``messages_enqueue``, for the receiver of
+    ``reservations_changed``: one ``INSERT ... SELECT`` per kind and thousand
+    reservations, the rows built by the database, so that a burst's expiry
+    transactions stay short. Keys queued already are skipped. Returns how
+    many it queued; after commit a delivery job wakes the runner.
+    """
+    by_kind: dict[str, list[int]] = {}
+    for reservation in reservations:
+        if (item := message_for_state(reservation)) is not None:
+            by_kind.setdefault(item.kind, []).append(reservation.pk)
+    if not by_kind:
+        return 0
+    ops = connection.ops
+    at = ops.adapt_datetimefield_value(now or timezone.now())
+    # Message-IDs unique per key: <hold_lapsed.42.(this call)@domain>.
+    token = f"{uuid.uuid4().hex[:16]}@{_message_id_domain()}>"
+    empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    reservation_id = "CAST(r.id AS TEXT)"
+    queued = 0
+    first_key = ""
+    with connection.cursor() as cursor:
+        for kind, pks in by_kind.items():
+            first_key = first_key or f"{kind}:{pks[0]}"
+            for chunk in chunks(pks):
+                cursor.execute(
+                    f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_TABLE} ({_COLUMNS}) "  # noqa: S608 (the model's names; values bound)
+                    f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "
+                    f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL "
+                    f"FROM {Reservation._meta.db_table} r "
+                    f"WHERE r.id IN ({', '.join(['%s'] * len(chunk))}) "
+                    f"{ops.on_conflict_suffix_sql([], OnConflict.IGNORE, [], [])}",
+                    [f"{kind}:", kind, "{}", f"<{kind}.", f".{token}", Status.PENDING.value, at, at]
+                    + list(chunk),
+                )
+                queued += max(cursor.rowcount, 0)
+    if queued:
+        pk = Message.objects.filter(key=first_key).values_list("pk", flat=True).first()
+        if pk is not None:
+            transaction.on_commit(lambda: delivery_schedule(pk, timezone.now()))
+    return queued
 
 
 def _message_id_domain() -> str:
