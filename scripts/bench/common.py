@@ -25,6 +25,7 @@ from django.utils import timezone
 from sqlalchemy import create_engine, text
 from tqdm import tqdm
 
+from apps.messaging.models import Message
 from apps.operations.models import SchedulerHeartbeat
 from apps.payments.models import Payment
 from apps.reservations.deadlines import HOLD_END
@@ -178,7 +179,15 @@ def reset() -> None:
     scheduler.stop_scheduler()
     tables = [
         model._meta.db_table
-        for model in (ReservationEvent, Payment, Reservation, TimeSlot, Room, SchedulerHeartbeat)
+        for model in (
+            Message,
+            ReservationEvent,
+            Payment,
+            Reservation,
+            TimeSlot,
+            Room,
+            SchedulerHeartbeat,
+        )
     ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
