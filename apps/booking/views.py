@@ -8,7 +8,6 @@ which links, how often) in ``apps.messaging.services``.
 """
 
 import contextlib
-import math
 import re
 import secrets
 import uuid
@@ -43,10 +42,6 @@ REMEMBERED_KEYS = 20
 SLOT_PASSED_MESSAGE = "This time has already started or can no longer be booked; pick another."
 OUT_OF_RANGE_MESSAGE = "Pick a day within the next two weeks."
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
-FIND_LIMITED_MESSAGE = (
-    "We have had too many requests for booking links for this address or from your "
-    "connection. Try again in {wait}."
-)
 
 
 def slot_key(slot: TimeSlot) -> str:
@@ -324,7 +319,7 @@ def find(request: HttpRequest) -> HttpResponse:
                     email=form.cleaned_data["email"], client_address=client_address(request)
                 )
             except TooManyRequests as refused:
-                form.add_error(None, FIND_LIMITED_MESSAGE.format(wait=_wait(refused.retry_after)))
+                form.add_error(None, refused.message)
                 response = render(request, "booking/find.html", {"form": form}, status=429)
                 response["Retry-After"] = str(refused.retry_after)
                 return response
@@ -333,9 +328,3 @@ def find(request: HttpRequest) -> HttpResponse:
     else:
         form = FindBookingForm()
     return render(request, "booking/find.html", {"form": form}, status=400 if form.errors else 200)
-
-
-def _wait(seconds: int) -> str:
-    """``seconds`` in whole minutes, rounded up: never sooner than the limit allows."""
-    minutes = max(1, math.ceil(seconds / 60))
-    return "1 minute" if minutes == 1 else f"{minutes} minutes"

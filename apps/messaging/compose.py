@@ -9,7 +9,7 @@ longer needs (the hold placed, when it has been paid since) renders as
 
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import icalendar  # type: ignore[import-untyped]  # ships no type hints
 from django.conf import settings
@@ -224,6 +224,4 @@ def ics_time(at: datetime) -> datetime:
 
 
 def _uid_domain() -> str:
-    from urllib.parse import urlsplit
-
     return urlsplit(settings.SITE_URL).hostname or "localhost"

@@ -60,7 +60,10 @@ RETRY_LOG = "Could not send %s message %s (attempt %d): %s; trying again at %s"
 GAVE_UP_LOG = "Gave up on %s message %s after %d attempts: %s"
 SERVER_DOWN_LOG = "The mail server is unreachable: %s; every due message waits until %s"
 
-FIND_BOOKING_LIMITED = "Too many requests for booking links; try again in {minutes} min."
+FIND_BOOKING_LIMITED = (
+    "We have had too many requests for booking links for this address or from your "
+    "connection. Try again in {wait}."
+)
 # The answer to every accepted request, whether the address has bookings or not.
 FIND_BOOKING_SENT = (
     "If this address has bookings with us, we have sent it their links. It may take a minute."
@@ -187,21 +190,29 @@ def messages_enqueue(outgoing: Sequence[Outgoing], *, now: datetime | None = Non
         for item in unique.values()
     ]
     with connection.cursor() as cursor:
-        cursor.executemany(
-            # A key queued already (a change seen twice, or a concurrent
-            # transaction's) is that message's: ignored, not an error.
-            f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_TABLE} ({_COLUMNS}) "
-            f"VALUES ({', '.join(['%s'] * len(rows[0]))}) "
-            f"{ops.on_conflict_suffix_sql([], OnConflict.IGNORE, [], [])}",
-            rows,
-        )
+        cursor.executemany(_insert(f"VALUES ({', '.join(['%s'] * len(rows[0]))})"), rows)
         queued = max(cursor.rowcount, 0)
     if queued:
-        first = Message.objects.filter(key__in=list(unique)[:1]).values_list("pk", flat=True)
-        pk = first.first()
-        if pk is not None:
-            transaction.on_commit(lambda: delivery_schedule(pk, timezone.now()))
+        _wake_after_commit(next(iter(unique)))
     return queued
+
+
+def _insert(rows_sql: str) -> str:
+    """The INSERT of outbox rows from ``rows_sql`` (``VALUES ...`` or ``SELECT ...``)."""
+    # A key queued already (a change seen twice, or a concurrent
+    # transaction's) is that message's: ignored, not an error.
+    ops = connection.ops
+    return (
+        f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_TABLE} ({_COLUMNS}) "
+        f"{rows_sql} {ops.on_conflict_suffix_sql([], OnConflict.IGNORE, [], [])}"
+    )
+
+
+def _wake_after_commit(key: str) -> None:
+    """After commit, a delivery job due now, named after the message queued as ``key``."""
+    pk = Message.objects.filter(key=key).values_list("pk", flat=True).first()
+    if pk is not None:
+        transaction.on_commit(lambda: delivery_schedule(pk, timezone.now()))
 
 
 _TABLE = Message._meta.db_table
@@ -256,20 +267,18 @@ def messages_enqueue_for_states(
             first_key = first_key or f"{kind}:{pks[0]}"
             for chunk in chunks(pks):
                 cursor.execute(
-                    f"{ops.insert_statement(on_conflict=OnConflict.IGNORE)} {_TABLE} ({_COLUMNS}) "  # noqa: S608 (the model's names; values bound)
-                    f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "
-                    f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL "
-                    f"FROM {Reservation._meta.db_table} r "
-                    f"WHERE r.id IN ({', '.join(['%s'] * len(chunk))}) "
-                    f"{ops.on_conflict_suffix_sql([], OnConflict.IGNORE, [], [])}",
+                    _insert(
+                        f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "  # noqa: S608 (the model's names; values bound)
+                        f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL "
+                        f"FROM {Reservation._meta.db_table} r "
+                        f"WHERE r.id IN ({', '.join(['%s'] * len(chunk))})"
+                    ),
                     [f"{kind}:", kind, "{}", f"<{kind}.", f".{token}", Status.PENDING.value, at, at]
                     + list(chunk),
                 )
                 queued += max(cursor.rowcount, 0)
     if queued:
-        pk = Message.objects.filter(key=first_key).values_list("pk", flat=True).first()
-        if pk is not None:
-            transaction.on_commit(lambda: delivery_schedule(pk, timezone.now()))
+        _wake_after_commit(first_key)
     return queued
 
 
@@ -281,7 +290,7 @@ def _message_id_domain() -> str:
 def delivery_schedule(message_id: int, at: datetime) -> None:
     """Put the outbox's delivery job, named after message ``message_id``, at ``at``."""
     if not settings.SCHEDULER_EXPIRY_JOBS:
-        return  # the benchmarks' switch: no jobs; the sweep delivers
+        return  # the benchmarks' switch: no jobs (the sweep delivers itself)
     timeline.deadline_schedule(deadlines.kind_named(DELIVERY), message_id, at)
 
 
@@ -535,7 +544,10 @@ class TooManyRequests(Exception):
     """Refused by the rate limit; ``retry_after`` in seconds."""
 
     def __init__(self, *, retry_after: int) -> None:
-        message = FIND_BOOKING_LIMITED.format(minutes=math.ceil(retry_after / 60))
+        # Whole minutes, rounded up: never sooner than the limit allows.
+        minutes = max(1, math.ceil(retry_after / 60))
+        wait = "1 minute" if minutes == 1 else f"{minutes} minutes"
+        message = FIND_BOOKING_LIMITED.format(wait=wait)
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after

@@ -7,9 +7,13 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from apps.booking.views import FIND_LIMITED_MESSAGE
 from apps.messaging.models import Message
-from apps.messaging.services import FIND_BOOKING_SENT, bookings_link_request, messages_deliver
+from apps.messaging.services import (
+    FIND_BOOKING_LIMITED,
+    FIND_BOOKING_SENT,
+    bookings_link_request,
+    messages_deliver,
+)
 
 from ..factories import ReservationFactory, bookings_of
 
@@ -134,7 +138,7 @@ def test_requests_past_the_limit_for_one_email_are_429_with_retry_after(client, 
     retry_after = int(response["Retry-After"])
     assert 3540 < retry_after <= 3600
     html = response.content.decode()
-    assert FIND_LIMITED_MESSAGE.format(wait="60 minutes") in html
+    assert FIND_BOOKING_LIMITED.format(wait="60 minutes") in html
     assert 'value="john@example.com"' in html  # what was typed stays
     assert FIND_BOOKING_SENT not in html
     assert queued() == ["john@example.com", "JOHN@example.com"]
@@ -150,7 +154,7 @@ def test_requests_past_the_limit_from_one_client_address_are_429_with_retry_afte
     assert response.status_code == 429
     assert 3540 < int(response["Retry-After"]) <= 3600
     html = response.content.decode()
-    assert FIND_LIMITED_MESSAGE.format(wait="60 minutes") in html
+    assert FIND_BOOKING_LIMITED.format(wait="60 minutes") in html
     assert FIND_BOOKING_SENT not in html
     assert queued() == ["john@example.com", "nobody@example.com"]
 
@@ -165,4 +169,4 @@ def test_the_wait_is_shown_in_whole_minutes_rounded_up(client, settings):
 
     assert response.status_code == 429
     assert 0 < int(response["Retry-After"]) <= 30
-    assert FIND_LIMITED_MESSAGE.format(wait="1 minute") in response.content.decode()
+    assert FIND_BOOKING_LIMITED.format(wait="1 minute") in response.content.decode()

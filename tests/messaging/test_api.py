@@ -114,7 +114,10 @@ def test_requests_past_the_limit_for_one_email_are_429_with_retry_after(find, se
     retry_after = int(response["Retry-After"])
     assert 3590 < retry_after <= 3600  # the first of the two frees a place in an hour
     assert response.json() == {
-        "error": {"code": TOO_MANY_REQUESTS, "message": FIND_BOOKING_LIMITED.format(minutes=60)}
+        "error": {
+            "code": TOO_MANY_REQUESTS,
+            "message": FIND_BOOKING_LIMITED.format(wait="60 minutes"),
+        }
     }
     assert "no-store" in response["Cache-Control"]
     assert queued() == ["john@example.com", "JOHN@example.com"]

@@ -17,7 +17,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.messaging import compose, services
-from apps.messaging.deadlines import reminder_due_at, reminder_scheduled, reminder_sweep
+from apps.messaging.deadlines import (
+    delivery_sweep,
+    reminder_due_at,
+    reminder_scheduled,
+    reminder_sweep,
+)
 from apps.messaging.models import Message
 from apps.payments.models import Payment
 from apps.payments.services import payment_confirm
@@ -372,3 +377,12 @@ def test_a_message_in_flight_is_not_retried_by_staff():
 
     assert not services.message_retry(message=message, now=now)
     assert services.message_retry(message=message, now=now + timedelta(seconds=61))
+
+
+def test_with_the_benchmarks_switch_off_the_sweep_delivers_itself(settings):
+    settings.SCHEDULER_EXPIRY_JOBS = False  # no jobs written, none would run
+    reserve()
+
+    assert delivery_sweep(None, "sweep") == 1
+
+    assert [m.subject.split(":")[0] for m in mail.outbox] == ["Held for you"]
