@@ -10,10 +10,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from io import StringIO
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from django.core.management import CommandError, call_command
 from django.db import connection
 from sqlalchemy.engine import make_url
 
@@ -203,6 +205,16 @@ def start_worker(job_store, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def reconcile_command(*args) -> tuple[int, str]:
+    """Run ``reconcile_expiry_jobs`` with ``args``: its exit code and what it printed."""
+    out = StringIO()
+    try:
+        call_command("reconcile_expiry_jobs", *args, stdout=out)
+    except CommandError as error:
+        return error.returncode, out.getvalue()
+    return 0, out.getvalue()
 
 
 def free_port() -> int:

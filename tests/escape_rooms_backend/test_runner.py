@@ -22,12 +22,10 @@ from apps.reservations.models import Reservation, ReservationEvent
 from escape_rooms_backend import scheduler as scheduler_module
 from escape_rooms_backend.runner import AdvisoryLock, FileLock
 
-from ..conftest import database_url, wait_for
+from ..conftest import PROJECT_DIR, database_url, wait_for
 from ..factories import RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 def postgres_store_url() -> str:

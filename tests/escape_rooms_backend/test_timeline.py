@@ -13,7 +13,7 @@ from io import StringIO
 import pytest
 from apscheduler.jobstores.base import ConflictingIdError
 from apscheduler.schedulers.base import BaseScheduler
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
@@ -43,6 +43,7 @@ from escape_rooms_backend.timeline import (
     stored_jobs,
 )
 
+from ..conftest import reconcile_command
 from ..factories import ReservationFactory, reserve
 
 # The expiry engine's own jobs: the messages' kinds have tests of their own.
@@ -422,15 +423,6 @@ def test_stored_jobs_of_a_kind_and_the_next_run_time_of_any(job_store, reminder)
 # ---------------------------------------------------------------------------
 # Reconcile
 # ---------------------------------------------------------------------------
-
-
-def reconcile_command(*args) -> tuple[int, str]:
-    out = StringIO()
-    try:
-        call_command("reconcile_expiry_jobs", *args, stdout=out)
-    except CommandError as error:
-        return error.returncode, out.getvalue()
-    return 0, out.getvalue()
 
 
 @pytest.mark.django_db

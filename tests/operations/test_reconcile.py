@@ -4,33 +4,19 @@ import json
 import subprocess
 import sys
 from datetime import timedelta
-from io import StringIO
-from pathlib import Path
 
 import pytest
-from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation, ReservationEvent
 from escape_rooms_backend import scheduler, timeline
 
-from ..conftest import database_url
+from ..conftest import PROJECT_DIR, database_url, reconcile_command
 from ..factories import ReservationFactory, reserve
 
 # The expiry engine's own jobs: the messages' kinds have tests of their own.
 pytestmark = pytest.mark.usefixtures("hold_end_only")
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-
-
-def reconcile(*args) -> tuple[int, str]:
-    out = StringIO()
-    try:
-        call_command("reconcile_expiry_jobs", *args, stdout=out)
-    except CommandError as error:
-        return error.returncode, out.getvalue()
-    return 0, out.getvalue()
 
 
 @pytest.mark.django_db
@@ -49,7 +35,7 @@ def test_reconcile_reports_fixes_and_then_finds_every_kind_of_drift_gone(
     Reservation.objects.filter(pk=orphan.pk).update(status="paid", paid_at=timezone.now())
     timeline.deadline_schedule(HOLD_END, 987654, timezone.now() + timedelta(hours=1))
 
-    code, report = reconcile("--json")
+    code, report = reconcile_command("--json")
     found = {(d["kind"], d["reservation_id"]) for d in json.loads(report)["drift"]}
 
     assert code == 1
@@ -61,7 +47,7 @@ def test_reconcile_reports_fixes_and_then_finds_every_kind_of_drift_gone(
         ("orphan_job", 987654),
     }
 
-    code, table = reconcile("--fix")
+    code, table = reconcile_command("--fix")
 
     assert code == 0, table
     assert "handled" in table and "removed the job" in table and "scheduled the job" in table
@@ -73,7 +59,7 @@ def test_reconcile_reports_fixes_and_then_finds_every_kind_of_drift_gone(
         for r in (in_step, missing, mistimed)
     }
 
-    code, table = reconcile()
+    code, table = reconcile_command()
     assert (code, table.rstrip().endswith("consistent.")) == (0, True)
 
 
@@ -81,7 +67,7 @@ def test_reconcile_reports_fixes_and_then_finds_every_kind_of_drift_gone(
 def test_the_json_report_names_each_drifts_deadline_job_and_times(job_store):
     missing = ReservationFactory()
 
-    code, out = reconcile("--json")
+    code, out = reconcile_command("--json")
 
     report = json.loads(out)
     assert code == 1
@@ -106,7 +92,7 @@ def test_drift_that_could_not_be_repaired_fails_the_fix(job_store, monkeypatch):
     ReservationFactory()
     monkeypatch.setattr(timeline, "deadline_schedule", lambda *args, **kwargs: False)
 
-    code, table = reconcile("--fix")
+    code, table = reconcile_command("--fix")
 
     assert code == 1
     assert "scheduled the job at its due time (failed; see the log)" in table
@@ -123,7 +109,7 @@ def test_an_unreachable_job_store_exits_2(settings, tmp_path):
     }
     scheduler.stop_scheduler()
 
-    code, _ = reconcile()
+    code, _ = reconcile_command()
 
     assert code == 2
 
@@ -134,12 +120,12 @@ def test_reconcile_repairs_a_deleted_job_store(job_store):
     scheduler.stop_scheduler()
     job_store.delete()
 
-    code, table = reconcile()
+    code, table = reconcile_command()
     assert code == 1
     assert table.count("missing_job") == 3
     assert not job_store.path.exists(), "a report must not create the store"
 
-    assert reconcile("--fix")[0] == 0
+    assert reconcile_command("--fix")[0] == 0
     assert set(job_store.jobs()) == {HOLD_END.job_id(r.pk) for r in reservations}
 
 
