@@ -14,6 +14,8 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+import requests
+import stripe
 from aiosmtpd.controller import Controller
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -279,3 +281,255 @@ def mail_server(settings):
     settings.EMAIL_TIMEOUT = 5
     yield server
     server.stop()
+
+
+# localstripe keeps its whole state in /tmp/localstripe.pickle: a fixed path
+# (not the temp folder of TMPDIR) that every instance on the machine reads at
+# start and rewrites after each change. This stand-in for `python -m
+# localstripe` keeps it in a file of this test run's own instead, and listens
+# on 127.0.0.1 only (localstripe itself binds every interface, IPv6 included).
+# Its events leave about 1 s after the change, to the webhooks registered by
+# then: a flush also drops those not yet sent, so that no test receives the
+# events of the one before.
+LOCALSTRIPE_MAIN = """
+import asyncio
+import logging
+import pickle
+import sys
+
+from aiohttp import web
+from localstripe import resources, server, webhooks
+
+state, port = sys.argv[1], int(sys.argv[2])
+
+
+def load(store):
+    try:
+        with open(state, "rb") as file:
+            saved = pickle.load(file)
+    except FileNotFoundError:
+        return
+    store.clear()
+    store.update(saved)
+
+
+def dump(store):
+    with open(state, "wb") as file:
+        pickle.dump(dict(store), file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+unsent = set()
+
+
+def schedule_webhook(event):
+    sending = asyncio.ensure_future(webhooks._send_webhook(event))
+    unsent.add(sending)
+    sending.add_done_callback(unsent.discard)
+
+
+def clear(store):
+    for sending in list(unsent):
+        sending.cancel()
+    dict.clear(store)
+
+
+resources.Store.try_load_from_disk = load
+resources.Store.dump_to_disk = dump
+resources.Store.clear = clear
+resources.schedule_webhook = schedule_webhook
+resources.store.try_load_from_disk()
+log = logging.getLogger("aiohttp.access")  # also where it says how each webhook went
+log.setLevel(logging.DEBUG)
+log.addHandler(logging.StreamHandler())
+web.run_app(server.app, host="127.0.0.1", port=port, access_log=log, print=None)
+"""
+
+
+def stripe_client(api_base: str, *, timeout: float = 10) -> stripe.StripeClient:
+    """A Stripe client for ``api_base``: no retries, ``timeout`` seconds a request."""
+    return stripe.StripeClient(
+        api_key="sk_test_x",
+        base_addresses={"api": api_base},
+        http_client=stripe.RequestsClient(timeout=timeout),
+        max_network_retries=0,
+    )
+
+
+class LocalStripe:
+    """
+    localstripe (a stateful fake Stripe) in a subprocess on a free local port.
+
+    ``client`` is a ``stripe.StripeClient`` for it (no global ``stripe``
+    setting is touched). ``stop()`` and ``start()`` take it down and bring it
+    back on the same port: what it held survives (it is saved after every
+    change), the webhooks given to ``webhook()`` are registered again, and
+    events not yet delivered when it stopped (they leave about 1 s after the
+    change) are lost.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.state = directory / "localstripe.pickle"
+        self.log_path = directory / "localstripe.log"
+        self.client = stripe_client(self.api_base)
+        self.webhooks: dict[str, dict] = {}  # id -> what was registered
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def js_url(self) -> str:
+        """Its stand-in for Stripe.js (``Stripe(key)``, a fake card element)."""
+        return f"{self.api_base}/js.stripe.com/v3/"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _answers(self) -> bool:
+        try:
+            return requests.get(self.js_url, timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def _config(self, method: str, path: str, json: dict | None = None) -> None:
+        response = requests.request(method, f"{self.api_base}/_config/{path}", json=json, timeout=5)
+        response.raise_for_status()
+
+    def start(self) -> None:
+        with self.log_path.open("a") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", LOCALSTRIPE_MAIN, str(self.state), str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 20
+        while not self._answers():
+            assert self._process.poll() is None, f"localstripe exited:\n{self.log()}"
+            assert time.monotonic() < deadline, f"localstripe did not answer:\n{self.log()}"
+            time.sleep(0.05)
+        for webhook_id, fields in self.webhooks.items():
+            self._config("POST", f"webhooks/{webhook_id}", fields)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def flush(self) -> None:
+        """Forget every object, event not yet sent and webhook (none receives anything more)."""
+        self._config("DELETE", "data")
+        # localstripe cannot delete a webhook: one that takes no event is as good.
+        for webhook_id in self.webhooks:
+            self._config(
+                "POST", f"webhooks/{webhook_id}", {**self.webhooks[webhook_id], "events": []}
+            )
+        self.webhooks.clear()
+
+    def webhook(self, url: str, secret: str, events: list[str] | None = None) -> str:
+        """POST each event (or those of ``events``) to ``url``, signed with ``secret``; its id."""
+        webhook_id = f"wh_{len(self.webhooks) + 1}"
+        fields = {
+            "url": url,
+            "secret": secret,
+            **({"events": events} if events is not None else {}),
+        }
+        self._config("POST", f"webhooks/{webhook_id}", fields)
+        self.webhooks[webhook_id] = fields
+        return webhook_id
+
+    def authorise(
+        self, payment_intent_id: str, card: str = "4242424242424242"
+    ) -> stripe.PaymentIntent:
+        """Pay with ``card`` as a customer would: a manual-capture intent then requires capture."""
+        payment_method = self.client.v1.payment_methods.create(
+            {
+                "type": "card",
+                "card": {"number": card, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            }
+        )
+        self.client.v1.payment_intents.update(
+            payment_intent_id, {"payment_method": payment_method.id}
+        )
+        return self.client.v1.payment_intents.confirm(payment_intent_id)
+
+
+@pytest.fixture(scope="session")
+def localstripe_server(tmp_path_factory):
+    """One localstripe for the whole run, with its state in a folder of the run's own."""
+    server = LocalStripe(tmp_path_factory.mktemp("localstripe"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def localstripe(localstripe_server) -> LocalStripe:
+    """The run's localstripe, running and empty: no object, no webhook."""
+    if not localstripe_server.running:  # a test that stopped it failed before starting it
+        localstripe_server.start()
+    localstripe_server.flush()
+    return localstripe_server
+
+
+class HangingServer:
+    """A TCP server on a free local port that accepts connections and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self.connections: list[socket.socket] = []  # accepted, never answered
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                accepted, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections.append(accepted)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for accepted in self.connections:
+            accepted.close()
+
+
+@pytest.fixture
+def hanging_server():
+    """A server that takes each request and never answers: a provider that hangs."""
+    server = HangingServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def closed_url():
+    """
+    ``http://127.0.0.1:PORT`` where nothing listens: every connection is refused.
+
+    The port stays bound (not listening) until the test ends, so that nothing
+    else can start listening on it meanwhile.
+    """
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{placeholder.getsockname()[1]}"

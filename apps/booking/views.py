@@ -23,7 +23,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.messaging.services import FIND_BOOKING_SENT, TooManyRequests, bookings_link_request
-from apps.payments.services import payment_confirm_price
+from apps.payments.services import payment_confirm_price, provider_authorises
 from apps.reservations import errors, services
 from apps.reservations.models import Reservation
 from apps.reservations.selectors import reservation_by_token
@@ -247,8 +247,16 @@ def reservation(request: HttpRequest, token: str) -> HttpResponse:
             "extensions_left": max(0, settings.RESERVATION_MAX_EXTENSIONS - reservation.extensions),
             "hold_length": _duration(settings.RESERVATION_HOLD_SECONDS),
             "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
+            "card_payment": _card_payment() if status == Reservation.Status.PENDING else None,
         },
     )
+
+
+def _card_payment() -> dict | None:
+    """What the page needs to take a card through the provider, or ``None`` (simulated)."""
+    if not provider_authorises():
+        return None
+    return {"publishable_key": settings.STRIPE_PUBLISHABLE_KEY, "js_url": settings.STRIPE_JS_URL}
 
 
 def _duration(seconds: int) -> str:

@@ -5,3 +5,8 @@ class PaymentsConfig(AppConfig):
     name = "apps.payments"
     label = "payments"
     verbose_name = "Payments"
+
+    def ready(self) -> None:
+        from . import deadlines
+
+        deadlines.register()

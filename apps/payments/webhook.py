@@ -1,5 +1,18 @@
 """
-The payment provider's webhook: ``POST /api/payments/webhook/``.
+The payment providers' webhooks.
+
+``POST /api/payments/stripe/webhook/`` takes Stripe's events, verified with
+the library's signature check (``Stripe-Signature``, ``STRIPE_WEBHOOK_SECRET``,
+its tolerance). Events arrive late, twice and out of order: on any
+``payment_intent.*`` event the PaymentIntent is read back from Stripe and
+settled by its status there (``services.payment_settle``), so the event's
+own content decides nothing. ``charge.refunded`` and
+``charge.dispute.created`` flag the booking for staff. Any other correctly
+signed event is acknowledged with 200: a provider retries a refusal for days
+and then disables the endpoint.
+
+``POST /api/payments/webhook/`` is the generic webhook of a provider that
+confirms payments at once.
 
 The header ``X-Signature: t=<unix seconds>,v1=<hex>`` carries
 HMAC-SHA256(``PAYMENT_WEBHOOK_SECRET``, ``"<t>." + raw body``). It is compared in
@@ -14,6 +27,7 @@ import json
 import time
 from decimal import Decimal, DecimalException
 
+import stripe
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -21,10 +35,12 @@ from django.views.decorators.http import require_POST
 
 from apps.reservations.errors import PaymentReferenceConflict
 
-from .services import payment_confirm
+from .models import Payment
+from .providers import ProviderUnavailable, major_units
+from .services import payment_confirm, payment_flag, payment_settle_intent
 
 BAD_SIGNATURE = "The signature is missing, malformed, stale or wrong."
-BAD_EVENT = "The event is not a payment confirmation this endpoint understands."
+BAD_EVENT = "The payment confirmation is malformed."
 
 
 def sign(body: bytes, timestamp: int, secret: str) -> str:
@@ -85,7 +101,11 @@ def payment_webhook(request: HttpRequest) -> JsonResponse:
     try:
         event = json.loads(body)
         if event["type"] != "payment.succeeded":
-            raise ValueError(event["type"])
+            # Signed by the provider: acknowledged, so that it is not sent
+            # again for days, and the endpoint not disabled with the events
+            # that matter.
+            _text(event, "type", 100)
+            return JsonResponse({"received": True, "handled": False})
         token, reference, currency, event_id = (
             _text(event, "reservation", 100),
             _text(event, "payment_reference", 100),
@@ -120,3 +140,54 @@ def payment_webhook(request: HttpRequest) -> JsonResponse:
             "replayed": not confirmation.created,
         }
     )
+
+
+@csrf_exempt  # authenticated by its signature, not a browser session
+@require_POST
+def stripe_webhook(request: HttpRequest) -> JsonResponse:
+    if not settings.STRIPE_WEBHOOK_SECRET:
+        # An empty secret would accept anyone's signature.
+        return _error(404, "not_found", "Stripe is not configured here.")
+    try:
+        event = stripe.Webhook.construct_event(
+            request.body,
+            request.headers.get("Stripe-Signature", ""),
+            settings.STRIPE_WEBHOOK_SECRET,
+            tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS,
+        )
+        fields = event.to_dict()
+        kind = str(fields["type"])
+        thing = fields["data"]["object"]
+    except (ValueError, KeyError, TypeError, stripe.SignatureVerificationError):
+        return _error(400, "bad_signature", BAD_SIGNATURE)
+    try:
+        handled = _stripe_event(kind, thing)
+    except ProviderUnavailable:
+        # Stripe sends it again later; by then the API may answer.
+        return _error(503, "payment_provider_unavailable", "Stripe's API did not answer.")
+    return JsonResponse({"received": True, "handled": handled})
+
+
+def _stripe_event(kind: str, thing: dict) -> bool:
+    if kind.startswith("payment_intent."):
+        return payment_settle_intent(str(thing["id"])) is not None
+    if kind == "charge.refunded":
+        refunded = _money(thing.get("amount_refunded"), thing.get("currency"))
+        return payment_flag(
+            intent_id=str(thing.get("payment_intent") or ""),
+            flag=Payment.Flag.REFUNDED_AT_PROVIDER,
+            detail=f"charge {thing.get('id')}: {refunded} refunded",
+        )
+    if kind == "charge.dispute.created":
+        return payment_flag(
+            intent_id=str(thing.get("payment_intent") or ""),
+            flag=Payment.Flag.DISPUTED,
+            detail=f"dispute {thing.get('id')} ({thing.get('reason', '')})",
+        )
+    return False
+
+
+def _money(amount: object, currency: object) -> str:
+    if not isinstance(amount, int) or not isinstance(currency, str):
+        return "an amount"
+    return f"{major_units(amount, currency)} {currency.upper()}"

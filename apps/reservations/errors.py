@@ -94,6 +94,47 @@ class PaymentReferenceConflict(ReservationError):
     )
 
 
+class PayAtProvider(ReservationError):
+    code = "pay_at_provider"
+    default_message = (
+        "Payments are taken by the payment provider: start paying with "
+        "POST /api/reservations/<token>/payment/."
+    )
+
+
+class PaymentNotStarted(ReservationError):
+    code = "payment_not_started"
+    default_message = "No payment was started for this reservation."
+
+
+class PaymentsConfirmedAtOnce(ReservationError):
+    code = "payment_confirmed_at_once"
+    default_message = (
+        "The payment provider confirms payments at once: pay with "
+        "POST /api/reservations/<token>/pay/."
+    )
+
+
+class CardDeclined(ReservationError):
+    code = "card_declined"
+    status = 402
+    default_message = "The card was declined. Try another card."
+
+
+class ProviderUnavailable(ReservationError):
+    code = "payment_provider_unavailable"
+    status = 503
+    default_message = (
+        "The payment provider cannot be reached just now; nothing was charged. Try again in "
+        "a minute."
+    )
+
+
+class NotRefundable(ReservationError):
+    code = "not_refundable"
+    default_message = "Only a paid booking can be cancelled with a refund."
+
+
 TOO_MANY_HOLDS = (
     "Too many reservations ({limit}) from this email address or network are waiting for "
     "payment: pay or cancel one, or wait for a hold to end."

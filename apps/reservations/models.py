@@ -139,6 +139,7 @@ class ReservationEvent(models.Model):
         SWEEP = "sweep", "Sweep"
         RECLAIM = "reclaim", "Reclaimed by a new reservation"
         RECONCILE = "reconcile", "Reconcile"
+        PAYMENT = "payment", "Payment provider"
 
     # PROTECT: a reservation with a history cannot be deleted with it.
     reservation = models.ForeignKey(Reservation, on_delete=models.PROTECT, related_name="events")

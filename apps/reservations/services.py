@@ -350,6 +350,84 @@ def reservation_pay_late(
     return reservation
 
 
+def reservation_hold_for_payment(
+    *,
+    reservation: Reservation,
+    until: datetime,
+    detail: str,
+    now: datetime | None = None,
+) -> bool:
+    """
+    Keep the slot for a payment the provider is completing, until ``until`` at the latest.
+
+    For a payment in flight at the provider (authorised, or processing): a
+    pending hold that has not lapsed runs until ``until`` if that is later
+    than its end; a hold that lapsed (pending past ``expires_at``, or
+    expired) takes its slot again, pending until ``until``, if no one else
+    holds it. Never past the slot's start. ``detail`` goes to the audit
+    trail (cause ``payment``). Returns whether the hold now runs past
+    ``now``, so that the payment may complete within it.
+
+    Raises ``SlotTaken`` (another reservation holds the slot),
+    ``SlotUnavailable`` (the game has started), ``AlreadyPaid`` and
+    ``AlreadyCancelled`` (cancelled by the customer or staff).
+    """
+    with transaction.atomic():
+        now = _now_after_lock(reservation, now)
+        reservation.refresh_from_db()
+        starts_at = TimeSlot.objects.values_list("starts_at", flat=True).get(
+            pk=reservation.time_slot_id
+        )
+        until = min(until, starts_at)
+        if reservation.status == Status.PAID:
+            raise errors.AlreadyPaid()
+        lapsed_by_expiry = reservation.cancellation_reason == Reason.EXPIRED
+        if reservation.status == Status.CANCELLED and not lapsed_by_expiry:
+            raise errors.AlreadyCancelled()
+        if reservation.status == Status.PENDING and reservation.expires_at > now:
+            if until <= reservation.expires_at:
+                return True
+            _transition(
+                reservation,
+                expect={"status": Status.PENDING, "expires_at": reservation.expires_at},
+                at=now,
+                cause=Cause.PAYMENT,
+                detail=detail,
+                expires_at=until,
+            )
+            return True
+        if starts_at <= now or until <= now:
+            raise errors.SlotUnavailable()
+        # Lapsed: other lapsed holds on the slot are no claim on it.
+        lapsed = Reservation.objects.due_for_expiry(now).filter(
+            time_slot_id=reservation.time_slot_id
+        )
+        for stale in lapsed.exclude(pk=reservation.pk):
+            _expire(stale, now=now, cause=Cause.RECLAIM)
+        taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
+        if taken.exclude(pk=reservation.pk).exists():
+            raise errors.SlotTaken()
+        try:
+            with transaction.atomic():
+                held = _transition(
+                    reservation,
+                    expect={"status": reservation.status, "expires_at": reservation.expires_at},
+                    at=now,
+                    cause=Cause.PAYMENT,
+                    detail=detail,
+                    status=Status.PENDING,
+                    expires_at=until,
+                    cancelled_at=None,
+                    cancellation_reason="",
+                )
+        except IntegrityError:
+            raise errors.SlotTaken() from None  # a new holder got in first
+        if not held:
+            raise errors.ReservationError()
+        TimeSlot.objects.filter(pk=reservation.time_slot_id).update(status=TimeSlot.Status.RESERVED)
+    return True
+
+
 def reservation_checkout(*, reservation: Reservation, now: datetime | None = None) -> Reservation:
     """
     Record that the customer started paying; once, give the payment its window.
@@ -429,6 +507,52 @@ def reservation_cancel(
     if not cancelled:
         _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="cancellation")
     return reservation
+
+
+def reservation_cancel_paid(
+    *,
+    reservation: Reservation,
+    actor: AbstractBaseUser | None = None,
+    now: datetime | None = None,
+) -> Reservation:
+    """
+    Cancel a paid booking (staff) and release its slot; the refund is the caller's.
+
+    Raises ``NotRefundable`` unless the reservation is paid.
+    """
+    with transaction.atomic():
+        now = _now_after_lock(reservation, now)
+        cancelled = _transition(
+            reservation,
+            expect={"status": Status.PAID},
+            at=now,
+            cause=Cause.STAFF,
+            actor=actor,
+            detail="Paid booking cancelled by staff; refunded",
+            status=Status.CANCELLED,
+            cancelled_at=now,
+            cancellation_reason=Reason.STAFF,
+        )
+        if not cancelled:
+            raise errors.NotRefundable()
+        _release_slot(reservation.time_slot_id)
+    return reservation
+
+
+def reservation_note(*, reservation: Reservation, detail: str, now: datetime | None = None) -> None:
+    """
+    Record in the audit trail something the payment provider did that changed no status.
+
+    A void, a refund or a dispute made at the provider: an event from the
+    reservation's status to itself, cause ``payment``, with ``detail``.
+    """
+    _record(
+        reservation,
+        from_status=reservation.status,
+        at=now or timezone.now(),
+        cause=Cause.PAYMENT,
+        detail=detail[:200],
+    )
 
 
 def reservation_extend_hold(
@@ -617,6 +741,7 @@ class ExpiredHold:
     room_name: str
     starts_at: datetime  # the slot's start, aware UTC
     expires_at: datetime  # the hold's end, aware UTC
+    checkout_started_at: datetime | None = None  # when the customer started paying
 
 
 def lapsed_holds_expire(
@@ -673,7 +798,12 @@ def lapsed_holds_expire(
             .filter(time_slot_id__in=slot_ids)
             .order_by("expires_at", "pk")
             .values_list(
-                "pk", "customer_name", "time_slot__room__name", "time_slot__starts_at", "expires_at"
+                "pk",
+                "customer_name",
+                "time_slot__room__name",
+                "time_slot__starts_at",
+                "expires_at",
+                "checkout_started_at",
             )
         ]
         if not expired:
@@ -690,12 +820,26 @@ def lapsed_holds_expire(
         # Inside the transaction, so that what receivers write (the customers'
         # messages) commits with the expiry: instances with the fields that
         # changed, not rows read again.
-        fields = ["id", "status", "expires_at", "cancelled_at", "cancellation_reason"]
+        fields = [
+            "id",
+            "status",
+            "expires_at",
+            "cancelled_at",
+            "cancellation_reason",
+            "checkout_started_at",
+        ]
         changed = [
             Reservation.from_db(
                 connection.alias,
                 fields,
-                (hold.reservation_id, Status.CANCELLED, hold.expires_at, at, Reason.EXPIRED),
+                (
+                    hold.reservation_id,
+                    Status.CANCELLED,
+                    hold.expires_at,
+                    at,
+                    Reason.EXPIRED,
+                    hold.checkout_started_at,
+                ),
             )
             for hold in expired
         ]

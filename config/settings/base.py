@@ -125,6 +125,25 @@ PAYMENT_WEBHOOK_SECRET = env("PAYMENT_WEBHOOK_SECRET", default="dev-webhook-secr
 PAYMENT_WEBHOOK_TOLERANCE_SECONDS = 300
 # Once a customer starts paying, the hold lasts at least this long, seconds.
 PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
+# Who takes the money: "simulated" (the Pay button confirms at once; no
+# account needed) or "stripe" (authorised during the hold, captured once the
+# slot is confirmed the customer's). docs/payments.md.
+PAYMENT_PROVIDER = env("PAYMENT_PROVIDER", default="simulated")
+# A payment processing or authorised at the provider when the hold ends keeps
+# the slot this much longer at most, seconds.
+PAYMENT_IN_FLIGHT_GRACE_SECONDS = env.int("PAYMENT_IN_FLIGHT_GRACE_SECONDS", default=120)
+# The provider is asked this long before a hold with a payment started ends,
+# so that its answer is in before the expiry, which never waits for it; seconds.
+PAYMENT_CHECK_LEAD_SECONDS = env.float("PAYMENT_CHECK_LEAD_SECONDS", default=10)
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY", default="")
+STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env("STRIPE_API_BASE", default="https://api.stripe.com")
+STRIPE_JS_URL = env("STRIPE_JS_URL", default="https://js.stripe.com/v3/")
+# Each request to Stripe gives up after this long (it is retried later), seconds.
+STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=10)
+# The library's default tolerance for a webhook signature's age, seconds.
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300
 
 # THE VENUE AND ITS MESSAGES
 # ------------------------------------------------------------------------------

@@ -8,6 +8,11 @@ DEBUG = False
 SECRET_KEY = env("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 PAYMENT_WEBHOOK_SECRET = env("PAYMENT_WEBHOOK_SECRET")  # no default: refuse to start
+if PAYMENT_PROVIDER == "stripe":  # noqa: F405
+    # No defaults: a venue taking money must not start without its keys.
+    STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY")
+    STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY")
+    STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET")
 
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)

@@ -233,6 +233,9 @@ def test_the_openapi_document_describes_every_endpoint(api):
         "/api/reservations/{token}/pay/",
         "/api/reservations/{token}/cancel/",
         "/api/reservations/{token}/checkout/",
+        "/api/reservations/{token}/payment/",
+        "/api/reservations/{token}/payment/authorise/",
+        "/api/reservations/{token}/payment/check/",
         "/api/bookings/find/",
     }
     assert set(paths["/api/reservations/"]["post"]["responses"]) == {

@@ -1,0 +1,109 @@
+"""
+Payment providers: the one small interface that the payment services call.
+
+``provider()`` returns the one ``PAYMENT_PROVIDER`` names. A provider that
+*authorises* (Stripe) takes money in two steps: an authorisation while the
+hold runs, a capture once the slot is confirmed the customer's, or a void
+(a cancelled authorisation: nothing was charged). The simulated provider
+confirms a payment at once and authorises nothing. A third provider is one
+module with a class of this shape, and a line in ``PROVIDERS``.
+
+Every call goes over the network: never make one inside a database
+transaction that holds a lock. Each raises ``ProviderUnavailable`` when the
+provider cannot be reached or answers with a server error (try again
+later), and ``ProviderRefused`` when it refuses the request itself.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from importlib import import_module
+from typing import Protocol
+
+# ISO 4217 currencies whose amounts have no minor unit (Stripe's list).
+ZERO_DECIMAL = frozenset(
+    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()  # noqa: SIM905
+)
+
+
+class ProviderError(Exception):
+    """A provider call failed; ``str()`` says why in the provider's words."""
+
+
+class ProviderUnavailable(ProviderError):
+    """Unreachable, too slow, or a server error: the same call may succeed later."""
+
+
+class ProviderRefused(ProviderError):
+    """The provider refused the request (a declined card, a bad state): retrying will not help."""
+
+
+@dataclass(frozen=True)
+class IntentState:
+    """
+    A payment at the provider as last read.
+
+    ``status`` is Stripe's PaymentIntent status (``requires_payment_method``,
+    ``requires_confirmation``, ``requires_action``, ``processing``,
+    ``requires_capture``, ``succeeded`` or ``canceled``); ``amount`` is a
+    Decimal in ``currency`` (upper case); ``captured`` whether money was
+    taken; ``reservation`` the reservation token its metadata names.
+    """
+
+    id: str
+    status: str
+    amount: Decimal
+    currency: str
+    client_secret: str = ""
+    captured: bool = False
+    reservation: str = ""
+
+
+class Provider(Protocol):
+    name: str
+    authorises: bool
+
+    def create(
+        self, *, amount: Decimal, currency: str, reservation: str, idempotency_key: str
+    ) -> IntentState: ...
+
+    def retrieve(self, intent_id: str) -> IntentState: ...
+
+    def confirm(self, intent_id: str, payment_method: str) -> IntentState: ...
+
+    def capture(self, intent_id: str, *, idempotency_key: str) -> IntentState: ...
+
+    def cancel(self, intent_id: str) -> IntentState: ...
+
+    def refund(self, intent_id: str, *, idempotency_key: str) -> str: ...
+
+
+PROVIDERS = {
+    "simulated": "apps.payments.providers.simulated.SimulatedProvider",
+    "stripe": "apps.payments.providers.stripe.StripeProvider",
+}
+
+
+@cache
+def _provider(name: str) -> Provider:
+    module, _, attribute = PROVIDERS[name].rpartition(".")
+    return getattr(import_module(module), attribute)()
+
+
+def provider() -> Provider:
+    """The provider ``settings.PAYMENT_PROVIDER`` names; ``KeyError`` for an unknown name."""
+    from django.conf import settings
+
+    return _provider(settings.PAYMENT_PROVIDER)
+
+
+def minor_units(amount: Decimal, currency: str) -> int:
+    """``amount`` in ``currency``'s smallest unit (cents): 89.00 EUR → 8900."""
+    exponent = 0 if currency.upper() in ZERO_DECIMAL else 2
+    return int(amount.scaleb(exponent))
+
+
+def major_units(amount: int, currency: str) -> Decimal:
+    """The inverse of ``minor_units``: 8900 EUR → Decimal("89.00")."""
+    exponent = 0 if currency.upper() in ZERO_DECIMAL else 2
+    return Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
