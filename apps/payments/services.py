@@ -287,6 +287,10 @@ def payment_start(*, reservation: Reservation, now: datetime | None = None) -> P
     row.refresh_from_db()
     if row.provider_id != state.id:
         _cancel_quietly(provider, state.id)  # a concurrent start's twin
+    elif row.outcome:
+        # The reservation lapsed or was cancelled while the provider answered,
+        # and the payment was closed without an intent: none may stay open.
+        _cancel_quietly(provider, state.id)
     return row
 
 

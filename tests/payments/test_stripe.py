@@ -7,6 +7,7 @@ its charge's ``captured``) besides the reservation's and the slot's.
 
 import json
 import time
+from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 
@@ -27,6 +28,7 @@ from apps.reservations.services import lapsed_holds_release
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend.timeline import BY_JOB
 
+from ..conftest import run_together
 from ..factories import TimeSlotFactory, reserve
 
 WEBHOOK_SECRET = "whsec_test_secret"
@@ -443,3 +445,45 @@ def test_the_simulated_provider_takes_no_card(client):
         409,
         "payment_confirmed_at_once",
     )
+
+
+# Races --------------------------------------------------------------------------
+
+
+def open_intents(localstripe, reservation) -> list[str]:
+    found = localstripe.client.v1.payment_intents.list({"limit": 100}).to_dict()["data"]
+    return [
+        intent["id"]
+        for intent in found
+        if intent["metadata"].get("reservation") == str(reservation.token)
+        and intent["status"] != "canceled"
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_starts_leave_one_intent_open_at_the_provider(provider):
+    reservation = reserve()
+
+    results = run_together(*[lambda: payment_start(reservation=reservation).provider_id] * 4)
+
+    row = ProviderPayment.objects.get()
+    assert results == Counter({row.provider_id: 4})  # every caller was given the same one
+    # The local Stripe ignores idempotency keys: a twin it made was cancelled.
+    assert open_intents(provider, reservation) == [row.provider_id]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settles_racing_capture_once_and_record_one_payment(provider):
+    reservation = reserve()
+    row = payment_start(reservation=reservation)
+    provider.authorise(row.provider_id)
+
+    results = run_together(
+        *[lambda: payment_settle(ProviderPayment.objects.get(pk=row.pk)).outcome] * 4
+    )
+
+    assert results == Counter({"captured": 4})
+    reservation.refresh_from_db()
+    assert reservation.status == "paid"
+    assert Payment.objects.filter(outcome="applied").count() == 1
+    assert at_provider(provider, row.provider_id) == ("succeeded", True)
