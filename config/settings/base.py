@@ -9,6 +9,7 @@ them all with their defaults.
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -129,6 +130,10 @@ PAYMENT_WINDOW_SECONDS = env.int("PAYMENT_WINDOW_SECONDS", default=300)
 # account needed) or "stripe" (authorised during the hold, captured once the
 # slot is confirmed the customer's). docs/payments.md.
 PAYMENT_PROVIDER = env("PAYMENT_PROVIDER", default="simulated")
+if PAYMENT_PROVIDER not in ("simulated", "stripe"):
+    raise ImproperlyConfigured(
+        f"PAYMENT_PROVIDER is {PAYMENT_PROVIDER!r}: use 'simulated' or 'stripe'."
+    )
 # A payment processing or authorised at the provider when the hold ends keeps
 # the slot this much longer at most, seconds.
 PAYMENT_IN_FLIGHT_GRACE_SECONDS = env.int("PAYMENT_IN_FLIGHT_GRACE_SECONDS", default=120)
