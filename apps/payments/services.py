@@ -72,6 +72,7 @@ def payment_confirm(
     now: datetime | None = None,
     actor: AbstractBaseUser | None = None,
     late: bool = False,
+    price: tuple[Decimal, str] | None = None,
 ) -> Confirmation:
     """
     Record a payment confirmation and apply it if it can be; never raises for its outcome.
@@ -81,7 +82,8 @@ def payment_confirm(
     ``provider`` (a capture of ours; the audit trail's cause is ``staff``,
     ``payment`` or ``customer``). ``late``: the hold had lapsed when the
     payment was authorised and was taken again for it, so an applied payment
-    is ``applied_late``.
+    is ``applied_late``. ``price`` (amount, currency): the price the customer
+    was asked for when they started paying, instead of the room's price now.
     """
     earlier = Payment.objects.filter(reference=reference).first()
     if earlier is not None:
@@ -94,7 +96,9 @@ def payment_confirm(
                 reservation_lock(reservation.pk)
                 reservation.refresh_from_db()
             now = now or timezone.now()
-            outcome, reason = _apply(reservation, reference, amount, currency, source, now, actor)
+            outcome, reason = _apply(
+                reservation, reference, amount, currency, source, now, actor, price
+            )
             if late and outcome == Outcome.APPLIED:
                 outcome = Outcome.APPLIED_LATE
             payment = Payment.objects.create(
@@ -138,11 +142,13 @@ def _apply(
     source: str,
     now: datetime,
     actor: AbstractBaseUser | None,
+    price: tuple[Decimal, str] | None,
 ) -> tuple[str, str]:
     if reservation is None:
         return Outcome.REFUND_DUE, Reason.UNKNOWN_RESERVATION
     room = reservation.time_slot.room
-    if amount != room.price or currency.upper() != room.currency.upper():
+    expected, expected_currency = price or (room.price, room.currency)
+    if amount != expected or currency.upper() != expected_currency.upper():
         return Outcome.REFUND_DUE, Reason.AMOUNT_MISMATCH
     if reservation.status == Reservation.Status.PAID:
         return Outcome.REFUND_DUE, Reason.ALREADY_PAID
@@ -422,8 +428,9 @@ def _hold(reservation: Reservation, row: ProviderPayment, now: datetime, why: st
 def _capture(
     row: ProviderPayment, reservation: Reservation, state: providers.IntentState, now: datetime
 ) -> ProviderPayment:
-    room = reservation.time_slot.room
-    if state.amount != room.price or state.currency != room.currency.upper():
+    # The price the customer was asked for when they started paying, even
+    # if the room's price changed since.
+    if state.amount != row.amount or state.currency != row.currency:
         return _void(row, reservation, Void.AMOUNT_MISMATCH, now)
     late = not (reservation.status == Reservation.Status.PENDING and reservation.expires_at > now)
     # The slot first: captured money must have a slot to go with.
@@ -462,6 +469,7 @@ def _record_capture(
         source="provider",
         event_id=state.id,
         late=late,
+        price=(row.amount, row.currency),
     )
     ProviderPayment.objects.filter(pk=row.pk).update(payment=confirmation.payment)
     row.payment = confirmation.payment

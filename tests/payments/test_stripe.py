@@ -487,3 +487,21 @@ def test_settles_racing_capture_once_and_record_one_payment(provider):
     assert reservation.status == "paid"
     assert Payment.objects.filter(outcome="applied").count() == 1
     assert at_provider(provider, row.provider_id) == ("succeeded", True)
+
+
+def test_a_price_changed_after_the_customer_started_paying_does_not_refuse_their_payment(
+    provider,
+):
+    reservation = reserve()
+    row = payment_start(reservation=reservation)
+    room = reservation.time_slot.room
+    room.price = Decimal("99.00")
+    room.save()
+    provider.authorise(row.provider_id)
+
+    row = payment_settle(row)
+
+    reservation.refresh_from_db()
+    assert (row.outcome, reservation.status) == ("captured", "paid")
+    payment = Payment.objects.get()
+    assert (payment.outcome, payment.amount) == ("applied", Decimal("80.00"))
