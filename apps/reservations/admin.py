@@ -1,16 +1,28 @@
 from datetime import timedelta
 
+from django import forms
 from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 
-from apps.payments.services import payment_confirm_price
+from apps.payments.services import (
+    ProviderRefused,
+    booking_cancel_and_refund,
+    payment_confirm_price,
+)
 from config.admin_actions import ChangedOnlyByActions, action_input
 
 from . import services
-from .errors import ReservationError
+from .errors import NotRefundable, ReservationError
 from .forms import ExtendHoldForm, MarkPaidForm
 from .models import Reservation, ReservationEvent
+
+CANCEL_AND_REFUND_INTRO = (
+    "Each paid booking below is cancelled, its slot released for sale, and its payment "
+    "refunded through the payment provider. A payment the provider did not take (cash at "
+    "the desk, a bank transfer, any payment under the simulated provider) is only recorded "
+    "as refunded: hand the money back yourself. Reservations that are not paid are skipped."
+)
 
 
 class ReservationEventInline(admin.TabularInline):
@@ -76,7 +88,7 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "payment_reference",
     ]
     inlines = [ReservationEventInline]
-    actions = ["mark_paid", "cancel", "extend_hold"]
+    actions = ["mark_paid", "cancel", "cancel_and_refund", "extend_hold"]
 
     @admin.display(description="token")
     def short_token(self, obj: Reservation) -> str:
@@ -138,6 +150,56 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
                 reservation=r, reason="staff", actor=request.user
             ),
         )
+
+    @admin.action(description="Cancel and refund (paid bookings)…", permissions=["change"])
+    def cancel_and_refund(self, request, queryset):
+        form = forms.Form(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return action_input(
+                self,
+                request,
+                queryset,
+                form,
+                action="cancel_and_refund",
+                title="Cancel and refund",
+                intro=CANCEL_AND_REFUND_INTRO,
+            )
+        done, skipped = 0, 0
+        for reservation in queryset.select_related("time_slot__room"):
+            name = f"{reservation.customer_name} ({reservation.token})"
+            try:
+                payment = booking_cancel_and_refund(reservation=reservation, actor=request.user)
+            except NotRefundable:
+                skipped += 1
+                continue
+            except ProviderRefused as refused:
+                self.message_user(
+                    request,
+                    f"{name}: cancelled, but the provider refused the refund ({refused}); "
+                    "it stays requested. Look the payment up at the provider.",
+                    messages.ERROR,
+                )
+                continue
+            if payment.refund_reference:
+                done += 1
+            else:
+                self.message_user(
+                    request,
+                    f"{name}: cancelled; the provider could not be reached, so the refund "
+                    "stays requested and is asked for again on its own.",
+                    messages.WARNING,
+                )
+        if done:
+            self.message_user(
+                request, f"{done} booking(s) cancelled and refunded.", messages.SUCCESS
+            )
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} reservation(s) skipped: {NotRefundable.default_message}",
+                messages.WARNING,
+            )
+        return None
 
     @admin.action(description="Extend hold…", permissions=["change"])
     def extend_hold(self, request, queryset):
