@@ -11,7 +11,13 @@
   const card = stripe.elements().create("card");
   card.mount("#card-element");
   const button = document.getElementById("card-pay");
-  const say = (text) => { document.getElementById("card-message").textContent = text; };
+  const message = document.getElementById("card-message");
+  const say = (text, failed = false) => {
+    message.textContent = text;
+    message.classList.toggle("error", failed);
+  };
+  const NOT_CONFIRMED = "Your bank did not confirm the payment, so nothing was charged. " +
+    "Try again or use another card.";
 
   async function post(url, body) {
     const response = await fetch(url, {
@@ -31,8 +37,9 @@
     const made = await stripe.createPaymentMethod({ type: "card", card: card });
     if (made && made.paymentMethod) return made.paymentMethod.id;
     if (made && made.error) throw new Error(made.error.message);
-    const tokenised = await stripe.createToken(card);
-    if (tokenised.error) throw new Error(tokenised.error.message || "The card was not accepted.");
+    // The stand-in says only "Bad request", or throws when the field is empty.
+    const tokenised = await stripe.createToken(card).catch(() => ({}));
+    if (!tokenised.token) throw new Error("Check the card details and try again.");
     return tokenised.token.card.id;
   }
 
@@ -41,14 +48,20 @@
     button.disabled = true;
     say("Paying…");
     try {
+      // The card first: a mistyped one starts nothing at the server.
+      const method = await paymentMethod();
       const payment = await post(api);
-      let answer = await post(`${api}authorise/`, { payment_method: await paymentMethod() });
+      let answer = await post(`${api}authorise/`, { payment_method: method });
       if (answer.status === "requires_action") {
         say("Your bank asks you to confirm the payment…");
         const confirmed = await stripe.confirmCardPayment(payment.client_secret);
-        if (confirmed.error) throw new Error(confirmed.error.message || "The payment was not confirmed.");
+        if (confirmed.error) throw new Error(confirmed.error.message || NOT_CONFIRMED);
         answer = await post(`${api}check/`);
       }
+      // Stripe.js reports a failed authentication as an error; the stand-in
+      // returns the intent, waiting for a card again. Either way the server's
+      // read of it says so: not paid, and not in progress either.
+      if (answer.status === "requires_payment_method") throw new Error(NOT_CONFIRMED);
       if (answer.reservation_status !== "pending" || answer.outcome) {
         window.location.reload();
         return;
@@ -56,7 +69,7 @@
       say("Your payment is being processed: this page updates when it is done.");
       setTimeout(() => window.location.reload(), 3000);
     } catch (error) {
-      say(error.message);
+      say(error.message, true);
       button.disabled = false;
     }
   });
