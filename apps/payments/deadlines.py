@@ -31,7 +31,7 @@ from escape_rooms_backend import deadlines, timeline
 
 from . import services
 from .models import ProviderPayment
-from .providers import ProviderError
+from .providers import ProviderError, ProviderRefused
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ def settle_handle(reservation_ids: Sequence[int], by: str) -> list[int]:
     for row in open_payments:
         try:
             services.payment_settle(row)
+        except ProviderRefused as exc:
+            # Not worth a retry in seconds: the sweep asks again.
+            logger.error("The provider refused to settle %s: %s", row.provider_id, exc)
         except ProviderError as exc:
             logger.warning("Payment %s waits for the provider: %s", row.provider_id, exc)
             retry.append(row.reservation_id)
@@ -73,6 +76,8 @@ def settle_handle(reservation_ids: Sequence[int], by: str) -> list[int]:
     for payment in refunds:
         try:
             services.payment_refund(payment)
+        except ProviderRefused as exc:
+            logger.error("The provider refused the refund of %s: %s", payment.reference, exc)
         except ProviderError as exc:
             logger.warning("Refund of %s waits for the provider: %s", payment.reference, exc)
             if payment.reservation_id is not None:

@@ -28,6 +28,7 @@ class Payment(models.Model):
         NONE = "", "-"
         REFUNDED_AT_PROVIDER = "refunded_at_provider", "Refunded at the provider"
         DISPUTED = "disputed", "Disputed by the cardholder"
+        REFUND_REFUSED = "refund_refused", "Refund refused by the provider"
 
     reference = models.CharField(
         max_length=100, unique=True, help_text="The payment provider's reference."

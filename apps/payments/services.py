@@ -316,7 +316,7 @@ def payment_authorise(*, reservation: Reservation, payment_method: str) -> Provi
     if row.outcome:
         return row
     try:
-        providers.provider().confirm(row.provider_id, payment_method)
+        providers.provider_named(row.provider).confirm(row.provider_id, payment_method)
     except ProviderRefused as exc:
         raise errors.CardDeclined(_declined(exc)) from exc
     except ProviderUnavailable as exc:
@@ -371,7 +371,7 @@ def payment_settle(row: ProviderPayment, *, now: datetime | None = None) -> Prov
         return row
     if not row.provider_id:
         return _settle_never_made(row, now)
-    provider = providers.provider()
+    provider = providers.provider_named(row.provider)
     state = provider.retrieve(row.provider_id)
     now = now or timezone.now()
     _mirror(row, state, now)
@@ -385,7 +385,9 @@ def payment_settle(row: ProviderPayment, *, now: datetime | None = None) -> Prov
     if state.status == Status.PROCESSING:
         if reservation.status == Reservation.Status.PENDING and reservation.expires_at > now:
             with contextlib.suppress(errors.ReservationError):  # changed meanwhile: next time
-                _hold(reservation, row, now, "Payment processing at the provider")
+                # Bounded: the grace runs from when it was first seen in flight.
+                since = row.in_flight_since or now
+                _hold(reservation, row, now, "Payment processing at the provider", since=since)
         return row
     # Not authorised (yet).
     if reservation.current_status(now) == Reservation.Status.PENDING:
@@ -412,9 +414,10 @@ def _why_not(reservation: Reservation, now: datetime) -> str:
     return Void.CANCELLED
 
 
-def _hold(reservation: Reservation, row: ProviderPayment, now: datetime, why: str) -> None:
-    """Keep the slot for the payment in flight, until the grace after it was first seen."""
-    since = row.in_flight_since or now
+def _hold(
+    reservation: Reservation, row: ProviderPayment, now: datetime, why: str, *, since: datetime
+) -> None:
+    """Keep the slot for the payment in flight, until the grace after ``since``."""
     until = since + timedelta(seconds=settings.PAYMENT_IN_FLIGHT_GRACE_SECONDS)
     at = timezone.localtime(until).strftime("%H:%M:%S")
     reservation_hold_for_payment(
@@ -435,7 +438,7 @@ def _capture(
     late = not (reservation.status == Reservation.Status.PENDING and reservation.expires_at > now)
     # The slot first: captured money must have a slot to go with.
     try:
-        _hold(reservation, row, now, "Payment authorised: slot kept for the capture")
+        _hold(reservation, row, now, "Payment authorised: slot kept for the capture", since=now)
     except errors.SlotTaken:
         return _void(row, reservation, Void.SLOT_TAKEN, now)
     except errors.SlotUnavailable:
@@ -444,10 +447,10 @@ def _capture(
         return _void(row, reservation, Void.ALREADY_PAID, now)
     except errors.AlreadyCancelled:
         return _void(row, reservation, Void.CANCELLED, now)
-    provider = providers.provider()
+    provider = providers.provider_named(row.provider)
     intent_id = str(row.provider_id)
     try:
-        captured = provider.capture(intent_id, idempotency_key=f"capture-{intent_id}")
+        captured = provider.capture(intent_id)
     except ProviderRefused:
         # Captured meanwhile by a concurrent settle, or no longer capturable:
         # the provider's state decides.
@@ -480,7 +483,7 @@ def _void(
     row: ProviderPayment, reservation: Reservation, reason: str, now: datetime
 ) -> ProviderPayment:
     """Cancel the intent at the provider: the authorisation, if any, is voided."""
-    provider = providers.provider()
+    provider = providers.provider_named(row.provider)
     intent_id = str(row.provider_id)
     try:
         state = provider.cancel(intent_id)
@@ -532,17 +535,18 @@ def _schedule(reservation_id: int, at: datetime) -> None:
 
 def payment_settle_intent(intent_id: str) -> ProviderPayment | None:
     """
-    ``payment_settle`` the payment with the provider id ``intent_id`` (a webhook's).
+    ``payment_settle`` the payment with the Stripe id ``intent_id`` (a webhook's).
 
     An intent this product did not record (a concurrent start's twin whose
     cancel failed) is cancelled if it names a reservation whose payment is
     another one. Returns the payment, or ``None`` for an unknown intent.
-    Raises ``ProviderUnavailable``.
+    Raises ``ProviderUnavailable``, and ``ProviderRefused`` for an intent
+    Stripe does not know.
     """
     row = ProviderPayment.objects.filter(provider_id=intent_id).first()
     if row is not None:
         return payment_settle(row)
-    provider = providers.provider()
+    provider = providers.provider_named("stripe")
     state = provider.retrieve(intent_id)
     if state.status in (Status.SUCCEEDED, Status.CANCELED):
         return None
@@ -574,6 +578,10 @@ def payment_flag(*, intent_id: str, flag: str, detail: str, now: datetime | None
         return False
     if flag == Payment.Flag.REFUNDED_AT_PROVIDER and payment.refund_requested_at is not None:
         return False
+    return _flag(payment, flag, detail, now)
+
+
+def _flag(payment: Payment, flag: str, detail: str, now: datetime | None = None) -> bool:
     now = now or timezone.now()
     flagged = (
         Payment.objects.filter(pk=payment.pk)
@@ -630,8 +638,15 @@ def payment_refund(payment: Payment) -> Payment:
     """
     if payment.refund_requested_at is None or payment.refund_reference:
         return payment
-    provider = providers.provider() if payment.source == "provider" else _simulated()
-    reference = provider.refund(payment.reference, idempotency_key=f"refund-{payment.pk}")
+    # The provider that took the money, whatever PAYMENT_PROVIDER says now.
+    taken_by = ProviderPayment.objects.filter(payment=payment).values_list("provider", flat=True)
+    provider = providers.provider_named(taken_by.first() or "simulated")
+    try:
+        reference = provider.refund(payment.reference, idempotency_key=f"refund-{payment.pk}")
+    except ProviderRefused as refused:
+        # For good (refunded or disputed at the provider already): staff decide.
+        _flag(payment, Payment.Flag.REFUND_REFUSED, f"Refund refused: {refused}")
+        raise
     now = timezone.now()
     Payment.objects.filter(pk=payment.pk, refund_reference="").update(
         refund_reference=reference, refunded_at=now
@@ -646,10 +661,8 @@ def payment_refund(payment: Payment) -> Payment:
     return payment
 
 
-def _simulated() -> providers.Provider:
-    return providers._provider("simulated")
-
-
 def refunds_requested() -> QuerySet[Payment]:
-    """Payments whose refund staff asked for and the provider has not made yet."""
-    return Payment.objects.filter(refund_requested_at__isnull=False, refund_reference="")
+    """Payments whose refund staff asked for and the provider has not made, nor refused."""
+    return Payment.objects.filter(refund_requested_at__isnull=False, refund_reference="").exclude(
+        flag=Payment.Flag.REFUND_REFUSED
+    )

@@ -36,7 +36,7 @@ from django.views.decorators.http import require_POST
 from apps.reservations.errors import PaymentReferenceConflict
 
 from .models import Payment
-from .providers import ProviderUnavailable, major_units
+from .providers import ProviderRefused, ProviderUnavailable, major_units
 from .services import payment_confirm, payment_flag, payment_settle_intent
 
 BAD_SIGNATURE = "The signature is missing, malformed, stale or wrong."
@@ -165,6 +165,8 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     except ProviderUnavailable:
         # Stripe sends it again later; by then the API may answer.
         return _error(503, "payment_provider_unavailable", "Stripe's API did not answer.")
+    except ProviderRefused:
+        handled = False  # an intent Stripe's API does not know: nothing of ours
     return JsonResponse({"received": True, "handled": handled})
 
 

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from apps.payments import deadlines as payment_deadlines
 from apps.payments.models import Payment, ProviderPayment
+from apps.payments.providers import ProviderRefused
 from apps.payments.services import (
     booking_cancel_and_refund,
     payment_settle,
@@ -492,3 +493,33 @@ def test_a_price_changed_after_the_customer_started_paying_does_not_refuse_their
     assert (row.outcome, reservation.status) == ("captured", "paid")
     payment = Payment.objects.get()
     assert (payment.outcome, payment.amount) == ("applied", Decimal("80.00"))
+
+
+def test_a_refund_the_provider_refuses_is_flagged_for_staff_and_not_asked_again(
+    provider, admin_user
+):
+    reservation = reserve()
+    row = payment_start(reservation=reservation)
+    provider.authorise(row.provider_id)
+    payment_settle(row)
+    reservation.refresh_from_db()
+    # Stripe refuses for good (the local Stripe, emptied, no longer knows
+    # the intent; Stripe itself refuses a charge already refunded).
+    provider.flush()
+
+    with pytest.raises(ProviderRefused):
+        booking_cancel_and_refund(reservation=reservation, actor=admin_user)
+
+    payment = Payment.objects.get()
+    assert (payment.flag, payment.refund_reference) == ("refund_refused", "")
+    assert payment.flag_detail.startswith("Refund refused:")
+    assert payment_deadlines.settle_handle([reservation.pk], BY_JOB) == []  # not retried
+    reservation.refresh_from_db()
+    assert reservation.status == "cancelled"
+
+
+def test_an_event_for_an_intent_stripe_does_not_know_is_acknowledged(provider, client):
+    response = signed(client, intent_event("payment_intent.succeeded", "pi_nobody_made"))
+
+    assert (response.status_code, response.json()["handled"]) == (200, False)
+    assert not ProviderPayment.objects.exists()

@@ -71,7 +71,7 @@ class Provider(Protocol):
 
     def confirm(self, intent_id: str, payment_method: str) -> IntentState: ...
 
-    def capture(self, intent_id: str, *, idempotency_key: str) -> IntentState: ...
+    def capture(self, intent_id: str) -> IntentState: ...
 
     def cancel(self, intent_id: str) -> IntentState: ...
 
@@ -85,16 +85,17 @@ PROVIDERS = {
 
 
 @cache
-def _provider(name: str) -> Provider:
+def provider_named(name: str) -> Provider:
+    """The provider called ``name`` (a key of ``PROVIDERS``); ``KeyError`` for an unknown one."""
     module, _, attribute = PROVIDERS[name].rpartition(".")
     return getattr(import_module(module), attribute)()
 
 
 def provider() -> Provider:
-    """The provider ``settings.PAYMENT_PROVIDER`` names; ``KeyError`` for an unknown name."""
+    """The provider ``settings.PAYMENT_PROVIDER`` names: the one new payments go to."""
     from django.conf import settings
 
-    return _provider(settings.PAYMENT_PROVIDER)
+    return provider_named(settings.PAYMENT_PROVIDER)
 
 
 def minor_units(amount: Decimal, currency: str) -> int:

@@ -30,7 +30,7 @@ class SimulatedProvider:
     def confirm(self, intent_id: str, payment_method: str) -> IntentState:
         raise ProviderRefused(NOTHING_AUTHORISED)
 
-    def capture(self, intent_id: str, *, idempotency_key: str) -> IntentState:
+    def capture(self, intent_id: str) -> IntentState:
         raise ProviderRefused(NOTHING_AUTHORISED)
 
     def cancel(self, intent_id: str) -> IntentState:

@@ -68,13 +68,11 @@ class StripeProvider:
         )
         return _state(self._call(client.v1.payment_intents.confirm, intent_id))
 
-    def capture(self, intent_id: str, *, idempotency_key: str) -> IntentState:
+    def capture(self, intent_id: str) -> IntentState:
+        # No idempotency key: a second capture is refused by Stripe itself,
+        # and a key would replay a server error for a day.
         client = self._client()
-        intent = self._call(
-            client.v1.payment_intents.capture,
-            intent_id,
-            options={"idempotency_key": idempotency_key},
-        )
+        intent = self._call(client.v1.payment_intents.capture, intent_id)
         return _state(intent, captured=self._captured(client, intent))
 
     def cancel(self, intent_id: str) -> IntentState:
