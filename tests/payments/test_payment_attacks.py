@@ -550,3 +550,157 @@ def test_the_expiry_runs_while_a_capture_hangs_in_another_thread(
     results = run_together(settle, expire)
 
     assert results == {"ProviderUnavailable": 1, ("expired", 1, True): 1}
+
+
+# Bad input on the API: 400/404/409 with a code, nothing changed ---------------------
+
+
+def post(client, path, body=None, **extra):
+    client.raise_request_exception = False
+    if body is None:
+        return client.post(path, **extra)
+    if isinstance(body, str | bytes):
+        return client.post(path, body, content_type="application/json", **extra)
+    return client.post(path, body, content_type="application/json", **extra)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "00000000-0000-0000-0000-000000000000",
+        "not-a-token",
+        "%00",
+        "' OR 1=1 --",
+        "{TOKEN}",  # braces around the real token
+        "x" * 5000,
+    ],
+)
+def test_starting_to_pay_for_no_reservation_is_404(provider, client, token):  # noqa: F811
+    reservation = reserve()
+    path_token = token.replace("TOKEN", str(reservation.token))
+
+    response = post(client, f"/api/reservations/{path_token}/payment/")
+
+    assert response.status_code == 404, response.content
+    assert "error" in response.json()
+    assert not ProviderPayment.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"payment_method": 123},
+        {"payment_method": None},
+        {"payment_method": ["pm_x"]},
+        {"payment_method": ""},
+        {"payment_method": "  "},
+        {"payment_method": "pm_" + "x" * 200},
+        {"payment_method": "pm_card_visa", "amount": 1},
+        {},
+        "not json",
+        "[]",
+    ],
+    ids=lambda b: repr(b)[:30],
+)
+def test_authorising_with_a_malformed_payment_method_is_400_and_changes_nothing(
+    provider,  # noqa: F811
+    client,
+    body,
+):
+    reservation = reserve()
+    row = payment_start(reservation=reservation)
+
+    response = post(client, f"/api/reservations/{reservation.token}/payment/authorise/", body)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"]
+    assert at_provider(provider, row.provider_id) == ("requires_payment_method", False)
+    reservation.refresh_from_db()
+    assert reservation.status == "pending"
+
+
+def test_authorising_with_a_payment_method_that_does_not_exist_is_4xx(provider, client):  # noqa: F811
+    reservation = reserve()
+    row = payment_start(reservation=reservation)
+
+    response = post(
+        client,
+        f"/api/reservations/{reservation.token}/payment/authorise/",
+        {"payment_method": "pm_doesnotexist"},
+    )
+
+    assert 400 <= response.status_code < 500, response.content
+    assert response.json()["error"]["code"] == "card_declined"
+    assert at_provider(provider, row.provider_id)[0] != "requires_capture"
+    reservation.refresh_from_db()
+    assert reservation.status == "pending"
+    assert not Payment.objects.exists()
+
+
+def test_authorising_or_checking_before_starting_is_409(provider, client):  # noqa: F811
+    reservation = reserve()
+
+    authorise = post(
+        client,
+        f"/api/reservations/{reservation.token}/payment/authorise/",
+        {"payment_method": "pm_card_visa"},
+    )
+    check = post(client, f"/api/reservations/{reservation.token}/payment/check/")
+
+    assert (authorise.status_code, authorise.json()["error"]["code"]) == (
+        409,
+        "payment_not_started",
+    )
+    assert (check.status_code, check.json()["error"]["code"]) == (409, "payment_not_started")
+
+
+def test_another_customers_card_cannot_pay_this_reservation_twice(provider, client):  # noqa: F811
+    # Authorising twice (a second card after the first was captured) charges once.
+    reservation = reserve()
+    client.post(f"/api/reservations/{reservation.token}/payment/")
+    pms = [
+        provider.client.v1.payment_methods.create(
+            {
+                "type": "card",
+                "card": {
+                    "number": "4242424242424242",
+                    "exp_month": 12,
+                    "exp_year": 2030,
+                    "cvc": "123",
+                },
+            }
+        ).id
+        for _ in range(2)
+    ]
+    answers = [
+        post(
+            client,
+            f"/api/reservations/{reservation.token}/payment/authorise/",
+            {"payment_method": pm},
+        )
+        for pm in pms
+    ]
+
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [a.json()["outcome"] for a in answers] == ["captured", "captured"]
+    assert Payment.objects.count() == 1
+    assert len(provider.client.v1.payment_intents.list().data) == 1
+
+
+def test_the_webhook_with_a_bad_signature_is_400(provider, client):  # noqa: F811
+    reservation = reserve()
+    row = payment_start(reservation=reservation)
+    provider.authorise(row.provider_id)
+
+    bad = [
+        post(
+            client,
+            "/api/payments/stripe/webhook/",
+            '{"type": "payment_intent.succeeded"}',
+            HTTP_STRIPE_SIGNATURE=header,
+        ).status_code
+        for header in ["", "t=1,v1=00", "garbage", "t=abc,v1=zz", "v1=" + "0" * 64]
+    ]
+
+    assert bad == [400] * 5
+    assert at_provider(provider, row.provider_id) == ("requires_capture", False)
