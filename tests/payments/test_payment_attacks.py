@@ -704,3 +704,78 @@ def test_the_webhook_with_a_bad_signature_is_400(provider, client):  # noqa: F81
 
     assert bad == [400] * 5
     assert at_provider(provider, row.provider_id) == ("requires_capture", False)
+
+
+# Starting and authorising racing the hold's end ----------------------------------
+
+
+def open_or_captured(localstripe) -> list[tuple[str, str]]:
+    found = localstripe.client.v1.payment_intents.list({"limit": 100}).to_dict()["data"]
+    return [(i["id"], i["status"]) for i in found if i["status"] != "canceled"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_start_racing_the_lapse_leaves_no_intent_open(proxy, provider):  # noqa: F811
+    from apps.reservations.services import reservation_checkout
+
+    reservation = reserve()
+    reservation_checkout(reservation=reservation)  # the window was given before
+    Reservation.objects.filter(pk=reservation.pk).update(
+        expires_at=timezone.now() + timedelta(seconds=0.4)
+    )
+    proxy.rules["/v1/payment_intents"] = ("delay", 1.2)  # the create answers late
+
+    def start():
+        return payment_start(reservation=Reservation.objects.get(pk=reservation.pk)).outcome
+
+    def lapse_and_job():
+        time.sleep(0.7)
+        lapsed_holds_release(cause="expiry_job")
+        return tuple(payment_deadlines.settle_handle([reservation.pk], BY_JOB))
+
+    results = run_together(start, lapse_and_job)
+
+    row = ProviderPayment.objects.get()
+    assert (row.outcome, row.reason) == ("voided", "hold_lapsed"), results
+    assert open_or_captured(provider) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_authorisation_racing_the_lapse_and_a_new_customer_is_voided(proxy, provider):  # noqa: F811
+    from django.test import Client
+
+    slot = TimeSlotFactory()
+    first = reserve(slot)
+    row = payment_start(reservation=first)
+    Reservation.objects.filter(pk=first.pk).update(
+        expires_at=timezone.now() + timedelta(seconds=0.4)
+    )
+    card = provider.client.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+    proxy.rules["/confirm"] = ("delay", 1.5)  # authorised at Stripe at once, answered late
+
+    def authorise():
+        response = Client().post(
+            f"/api/reservations/{first.token}/payment/authorise/",
+            {"payment_method": card.id},
+            content_type="application/json",
+        )
+        return (response.status_code, response.json().get("outcome"))
+
+    def new_customer_then_job():
+        time.sleep(0.8)
+        second = reserve(slot, customer_email="jane@example.com")
+        payment_deadlines.settle_handle([first.pk], BY_JOB)
+        return second.status
+
+    results = run_together(authorise, new_customer_then_job)
+
+    row.refresh_from_db()
+    assert (row.outcome, row.reason) == ("voided", "slot_taken"), results
+    assert at_provider(provider, row.provider_id) == ("canceled", False)
+    assert charged_without_the_slot(provider) == []
+    assert not Payment.objects.exists()
