@@ -779,3 +779,69 @@ def test_an_authorisation_racing_the_lapse_and_a_new_customer_is_voided(proxy, p
     assert at_provider(provider, row.provider_id) == ("canceled", False)
     assert charged_without_the_slot(provider) == []
     assert not Payment.objects.exists()
+
+
+# Currencies --------------------------------------------------------------------
+
+
+def test_a_zero_decimal_currency_is_charged_in_whole_units(provider):  # noqa: F811
+    from decimal import Decimal
+
+    from ..factories import RoomFactory
+
+    room = RoomFactory(price=Decimal("8000"), currency="JPY")
+    reservation = reserve(TimeSlotFactory(room=room))
+    row = payment_start(reservation=reservation)
+    intent = provider.client.v1.payment_intents.retrieve(row.provider_id)
+    assert (intent.amount, intent.currency) == (8000, "jpy")
+    provider.authorise(row.provider_id)
+
+    row = payment_settle(row)
+
+    reservation.refresh_from_db()
+    assert (row.outcome, reservation.status) == ("captured", "paid")
+    payment = Payment.objects.get()
+    assert (payment.amount, payment.currency, payment.outcome) == (
+        Decimal("8000"),
+        "JPY",
+        "applied",
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG (by Stripe's documented units, not checkable on the local Stripe): three-decimal "
+        "currencies (BHD JOD KWD OMR TND) are sent with exponent 2, so 10.00 KWD goes as 1000 "
+        "(1.000 KWD at Stripe) and major_units reads it back as 10.00: a tenth of the price, "
+        "recorded as paid in full."
+    ),
+)
+@pytest.mark.parametrize("currency", ["BHD", "JOD", "KWD", "OMR", "TND"])
+def test_a_three_decimal_currency_is_sent_in_thousandths(currency):
+    from decimal import Decimal
+
+    from apps.payments.providers import minor_units
+
+    assert minor_units(Decimal("10.00"), currency) == 10000
+
+
+# The simulated provider (the default) still works --------------------------------
+
+
+def test_the_simulated_provider_still_pays_through_the_api_and_the_pay_button(client):
+    by_api, by_button = reserve(), reserve()
+
+    api = client.post(
+        f"/api/reservations/{by_api.token}/pay/",
+        {"payment_reference": "SIM-1"},
+        content_type="application/json",
+    )
+    client.post(f"/reservations/{by_button.token}/pay/")
+
+    by_api.refresh_from_db()
+    by_button.refresh_from_db()
+    assert api.status_code == 200
+    assert (by_api.status, by_button.status) == ("paid", "paid")
+    assert Payment.objects.filter(outcome="applied").count() == 2
+    assert not ProviderPayment.objects.exists()
