@@ -134,6 +134,11 @@ class ProviderPayment(models.Model):
     in_flight_since = models.DateTimeField(
         null=True, blank=True, help_text="First seen authorised or processing."
     )
+    capture_attempted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="First asked to capture: the slot is kept until the provider answers.",
+    )
     settled_at = models.DateTimeField(null=True, blank=True)
     payment = models.OneToOneField(
         Payment, on_delete=models.PROTECT, null=True, blank=True, related_name="provider_payment"

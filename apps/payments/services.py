@@ -333,6 +333,7 @@ def payment_settle_quietly(row: ProviderPayment) -> ProviderPayment:
     try:
         return payment_settle(row)
     except ProviderUnavailable:
+        payment_keep_in_doubt(row)
         _schedule(row.reservation_id, timezone.now() + timedelta(seconds=5))
         row.refresh_from_db()
         return row
@@ -449,6 +450,11 @@ def _capture(
         return _void(row, reservation, Void.CANCELLED, now)
     provider = providers.provider_named(row.provider)
     intent_id = str(row.provider_id)
+    # From here until the provider answers, the capture may have happened:
+    # the slot stays the customer's (``payment_keep_in_doubt``).
+    ProviderPayment.objects.filter(pk=row.pk, capture_attempted_at__isnull=True).update(
+        capture_attempted_at=now
+    )
     try:
         captured = provider.capture(intent_id)
     except ProviderRefused:
@@ -474,9 +480,44 @@ def _record_capture(
         late=late,
         price=(row.amount, row.currency),
     )
-    ProviderPayment.objects.filter(pk=row.pk).update(payment=confirmation.payment)
-    row.payment = confirmation.payment
-    return _close(row, Settled.CAPTURED, Void.NONE, timezone.now())
+    payment = confirmation.payment
+    ProviderPayment.objects.filter(pk=row.pk).update(payment=payment)
+    row.payment = payment
+    closed = _close(row, Settled.CAPTURED, Void.NONE, timezone.now())
+    if payment.outcome == Outcome.REFUND_DUE and payment.refund_requested_at is None:
+        # Captured, yet the booking could not take it (cancelled, or the slot
+        # lost, while the capture was on its way): the money goes back at once.
+        Payment.objects.filter(pk=payment.pk, refund_requested_at__isnull=True).update(
+            refund_requested_at=timezone.now()
+        )
+        payment.refresh_from_db()
+        try:
+            payment_refund(payment)
+        except providers.ProviderError:
+            logger.warning("Refund of %s waits for the provider", payment.reference, exc_info=True)
+            _schedule(reservation.pk, timezone.now() + timedelta(seconds=10))
+    return closed
+
+
+def payment_keep_in_doubt(row: ProviderPayment) -> bool:
+    """
+    Keep the slot for a payment whose capture was asked for and not answered.
+
+    The capture may have happened at the provider: until it says, the slot
+    stays the customer's, for ``PAYMENT_IN_FLIGHT_GRACE_SECONDS`` more at each
+    call (the payment deadline calls it at every retry), never past the
+    slot's start. Makes no provider call. Returns whether the hold was kept.
+    """
+    row.refresh_from_db()
+    if row.capture_attempted_at is None or row.outcome:
+        return False
+    reservation = Reservation.objects.get(pk=row.reservation_id)
+    now = timezone.now()
+    try:
+        _hold(reservation, row, now, "Capture not answered yet: slot kept", since=now)
+    except errors.ReservationError:
+        return False
+    return True
 
 
 def _void(

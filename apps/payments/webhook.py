@@ -170,9 +170,14 @@ def stripe_webhook(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"received": True, "handled": handled})
 
 
-def _stripe_event(kind: str, thing: dict) -> bool:
+def _stripe_event(kind: str, thing: object) -> bool:
+    if not isinstance(thing, dict):
+        return False  # signed, yet not an object Stripe sends: nothing to act on
     if kind.startswith("payment_intent."):
-        return payment_settle_intent(str(thing["id"])) is not None
+        intent_id = thing.get("id")
+        if not isinstance(intent_id, str) or not intent_id:
+            return False
+        return payment_settle_intent(intent_id) is not None
     if kind == "charge.refunded":
         refunded = _money(thing.get("amount_refunded"), thing.get("currency"))
         return payment_flag(

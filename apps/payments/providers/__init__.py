@@ -21,6 +21,8 @@ from importlib import import_module
 from typing import Protocol
 
 # ISO 4217 currencies whose amounts have no minor unit (Stripe's list).
+# ... and those with three decimals, counted in thousandths.
+THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 ZERO_DECIMAL = frozenset(
     "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()  # noqa: SIM905
 )
@@ -98,13 +100,17 @@ def provider() -> Provider:
     return provider_named(settings.PAYMENT_PROVIDER)
 
 
+def _exponent(currency: str) -> int:
+    code = currency.upper()
+    return 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+
+
 def minor_units(amount: Decimal, currency: str) -> int:
-    """``amount`` in ``currency``'s smallest unit (cents): 89.00 EUR → 8900."""
-    exponent = 0 if currency.upper() in ZERO_DECIMAL else 2
-    return int(amount.scaleb(exponent))
+    """``amount`` in ``currency``'s smallest unit: 89.00 EUR → 8900, 10.000 KWD → 10000."""
+    return int(amount.scaleb(_exponent(currency)))
 
 
 def major_units(amount: int, currency: str) -> Decimal:
     """The inverse of ``minor_units``: 8900 EUR → Decimal("89.00")."""
-    exponent = 0 if currency.upper() in ZERO_DECIMAL else 2
+    exponent = _exponent(currency)
     return Decimal(amount).scaleb(-exponent).quantize(Decimal(1).scaleb(-exponent))
