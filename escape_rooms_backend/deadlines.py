@@ -20,10 +20,10 @@ from typing import Any
 # The hold's end. Its job ids keep the scheme of the first release, so that
 # jobs stored then are still found, folded, moved and removed.
 EXPIRY = "expiry"
-# The executors a kind's jobs run in: the default pool, or a small one of
-# their own for kinds whose handle waits on a service outside the database
-# (a mail server, a payment provider), so that a slow one never holds the
-# other deadlines back.
+# The executors a kind's jobs run in: the default pool, or a small pool of
+# the kind's own for a kind whose handle waits on a service outside the
+# database (a mail server, a payment provider), so that a slow one never
+# holds back the other deadlines, nor the other services' kinds.
 DEFAULT_EXECUTOR = "default"
 OUTSIDE_EXECUTOR = "outside"
 
@@ -57,7 +57,10 @@ class DeadlineKind:
     - ``fold``: whether ``handle`` does the work of every due deadline of the
       kind at once, so that the job store may fold due jobs into one run.
     - ``executor``: ``DEFAULT_EXECUTOR``, or ``OUTSIDE_EXECUTOR`` for a kind
-      whose handle waits on a service outside the database.
+      whose handle waits on a service outside the database: its jobs run in
+      a small pool of its own (``executor_alias``), and a stopping scheduler
+      does not wait for them (its handle must be idempotent, as every
+      kind's is).
     """
 
     name: str
@@ -68,6 +71,13 @@ class DeadlineKind:
     scheduled: Callable[[], Iterable[tuple[int, datetime]]]
     fold: bool = False
     executor: str = DEFAULT_EXECUTOR
+
+    @property
+    def executor_alias(self) -> str:
+        """The scheduler's executor for this kind's jobs: ``outside:<name>`` for an outside kind."""
+        if self.executor == OUTSIDE_EXECUTOR:
+            return f"{OUTSIDE_EXECUTOR}:{self.name}"
+        return self.executor
 
     def job_id(self, reservation_id: int) -> str:
         """Return the id of this kind's job for a reservation."""

@@ -14,6 +14,8 @@ Imports no app: the sweep and the reconcile are named by import path, and
 apps learn of starts, stops and sweeps from the ``scheduler_heartbeat`` signal.
 """
 
+import concurrent.futures
+import contextlib
 import copy
 import logging
 import signal
@@ -21,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import BasePoolExecutor, ThreadPoolExecutor
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
@@ -47,9 +49,9 @@ RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
 # The sweep runs in a thread of its own, so that deadline jobs waiting for
 # locks never hold it back (a skipped sweep is a missed safety net).
 SWEEP_EXECUTOR = "sweep"
-# Threads for the deadline jobs that wait on services outside the database
-# (deadlines.OUTSIDE_EXECUTOR): however slow those are, the default pool's
-# threads stay free for the hold's end.
+# Threads of each kind whose jobs wait on a service outside the database
+# (deadlines.OUTSIDE_EXECUTOR): however slow that is, the default pool's
+# threads stay free for the hold's end, and each other kind's for its own.
 OUTSIDE_WORKERS = 2
 # A job due later than this is not announced with NOTIFY: the runner looks at
 # the store at least this often (SCHEDULER_POLL_SECONDS is capped at it).
@@ -68,10 +70,52 @@ def build_scheduler(config: dict[str, Any]) -> Scheduler:
         }
     )
     scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias=SWEEP_EXECUTOR)
-    scheduler.add_executor(
-        ThreadPoolExecutor(max_workers=OUTSIDE_WORKERS), alias=deadlines.OUTSIDE_EXECUTOR
-    )
+    # The shared pool of the first release's outside jobs, still stored by it.
+    outside_pool(scheduler, deadlines.OUTSIDE_EXECUTOR)
+    for kind in deadlines.kinds():
+        if kind.executor == deadlines.OUTSIDE_EXECUTOR:
+            outside_pool(scheduler, kind.executor_alias)
     return scheduler
+
+
+class OutsidePool(BasePoolExecutor):
+    """
+    Threads for jobs that wait on a service outside the database.
+
+    ``shutdown`` does not wait for them, ``join`` does: a stopping process
+    releases the runner lock first, so that a provider that hangs cannot
+    hold the lock, and with it every standby, for as long as its timeout.
+    Their work is idempotent: a job still running when the next runner
+    starts costs a repeat at most.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.threads = concurrent.futures.ThreadPoolExecutor(max_workers)
+        super().__init__(self.threads)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.threads.shutdown(wait=False)
+
+    def join(self) -> None:
+        """Wait for the jobs still running to return."""
+        self.threads.shutdown(wait=True)
+
+
+def outside_pool(scheduler: Scheduler, alias: str) -> None:
+    """Give ``scheduler`` an ``OutsidePool`` named ``alias``, unless it has one."""
+    pools = outside_pools(scheduler)
+    if alias in pools:
+        return  # the usual case, on every job written: no pool built to be thrown away
+    pool = OutsidePool(max_workers=OUTSIDE_WORKERS)
+    with contextlib.suppress(ValueError):  # given one meanwhile by another thread
+        scheduler.add_executor(pool, alias=alias)
+        pools[alias] = pool
+
+
+def outside_pools(scheduler: Scheduler) -> dict[str, OutsidePool]:
+    """The ``OutsidePool`` of each alias that ``outside_pool`` gave ``scheduler``."""
+    pools: dict[str, OutsidePool] = scheduler.__dict__.setdefault("outside_pools", {})
+    return pools
 
 
 @job_connection
@@ -246,13 +290,17 @@ class SchedulerProcess:
         except SchedulerNotRunningError:
             return  # already stopped, or another thread stopped it first
         finally:
+            if runner is not None:
+                runner.lock.release()  # after the running jobs finished: a standby takes over
+            # Those waiting on outside services may outlast the lock: still
+            # told to stop, they hand their remaining work back.
+            for pool in outside_pools(scheduler).values():
+                pool.join()
             if owned:
                 with self.lock:
                     if self.scheduler is scheduler:
                         self.scheduler = None  # the next get() builds afresh
                     self.stopping.clear()  # its jobs have all returned
-            if runner is not None:
-                runner.lock.release()  # after the running jobs finished: a standby takes over
         if was_running or runner is not None:
             record_heartbeat(stopped=True)
             logger.info("Scheduler stopped")

@@ -131,7 +131,7 @@ def deadline_schedule(
     from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
     from apscheduler.triggers.date import DateTrigger
 
-    from .lifecycle import NOTIFY_HORIZON_SECONDS, process
+    from .lifecycle import NOTIFY_HORIZON_SECONDS, outside_pool, process
 
     kwargs: dict[str, Any] = {}
     if coalesced:
@@ -140,7 +140,10 @@ def deadline_schedule(
         kwargs["attempt"] = attempt
     for retry in (False, True):
         try:
-            process.writable().add_job(
+            scheduler = process.writable()
+            if kind.executor == deadlines.OUTSIDE_EXECUTOR:
+                outside_pool(scheduler, kind.executor_alias)  # a kind registered since it started
+            scheduler.add_job(
                 JOB_FUNC,
                 trigger=DateTrigger(run_date=at),
                 args=[kind.name, reservation_id],
@@ -148,7 +151,7 @@ def deadline_schedule(
                 id=kind.job_id(reservation_id),
                 name=f"{kind.name} of reservation {reservation_id}",
                 replace_existing=True,
-                executor=kind.executor,
+                executor=kind.executor_alias,
                 misfire_grace_time=None,
                 coalesce=True,
                 # Two: a job that stores its own retry may see it fall due
