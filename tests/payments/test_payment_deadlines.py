@@ -247,3 +247,54 @@ def test_with_the_provider_hanging_every_hold_still_expires_on_time(
     assert not ProviderPayment.objects.exclude(outcome="").exists()
     assert set(intents(provider).values()) == {"requires_payment_method"}
     assert len(hanging_server.connections) == 2  # the outside executor's two threads
+
+
+def test_a_runner_stopped_while_the_provider_hangs_hands_over_at_once(
+    provider, hanging_server, start_worker
+):
+    # Two workers: the runner, and a standby that takes over within 1.5 s of
+    # the runner lock's release. The provider never answers and gives up only
+    # after 20 s; the runner is stopped while its payment threads wait for it.
+    failover = 1.5
+    env = worker_settings(
+        hanging_server.url, STRIPE_TIMEOUT_SECONDS="20", SCHEDULER_FAILOVER_SECONDS=str(failover)
+    )
+    first = start_worker(**env)
+    assert wait_for(lambda: "This process is the runner" in first.log(), timeout=10)
+    second = start_worker(**env)
+    ends = ends_after(8, slack=1.0)
+    paying = holds(2, ends, paying=True, name="hy")
+    assert wait_for(lambda: len(hanging_server.connections) >= 2, timeout=ends - time.time() + 1)
+    stopped = time.time()
+    first.terminate()  # SIGTERM, as a deploy does
+    later = [
+        *holds(3, stopped + failover + 1.0, paying=False, name="ivy"),
+        *holds(3, stopped + failover + 1.5, paying=True, name="jo"),
+    ]
+
+    assert wait_for(lambda: "This process is the runner" in second.log(), timeout=failover + 2)
+    assert time.time() - stopped < failover + 2  # not after the provider's 20 s
+    assert wait_for(lambda: all_expired(paying + later), timeout=10), second.log()
+    assert_on_time(later)
+
+
+def test_a_hanging_provider_does_not_hold_the_customers_messages_back(
+    provider, hanging_server, start_worker, mail_server
+):
+    start_worker(
+        **worker_settings(hanging_server.url, STRIPE_TIMEOUT_SECONDS="30"),
+        EMAIL_URL=mail_server.url,
+        EMAIL_TIMEOUT="5",
+    )
+    ends = ends_after(6)
+    paying = holds(6, ends, paying=True, name="kim")
+    assert wait_for(lambda: len(hanging_server.connections) >= 2, timeout=ends - time.time() + 1)
+
+    assert wait_for(lambda: all_expired(paying), timeout=5)
+    lapsed = lambda: [m for m in mail_server.received if "Hold ended" in m["Subject"]]  # noqa: E731
+    assert wait_for(lambda: len(lapsed()) == 6, timeout=5), [
+        m["Subject"] for m in mail_server.received
+    ]
+    worst = max(m.arrived_at for m in lapsed()) - max(r.expires_at.timestamp() for r in paying)
+    print(f"the last 'hold lapsed' message arrived {worst:.2f} s after its hold's end")
+    assert worst < 2.0
