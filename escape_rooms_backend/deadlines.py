@@ -56,6 +56,10 @@ class DeadlineKind:
       needs this deadline now, for the reconcile.
     - ``fold``: whether ``handle`` does the work of every due deadline of the
       kind at once, so that the job store may fold due jobs into one run.
+    - ``never_due(reservation)``: optional; true when the reservation, as it
+      stands in memory, cannot ever have had this deadline, so that there is
+      no job to remove (a payment deadline for a reservation whose customer
+      never started paying). Spares the job store a write per change.
     - ``executor``: ``DEFAULT_EXECUTOR``, or ``OUTSIDE_EXECUTOR`` for a kind
       whose handle waits on a service outside the database: its jobs run in
       a small pool of its own (``executor_alias``), and a stopping scheduler
@@ -71,6 +75,7 @@ class DeadlineKind:
     scheduled: Callable[[], Iterable[tuple[int, datetime]]]
     fold: bool = False
     executor: str = DEFAULT_EXECUTOR
+    never_due: Callable[[Any], bool] | None = None
 
     @property
     def executor_alias(self) -> str:

@@ -100,10 +100,10 @@ def deadlines_sync(reservations: Sequence[Any]) -> None:
         unneeded = []
         for reservation in reservations:
             at = kind.due_at(reservation)
-            if at is None:
-                unneeded.append(reservation.pk)
-            else:
+            if at is not None:
                 deadline_schedule(kind, reservation.pk, at)
+            elif kind.never_due is None or not kind.never_due(reservation):
+                unneeded.append(reservation.pk)
         if len(unneeded) == 1:
             deadline_unschedule(kind, unneeded[0])
         elif unneeded:

@@ -54,6 +54,11 @@ def settle_due_at(reservation: Reservation) -> datetime | None:
     return None
 
 
+def settle_never_due(reservation: Reservation) -> bool:
+    """Whether the reservation never had a payment deadline: no payment started at a provider."""
+    return reservation.checkout_started_at is None or not services.provider_authorises()
+
+
 def _before_end(expires_at: datetime, checkout_started_at: datetime) -> datetime:
     lead = timedelta(seconds=settings.PAYMENT_CHECK_LEAD_SECONDS)
     return max(expires_at - lead, checkout_started_at)
@@ -131,6 +136,7 @@ PAYMENT = deadlines.DeadlineKind(
     handle=settle_handle,
     sweep=settle_sweep,
     scheduled=settle_scheduled,
+    never_due=settle_never_due,
     # A slow or unreachable provider keeps these threads busy, not the
     # ones that end holds.
     executor=deadlines.OUTSIDE_EXECUTOR,
