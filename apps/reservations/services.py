@@ -287,6 +287,22 @@ def reservation_pay(
     return reservation
 
 
+def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
+    """
+    Make sure no one else holds a lapsed reservation's slot at ``now``, or raise ``SlotTaken``.
+
+    Another hold on the slot that lapsed too (its job not run yet) is no
+    claim on it: it is expired first, as a new reservation would. Call with
+    the slot locked (``reservation_lock``).
+    """
+    lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot_id=reservation.time_slot_id)
+    for stale in lapsed.exclude(pk=reservation.pk):
+        _expire(stale, now=now, cause=Cause.RECLAIM)
+    taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
+    if taken.exclude(pk=reservation.pk).exists():
+        raise errors.SlotTaken()
+
+
 def reservation_pay_late(
     *,
     reservation: Reservation,
@@ -308,16 +324,7 @@ def reservation_pay_late(
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
         reservation.refresh_from_db()
-        # Another hold on the slot that lapsed too (its job not run yet) is
-        # no claim on it: release it first, as a new reservation would.
-        lapsed = Reservation.objects.due_for_expiry(now).filter(
-            time_slot_id=reservation.time_slot_id
-        )
-        for stale in lapsed.exclude(pk=reservation.pk):
-            _expire(stale, now=now, cause=Cause.RECLAIM)
-        taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
-        if taken.exclude(pk=reservation.pk).exists():
-            raise errors.SlotTaken()
+        _slot_free_for(reservation, now=now)
         if reservation.status == Status.PENDING and reservation.expires_at <= now:
             expect: dict[str, Any] = {"status": Status.PENDING, "expires_at__lte": now}
         elif (
@@ -398,15 +405,7 @@ def reservation_hold_for_payment(
             return True
         if starts_at <= now or until <= now:
             raise errors.SlotUnavailable()
-        # Lapsed: other lapsed holds on the slot are no claim on it.
-        lapsed = Reservation.objects.due_for_expiry(now).filter(
-            time_slot_id=reservation.time_slot_id
-        )
-        for stale in lapsed.exclude(pk=reservation.pk):
-            _expire(stale, now=now, cause=Cause.RECLAIM)
-        taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
-        if taken.exclude(pk=reservation.pk).exists():
-            raise errors.SlotTaken()
+        _slot_free_for(reservation, now=now)
         try:
             with transaction.atomic():
                 held = _transition(
