@@ -20,10 +20,11 @@ from typing import Any
 # The hold's end. Its job ids keep the scheme of the first release, so that
 # jobs stored then are still found, folded, moved and removed.
 EXPIRY = "expiry"
-# The executors a kind's jobs run in: the default pool, or a small pool of
-# the kind's own for a kind whose handle waits on a service outside the
-# database (a mail server, a payment provider), so that a slow one never
-# holds back the other deadlines, nor the other services' kinds.
+# The executors a kind's jobs run in: the default pool, or, for a kind whose
+# handle waits on a service outside the database (a mail server, a payment
+# provider), a small pool of its own, named by the kind, so that a slow
+# service never holds back the other deadlines, nor the other services'.
+# "outside" is the mail's (the name its stored jobs carry).
 DEFAULT_EXECUTOR = "default"
 OUTSIDE_EXECUTOR = "outside"
 
@@ -60,11 +61,12 @@ class DeadlineKind:
       stands in memory, cannot ever have had this deadline, so that there is
       no job to remove (a payment deadline for a reservation whose customer
       never started paying). Spares the job store a write per change.
-    - ``executor``: ``DEFAULT_EXECUTOR``, or ``OUTSIDE_EXECUTOR`` for a kind
-      whose handle waits on a service outside the database: its jobs run in
-      a small pool of its own (``executor_alias``), and a stopping scheduler
-      does not wait for them (its handle must be idempotent, as every
-      kind's is).
+    - ``executor``: ``DEFAULT_EXECUTOR``, or the name of a pool of its own
+      for a kind whose handle waits on a service outside the database
+      (``OUTSIDE_EXECUTOR`` is the mail's): a stopping scheduler releases
+      the runner lock before it waits for such a pool. A runner of an
+      earlier release that does not know the name drops the job; the sweep
+      makes up for it.
     """
 
     name: str
@@ -76,13 +78,6 @@ class DeadlineKind:
     fold: bool = False
     executor: str = DEFAULT_EXECUTOR
     never_due: Callable[[Any], bool] | None = None
-
-    @property
-    def executor_alias(self) -> str:
-        """The scheduler's executor for this kind's jobs: ``outside:<name>`` for an outside kind."""
-        if self.executor == OUTSIDE_EXECUTOR:
-            return f"{OUTSIDE_EXECUTOR}:{self.name}"
-        return self.executor
 
     def job_id(self, reservation_id: int) -> str:
         """Return the id of this kind's job for a reservation."""

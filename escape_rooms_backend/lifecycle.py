@@ -70,11 +70,11 @@ def build_scheduler(config: dict[str, Any]) -> Scheduler:
         }
     )
     scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias=SWEEP_EXECUTOR)
-    # The shared pool of the first release's outside jobs, still stored by it.
+    # Jobs stored with it may outlive the kind that wrote them.
     outside_pool(scheduler, deadlines.OUTSIDE_EXECUTOR)
     for kind in deadlines.kinds():
-        if kind.executor == deadlines.OUTSIDE_EXECUTOR:
-            outside_pool(scheduler, kind.executor_alias)
+        if kind.executor != deadlines.DEFAULT_EXECUTOR:
+            outside_pool(scheduler, kind.executor)
     return scheduler
 
 
@@ -171,6 +171,8 @@ class SchedulerProcess:
         # Set while this process's scheduler stops: jobs that start then leave
         # their deadlines in the store for the next runner instead of working.
         self.stopping = threading.Event()
+        # The writes of jobs that return while it shuts down (see writable).
+        self.late_writer: Scheduler | None = None
 
     def get(self) -> Scheduler:
         """Return this process's scheduler, building it if need be; starts nothing."""
@@ -185,6 +187,15 @@ class SchedulerProcess:
         # stored job; a paused one writes to the store and runs nothing.
         with self.lock:
             scheduler = self.get()
+            if scheduler.state == STATE_STOPPED and self.stopping.is_set():
+                # Shutting down: a job that returns now (one waiting on an
+                # outside service, say) must not start this scheduler again
+                # under the shutdown, which would then wait for it forever.
+                # It writes through a paused writer of its own, stopped last.
+                if self.late_writer is None:
+                    self.late_writer = build_scheduler(settings.SCHEDULER_CONFIG)
+                    _start_paused(self.late_writer)
+                return self.late_writer
             if scheduler.state == STATE_STOPPED:
                 scheduler.start(paused=True)
             return scheduler
@@ -296,6 +307,10 @@ class SchedulerProcess:
             # told to stop, they hand their remaining work back.
             for pool in outside_pools(scheduler).values():
                 pool.join()
+            with self.lock:
+                late_writer, self.late_writer = self.late_writer, None
+            if late_writer is not None:
+                late_writer.shutdown(wait=False)  # every job has returned: no more writes
             if owned:
                 with self.lock:
                     if self.scheduler is scheduler:

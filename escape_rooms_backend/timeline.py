@@ -141,8 +141,8 @@ def deadline_schedule(
     for retry in (False, True):
         try:
             scheduler = process.writable()
-            if kind.executor == deadlines.OUTSIDE_EXECUTOR:
-                outside_pool(scheduler, kind.executor_alias)  # a kind registered since it started
+            if kind.executor != deadlines.DEFAULT_EXECUTOR:
+                outside_pool(scheduler, kind.executor)  # a kind registered since it started
             scheduler.add_job(
                 JOB_FUNC,
                 trigger=DateTrigger(run_date=at),
@@ -151,7 +151,7 @@ def deadline_schedule(
                 id=kind.job_id(reservation_id),
                 name=f"{kind.name} of reservation {reservation_id}",
                 replace_existing=True,
-                executor=kind.executor_alias,
+                executor=kind.executor,
                 misfire_grace_time=None,
                 coalesce=True,
                 # Two: a job that stores its own retry may see it fall due

@@ -55,8 +55,9 @@ def settle_due_at(reservation: Reservation) -> datetime | None:
 
 
 def settle_never_due(reservation: Reservation) -> bool:
-    """Whether the reservation never had a payment deadline: no payment started at a provider."""
-    return reservation.checkout_started_at is None or not services.provider_authorises()
+    """Whether the reservation never had a payment deadline: its customer never started paying."""
+    # Not the provider's say: one switched since may have left jobs behind.
+    return reservation.checkout_started_at is None
 
 
 def _before_end(expires_at: datetime, checkout_started_at: datetime) -> datetime:
@@ -139,7 +140,7 @@ PAYMENT = deadlines.DeadlineKind(
     never_due=settle_never_due,
     # A slow or unreachable provider keeps these threads busy, not the
     # ones that end holds.
-    executor=deadlines.OUTSIDE_EXECUTOR,
+    executor="payment",
 )
 
 

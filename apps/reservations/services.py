@@ -491,6 +491,8 @@ def reservation_cancel(
     cause = Cause.STAFF if reason == Reason.STAFF else Cause.CUSTOMER
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
+        # As it is now: its deadlines follow from the row, not an old copy.
+        reservation.refresh_from_db()
         cancelled = _transition(
             reservation,
             expect={"status": Status.PENDING, "expires_at__gt": now},
@@ -579,7 +581,9 @@ def reservation_extend_hold(
         raise ValueError("A hold can only be extended by a positive duration.")
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
-        reservation.refresh_from_db(fields=["status", "expires_at", "extensions"])
+        reservation.refresh_from_db(
+            fields=["status", "expires_at", "extensions", "checkout_started_at"]
+        )
         current = Reservation.objects.filter(pk=reservation.pk).values_list(
             "time_slot__starts_at", flat=True
         )
