@@ -171,7 +171,9 @@ class SchedulerProcess:
         # Set while this process's scheduler stops: jobs that start then leave
         # their deadlines in the store for the next runner instead of working.
         self.stopping = threading.Event()
-        # The writes of jobs that return while it shuts down (see writable).
+        # The scheduler being shut down, and the writes of jobs that return
+        # meanwhile (see writable).
+        self.shutting_down: Scheduler | None = None
         self.late_writer: Scheduler | None = None
 
     def get(self) -> Scheduler:
@@ -187,7 +189,7 @@ class SchedulerProcess:
         # stored job; a paused one writes to the store and runs nothing.
         with self.lock:
             scheduler = self.get()
-            if scheduler.state == STATE_STOPPED and self.stopping.is_set():
+            if scheduler.state == STATE_STOPPED and scheduler is self.shutting_down:
                 # Shutting down: a job that returns now (one waiting on an
                 # outside service, say) must not start this scheduler again
                 # under the shutdown, which would then wait for it forever.
@@ -296,6 +298,8 @@ class SchedulerProcess:
         # Outside the lock: a running job may itself write a job (and take the
         # lock) while shutdown() waits for it to finish.
         was_running = scheduler.state == STATE_RUNNING
+        with self.lock:
+            self.shutting_down = scheduler
         try:
             scheduler.shutdown(wait=True)
         except SchedulerNotRunningError:
@@ -309,6 +313,7 @@ class SchedulerProcess:
                 pool.join()
             with self.lock:
                 late_writer, self.late_writer = self.late_writer, None
+                self.shutting_down = None
             if late_writer is not None:
                 late_writer.shutdown(wait=False)  # every job has returned: no more writes
             if owned:

@@ -11,6 +11,7 @@
   const card = stripe.elements().create("card");
   card.mount("#card-element");
   const button = document.getElementById("card-pay");
+  button.disabled = false;  // the card field is mounted: paying can start
   const message = document.getElementById("card-message");
   const say = (text, failed = false) => {
     message.textContent = text;
