@@ -77,7 +77,6 @@ def settle_handle(reservation_ids: Sequence[int], by: str) -> list[int]:
             logger.error("The provider refused to settle %s: %s", row.provider_id, exc)
         except ProviderError as exc:
             logger.warning("Payment %s waits for the provider: %s", row.provider_id, exc)
-            services.payment_keep_in_doubt(row)
             retry.append(row.reservation_id)
     refunds = services.refunds_requested().filter(reservation_id__in=reservation_ids)
     for payment in refunds:

@@ -333,7 +333,6 @@ def payment_settle_quietly(row: ProviderPayment) -> ProviderPayment:
     try:
         return payment_settle(row)
     except ProviderUnavailable:
-        payment_keep_in_doubt(row)
         _schedule(row.reservation_id, timezone.now() + timedelta(seconds=5))
         row.refresh_from_db()
         return row
@@ -365,8 +364,17 @@ def payment_settle(row: ProviderPayment, *, now: datetime | None = None) -> Prov
 
     Makes provider calls with no transaction open. Raises
     ``ProviderUnavailable`` when the provider cannot be asked; what was
-    decided before is kept, and the caller tries again later.
+    decided before is kept, a capture asked for and not answered keeps its
+    slot (``payment_keep_in_doubt``), and the caller tries again later.
     """
+    try:
+        return _settle(row, now)
+    except ProviderUnavailable:
+        payment_keep_in_doubt(row)
+        raise
+
+
+def _settle(row: ProviderPayment, now: datetime | None) -> ProviderPayment:
     row.refresh_from_db()
     if row.outcome and row.status in (Status.SUCCEEDED, Status.CANCELED):
         return row

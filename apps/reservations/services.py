@@ -303,6 +303,27 @@ def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
         raise errors.SlotTaken()
 
 
+def _retake(reservation: Reservation, *, expect: dict[str, Any], **transition: Any) -> None:
+    """
+    Give a lapsed reservation its slot again, changed by ``transition`` (see ``_transition``).
+
+    Clears the cancellation and marks the slot reserved. Call with the slot
+    locked, after ``_slot_free_for``. Raises ``SlotTaken`` when a new holder
+    got in first (the one-holder constraint), ``ReservationError`` when the
+    row no longer matches ``expect``.
+    """
+    try:
+        with transaction.atomic():
+            retaken = _transition(
+                reservation, expect=expect, cancelled_at=None, cancellation_reason="", **transition
+            )
+    except IntegrityError:
+        raise errors.SlotTaken() from None
+    if not retaken:
+        raise errors.ReservationError()
+    TimeSlot.objects.filter(pk=reservation.time_slot_id).update(status=TimeSlot.Status.RESERVED)
+
+
 def reservation_pay_late(
     *,
     reservation: Reservation,
@@ -334,26 +355,17 @@ def reservation_pay_late(
             expect = {"status": Status.CANCELLED, "cancellation_reason": Reason.EXPIRED}
         else:
             raise errors.ReservationError()
-        try:
-            with transaction.atomic():
-                paid = _transition(
-                    reservation,
-                    expect=expect,
-                    at=now,
-                    cause=cause,
-                    actor=actor,
-                    detail=f"Late payment {payment_reference}: the slot was still free",
-                    status=Status.PAID,
-                    paid_at=now,
-                    payment_reference=payment_reference,
-                    cancelled_at=None,
-                    cancellation_reason="",
-                )
-        except IntegrityError:
-            raise errors.SlotTaken() from None  # a new holder got in first
-        if not paid:
-            raise errors.ReservationError()
-        TimeSlot.objects.filter(pk=reservation.time_slot_id).update(status=TimeSlot.Status.RESERVED)
+        _retake(
+            reservation,
+            expect=expect,
+            at=now,
+            cause=cause,
+            actor=actor,
+            detail=f"Late payment {payment_reference}: the slot was still free",
+            status=Status.PAID,
+            paid_at=now,
+            payment_reference=payment_reference,
+        )
     return reservation
 
 
@@ -406,24 +418,15 @@ def reservation_hold_for_payment(
         if starts_at <= now or until <= now:
             raise errors.SlotUnavailable()
         _slot_free_for(reservation, now=now)
-        try:
-            with transaction.atomic():
-                held = _transition(
-                    reservation,
-                    expect={"status": reservation.status, "expires_at": reservation.expires_at},
-                    at=now,
-                    cause=Cause.PAYMENT,
-                    detail=detail,
-                    status=Status.PENDING,
-                    expires_at=until,
-                    cancelled_at=None,
-                    cancellation_reason="",
-                )
-        except IntegrityError:
-            raise errors.SlotTaken() from None  # a new holder got in first
-        if not held:
-            raise errors.ReservationError()
-        TimeSlot.objects.filter(pk=reservation.time_slot_id).update(status=TimeSlot.Status.RESERVED)
+        _retake(
+            reservation,
+            expect={"status": reservation.status, "expires_at": reservation.expires_at},
+            at=now,
+            cause=Cause.PAYMENT,
+            detail=detail,
+            status=Status.PENDING,
+            expires_at=until,
+        )
     return True
 
 
