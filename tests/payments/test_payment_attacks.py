@@ -36,8 +36,9 @@ class Proxy:
     Forward every request to ``upstream``; ``rules`` change what happens to some.
 
     ``rules`` maps a path fragment (``"/capture"``) to ``("delay", seconds)``
-    (forwarded at once, the answer held back that long) or ``("fail", status)``
-    (not forwarded; answered with a Stripe-shaped API error).
+    (forwarded at once, the answer held back that long), ``("fail", status)``
+    (not forwarded; answered with a Stripe-shaped API error) or
+    ``("hang", seconds)`` (not forwarded, never answered: the client gives up).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -54,6 +55,9 @@ class Proxy:
                 proxy.seen.append(f"{self.command} {self.path}")
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 rule = next((r for part, r in proxy.rules.items() if part in self.path), None)
+                if rule and rule[0] == "hang":
+                    time.sleep(rule[1])
+                    return
                 if rule and rule[0] == "fail":
                     payload = b'{"error": {"type": "api_error", "message": "proxy says no"}}'
                     self.send_response(int(rule[1]))

@@ -21,6 +21,7 @@ from apps.rooms.models import TimeSlot
 
 from ..conftest import wait_for
 from ..factories import TimeSlotFactory, reserve
+from .test_stripe import at_provider
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -120,14 +121,6 @@ def intents(localstripe) -> dict[str, str]:
     """PaymentIntent id -> status, as the provider has them."""
     found = localstripe.client.v1.payment_intents.list({"limit": 100})
     return {intent.id: intent.status for intent in found.data}
-
-
-def at_provider(localstripe, intent_id: str) -> tuple[str, bool]:
-    intent = localstripe.client.v1.payment_intents.retrieve(intent_id).to_dict()
-    charge = intent.get("latest_charge")
-    if isinstance(charge, str):
-        charge = localstripe.client.v1.charges.retrieve(charge).to_dict()
-    return intent["status"], bool(charge and charge.get("captured"))
 
 
 def payment_of(reservation: Reservation) -> ProviderPayment:
