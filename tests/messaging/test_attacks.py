@@ -590,8 +590,12 @@ def test_a_standby_resends_the_message_accepted_as_the_runner_died_with_its_mess
     try:
         held = [reserve(customer_email=f"s{i}@example.com", hold_seconds=1800) for i in range(4)]
         env = worker_env(server, MESSAGE_CLAIM_SECONDS="5", SCHEDULER_FAILOVER_SECONDS="1")
-        runner = start_worker(**env)
-        standby = start_worker(**env)
+        workers = [start_worker(**env), start_worker(**env)]
+        # Whichever took the runner lock (not always the first started: a
+        # lock left by an earlier test's worker may still be held a moment).
+        is_runner = lambda w: "This process is the runner" in w.log()  # noqa: E731
+        assert wait_for(lambda: any(is_runner(w) for w in workers), timeout=10)
+        runner, standby = sorted(workers, key=is_runner, reverse=True)
         assert wait_for(lambda: len(server.received) >= 2, timeout=8), runner.log()
         kill_9(runner)
         accepted = set(message_ids(server))
