@@ -1010,7 +1010,7 @@ def test_pending_messages_survive_a_deleted_job_store_reconcile_and_sweep(
         for i in range(6)
     ]
     failing = Message.objects.filter(status=Status.PENDING).exclude(last_error="")
-    assert wait_for(lambda: failing.count() >= 4, timeout=5), worker.log()
+    assert wait_for(lambda: failing.count() >= 4, timeout=10), worker.log()
     worker.send_signal(signal.SIGTERM)
     worker.wait(timeout=10)
     scheduler_module.stop_scheduler()
