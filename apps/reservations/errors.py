@@ -135,6 +135,30 @@ class NotRefundable(ReservationError):
     default_message = "Only a paid booking can be cancelled with a refund."
 
 
+class SlotAvailable(ReservationError):
+    code = "slot_available"
+    default_message = "This time slot is free: reserve it instead of waiting for it."
+
+
+class AlreadyWaiting(ReservationError):
+    code = "already_waiting"
+    default_message = "This email address is already on this time slot's waiting list."
+
+
+class TooManyWaiting(ReservationError):
+    code = "too_many_waiting"
+    status = 429
+    default_message = (
+        "This email address or network is already waiting for as many time slots as "
+        "allowed: leave one of those waiting lists first."
+    )
+
+
+class NotWaiting(ReservationError):
+    code = "not_waiting"
+    default_message = "This place on the waiting list has ended; there is nothing to leave."
+
+
 TOO_MANY_HOLDS = (
     "Too many reservations ({limit}) from this email address or network are waiting for "
     "payment: pay or cancel one, or wait for a hold to end."

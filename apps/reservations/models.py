@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 
@@ -62,6 +63,10 @@ class Reservation(models.Model):
         unique=True,
         editable=False,
         help_text="The booking form's submission key: a resubmission finds this reservation.",
+    )
+    is_offer = models.BooleanField(
+        default=False,
+        help_text="Offered to a party from the slot's waiting list: its hold is the offer's.",
     )
 
     objects = ReservationQuerySet.as_manager()
@@ -140,6 +145,7 @@ class ReservationEvent(models.Model):
         RECLAIM = "reclaim", "Reclaimed by a new reservation"
         RECONCILE = "reconcile", "Reconcile"
         PAYMENT = "payment", "Payment provider"
+        WAITLIST = "waitlist", "Waiting list"
 
     # PROTECT: a reservation with a history cannot be deleted with it.
     reservation = models.ForeignKey(Reservation, on_delete=models.PROTECT, related_name="events")
@@ -169,3 +175,84 @@ class ReservationEvent(models.Model):
         before = self.from_status or "new"
         at = timezone.localtime(self.at)
         return f"{before} → {self.to_status} by {self.cause} at {at:%Y-%m-%d %H:%M:%S %Z}"
+
+
+class WaitingEntry(models.Model):
+    """
+    One party on a time slot's waiting list.
+
+    Parties are served in the order they joined (``pk``). When the slot's
+    holder lets it go, the first party still ``waiting`` is given an *offer*:
+    a pending reservation with a hold of ``WAITLIST_OFFER_SECONDS`` (``offer``).
+    An entry is *live* while waiting or offered; every other status ends it.
+    """
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting"
+        OFFERED = "offered", "Offered the slot"
+        BOOKED = "booked", "Booked the slot"
+        LAPSED = "lapsed", "Let the offer lapse"
+        LEFT = "left", "Left the list"
+        CLOSED = "closed", "List closed: the slot went free to everyone"
+
+    LIVE = (Status.WAITING, Status.OFFERED)
+
+    token = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    time_slot = models.ForeignKey(
+        "rooms.TimeSlot", on_delete=models.PROTECT, related_name="waiting_entries"
+    )
+    customer_name = models.CharField(max_length=100)
+    customer_email = models.EmailField(max_length=254)
+    customer_phone = models.CharField(max_length=32, blank=True)
+    party_size = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
+    status = models.CharField(max_length=8, choices=Status, default=Status.WAITING)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    offer = models.OneToOneField(
+        Reservation,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="waiting_entry",
+        help_text="The reservation this party was offered, once it was.",
+    )
+    offered_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    client_address = models.GenericIPAddressField(null=True, blank=True)
+    request_key = models.UUIDField(
+        null=True,
+        blank=True,
+        unique=True,
+        editable=False,
+        help_text="The join form's submission key: a resubmission finds this entry.",
+    )
+
+    class Meta:
+        ordering = ["time_slot", "pk"]
+        verbose_name_plural = "waiting entries"
+        constraints = [
+            # One live place per party and slot: joining twice is an error.
+            models.UniqueConstraint(
+                Lower("customer_email"),
+                "time_slot",
+                condition=Q(status__in=["waiting", "offered"]),
+                name="waitingentry_one_live_per_email_and_slot",
+            ),
+            models.CheckConstraint(
+                condition=Q(party_size__gte=1), name="waitingentry_party_size_positive"
+            ),
+        ]
+        indexes = [
+            # The hand-over's and the slot lists' "who is waiting on these slots".
+            models.Index(
+                fields=["time_slot", "id"],
+                condition=Q(status="waiting"),
+                name="waitingentry_waiting_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer_name} ({self.status}) waiting for {self.time_slot}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE

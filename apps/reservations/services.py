@@ -31,7 +31,7 @@ from django.utils import timezone
 from apps.rooms.models import Room, TimeSlot
 from escape_rooms_backend.db import advisory_xact_lock
 
-from . import errors
+from . import errors, offers
 from .models import Reservation, ReservationEvent
 from .signals import reservations_changed
 
@@ -151,10 +151,30 @@ def _now_after_lock(reservation: Reservation, now: datetime | None) -> datetime:
     return now or timezone.now()
 
 
-def _release_slot(time_slot_id: int) -> None:
-    TimeSlot.objects.filter(pk=time_slot_id, status=TimeSlot.Status.RESERVED).update(
+def _release_slot(reservation: Reservation, *, now: datetime) -> None:
+    """Free the slot ``reservation`` just let go, and hand it to its waiting list (``offers``)."""
+    TimeSlot.objects.filter(pk=reservation.time_slot_id, status=TimeSlot.Status.RESERVED).update(
         status=TimeSlot.Status.ACTIVE
     )
+    offers.slots_released(
+        [(reservation.pk, reservation.time_slot_id)],
+        now=now,
+        expired=reservation.cancellation_reason == Reason.EXPIRED,
+    )
+
+
+def slot_lapsed_holds_expire(*, time_slot_id: int, now: datetime, cause: str) -> int:
+    """
+    Expire the holds on a slot that lapsed by ``now``; return how many.
+
+    For whoever is about to claim the slot (a new reservation, a waiting
+    party) with the slot locked: a lapsed hold never blocks it, and the slot
+    first goes to its waiting list.
+    """
+    expired = 0
+    for stale in Reservation.objects.due_for_expiry(now).filter(time_slot_id=time_slot_id):
+        expired += _expire(stale, now=now, cause=cause)
+    return expired
 
 
 def party_size_problem(room: Room, party_size: int) -> str | None:
@@ -186,7 +206,8 @@ def reservation_create(
     with ``expires_at = min(now + hold, starts_at)``. A pending
     reservation on the slot whose hold has already lapsed is expired first, in
     the same transaction (cause ``reclaim``), so a lapsed hold never blocks a
-    booking.
+    booking; but if parties wait for the slot, it goes to the first of them
+    (an offer, committed) and this reservation is refused.
 
     ``request_key`` makes a submission idempotent: a second call with the
     same key for the same slot (a double click, a resubmitted form) returns
@@ -216,40 +237,45 @@ def reservation_create(
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         holds_limit_check(customer_email=customer_email, client_address=client_address, now=now)
 
-        for stale in Reservation.objects.due_for_expiry(now).filter(time_slot=slot):
-            _expire(stale, now=now, cause=Cause.RECLAIM)
+        # A lapsed hold is released first, and goes to the waiting list if
+        # anyone waits for the slot: then the slot is taken, by an offer
+        # that commits although this reservation is refused.
+        handed_over = slot_lapsed_holds_expire(time_slot_id=slot.pk, now=now, cause=Cause.RECLAIM)
         # The holders decide, not the slot's stored status: that only mirrors them.
-        if Reservation.objects.holding(now).filter(time_slot=slot).exists():
+        taken = Reservation.objects.holding(now).filter(time_slot=slot).exists()
+        if taken and not handed_over:
             raise errors.SlotTaken()
-        TimeSlot.objects.filter(pk=slot.pk).update(status=TimeSlot.Status.RESERVED)
-        try:
-            with transaction.atomic():
-                reservation = Reservation.objects.create(
-                    time_slot=slot,
-                    request_key=request_key,
-                    client_address=client_address,
-                    customer_name=customer_name,
-                    customer_email=customer_email,
-                    customer_phone=customer_phone,
-                    party_size=party_size,
-                    status=Status.PENDING,
-                    created_at=now,
-                    # No hold outlasts the game it holds a place in.
-                    expires_at=min(now + timedelta(seconds=hold_seconds), slot.starts_at),
-                )
-        except IntegrityError:
-            # The same submission won a race against itself, or a holder
-            # appeared: the unique constraints are the last word.
-            if request_key is not None:
-                earlier = Reservation.objects.filter(
-                    request_key=request_key, time_slot=slot
-                ).first()
-                if earlier is not None:
-                    return earlier
-            raise errors.SlotTaken() from None
-        _record(reservation, from_status="", at=now, cause=cause, actor=actor)
-        reservations_changed.send(sender=Reservation, reservations=[reservation])
-        return reservation
+        if not taken:
+            TimeSlot.objects.filter(pk=slot.pk).update(status=TimeSlot.Status.RESERVED)
+            try:
+                with transaction.atomic():
+                    reservation = Reservation.objects.create(
+                        time_slot=slot,
+                        request_key=request_key,
+                        client_address=client_address,
+                        customer_name=customer_name,
+                        customer_email=customer_email,
+                        customer_phone=customer_phone,
+                        party_size=party_size,
+                        status=Status.PENDING,
+                        created_at=now,
+                        # No hold outlasts the game it holds a place in.
+                        expires_at=min(now + timedelta(seconds=hold_seconds), slot.starts_at),
+                    )
+            except IntegrityError:
+                # The same submission won a race against itself, or a holder
+                # appeared: the unique constraints are the last word.
+                if request_key is not None:
+                    earlier = Reservation.objects.filter(
+                        request_key=request_key, time_slot=slot
+                    ).first()
+                    if earlier is not None:
+                        return earlier
+                raise errors.SlotTaken() from None
+            _record(reservation, from_status="", at=now, cause=cause, actor=actor)
+            reservations_changed.send(sender=Reservation, reservations=[reservation])
+            return reservation
+    raise errors.SlotTaken()
 
 
 def reservation_pay(
@@ -282,6 +308,8 @@ def reservation_pay(
             paid_at=now,
             payment_reference=payment_reference,
         )
+        if paid:
+            offers.slot_booked(reservation, now=now)
     if not paid:
         _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="payment")
     return reservation
@@ -292,8 +320,10 @@ def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
     Make sure no one else holds a lapsed reservation's slot at ``now``, or raise ``SlotTaken``.
 
     Another hold on the slot that lapsed too (its job not run yet) is no
-    claim on it: it is expired first, as a new reservation would. Call with
-    the slot locked (``reservation_lock``).
+    claim on it: it is expired first, as a new reservation would. A party
+    waiting for the slot comes first: a hold that lapsed goes to the
+    waiting list, not back to its holder. Call with the slot locked
+    (``reservation_lock``).
     """
     lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot_id=reservation.time_slot_id)
     for stale in lapsed.exclude(pk=reservation.pk):
@@ -301,6 +331,10 @@ def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
     taken = Reservation.objects.holding(now).filter(time_slot_id=reservation.time_slot_id)
     if taken.exclude(pk=reservation.pk).exists():
         raise errors.SlotTaken()
+    if reservation.status == Status.PENDING and offers.waiting_on(
+        reservation.time_slot_id, now=now
+    ):
+        raise errors.SlotTaken()  # its expiry offers the slot to the first party waiting
 
 
 def _retake(reservation: Reservation, *, expect: dict[str, Any], **transition: Any) -> None:
@@ -366,6 +400,7 @@ def reservation_pay_late(
             paid_at=now,
             payment_reference=payment_reference,
         )
+        offers.slot_booked(reservation, now=now)
     return reservation
 
 
@@ -507,7 +542,7 @@ def reservation_cancel(
             cancellation_reason=reason,
         )
         if cancelled:
-            _release_slot(reservation.time_slot_id)
+            _release_slot(reservation, now=now)
     if not cancelled:
         _refuse_stale(reservation, now=now, cause=cause, actor=actor, action="cancellation")
     return reservation
@@ -539,7 +574,7 @@ def reservation_cancel_paid(
         )
         if not cancelled:
             raise errors.NotRefundable()
-        _release_slot(reservation.time_slot_id)
+        _release_slot(reservation, now=now)
     return reservation
 
 
@@ -731,7 +766,7 @@ def _expire(
         cancellation_reason=Reason.EXPIRED,
     ):
         return False
-    _release_slot(reservation.time_slot_id)
+    _release_slot(reservation, now=now)
     return True
 
 
@@ -748,6 +783,7 @@ class ExpiredHold:
     starts_at: datetime  # the slot's start, aware UTC
     expires_at: datetime  # the hold's end, aware UTC
     checkout_started_at: datetime | None = None  # when the customer started paying
+    time_slot_id: int = 0
 
 
 def lapsed_holds_expire(
@@ -764,8 +800,10 @@ def lapsed_holds_expire(
     sweep: earliest ``expires_at`` first (only ``reservation_ids``, when
     given), in one transaction of one conditional UPDATE for the
     reservations, one for their slots and one multi-row INSERT for their
-    events (``cause``, with each one's lateness). 10,000 holds ending in the
-    same second are then ten such transactions, not 10,000. Callers wanting
+    events (``cause``, with each one's lateness); in the same transaction
+    the freed slots go to their waiting lists (``offers.slots_released``).
+    10,000 holds ending in the same second are then ten such transactions,
+    not 10,000. Callers wanting
     every lapsed hold loop until fewer than ``limit`` come back
     (``lapsed_holds_release``).
 
@@ -810,6 +848,7 @@ def lapsed_holds_expire(
                 "time_slot__starts_at",
                 "expires_at",
                 "checkout_started_at",
+                "time_slot_id",
             )
         ]
         if not expired:
@@ -850,6 +889,9 @@ def lapsed_holds_expire(
             for hold in expired
         ]
         reservations_changed.send(sender=Reservation, reservations=changed)
+        offers.slots_released(
+            [(hold.reservation_id, hold.time_slot_id) for hold in expired], now=at, expired=True
+        )
     return expired
 
 

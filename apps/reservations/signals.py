@@ -10,3 +10,10 @@ from django.dispatch import Signal
 # instances loaded with only the fields it changed). Receivers that act
 # outside the database defer to ``transaction.on_commit``.
 reservations_changed = Signal()
+
+# Sent by the waiting list's services inside the transaction that changed the
+# list, for what its parties are to be told. Keyword arguments ``entries``:
+# the ``WaitingEntry`` instances concerned; ``notice``: ``joined``,
+# ``slot_booked`` (then also ``booking``, the paid reservation) or
+# ``slot_free`` (see ``apps.reservations.offers``).
+waiting_list_changed = Signal()

@@ -1,6 +1,7 @@
-from datetime import UTC
+from datetime import UTC, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
@@ -48,15 +49,27 @@ class TimeSlotQuerySet(models.QuerySet):
         A slot is available when it starts after ``now``, its room is active and
         no reservation holds it. Only a paid reservation, or a pending one whose
         hold has not lapsed, holds a slot: a lapsed hold counts as free whether
-        or not its expiry job has run yet (the issue's "correctness never waits
-        for the scheduler"), so the stored ``status`` is not consulted.
+        or not its expiry job has run yet (correctness never waits for the
+        scheduler), so the stored ``status`` is not consulted. Unless someone
+        waits for the slot: a lapsed hold then goes to the waiting list's
+        first party (an offer, if the slot starts later than
+        ``WAITLIST_OFFER_SECONDS`` from ``now``), so the slot is not available
+        even before its expiry job has run.
         """
-        from apps.reservations.models import Reservation
+        from apps.reservations.models import Reservation, WaitingEntry
 
         holders = Reservation.objects.holding(now).filter(time_slot=OuterRef("pk"))
+        lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot=OuterRef("pk"))
+        waiting = WaitingEntry.objects.filter(
+            time_slot=OuterRef("pk"), status=WaitingEntry.Status.WAITING
+        )
+        offer_from = now + timedelta(seconds=settings.WAITLIST_OFFER_SECONDS)
         return self.annotate(
             available=models.ExpressionWrapper(
-                Q(starts_at__gt=now) & Q(room__is_active=True) & ~Exists(holders),
+                Q(starts_at__gt=now)
+                & Q(room__is_active=True)
+                & ~Exists(holders)
+                & ~(Q(starts_at__gt=offer_from) & Exists(lapsed) & Exists(waiting)),
                 output_field=models.BooleanField(),
             )
         )

@@ -115,6 +115,12 @@ RESERVATION_MAX_EXTENSIONS = env.int("RESERVATION_MAX_EXTENSIONS", default=2)
 # Against hoarding: pending holds at a time per email address and per client address.
 MAX_PENDING_HOLDS_PER_EMAIL = env.int("MAX_PENDING_HOLDS_PER_EMAIL", default=2)
 MAX_PENDING_HOLDS_PER_ADDRESS = env.int("MAX_PENDING_HOLDS_PER_ADDRESS", default=10)
+# The waiting list: how long a waiting party's offer of a lapsed slot lasts
+# (seconds; a slot starting sooner is not offered, it goes free for everyone),
+# and, against hoarding, the places at a time per email address (per client
+# address, MAX_PENDING_HOLDS_PER_ADDRESS).
+WAITLIST_OFFER_SECONDS = env.int("WAITLIST_OFFER_SECONDS", default=900)
+MAX_WAITING_PER_EMAIL = env.int("MAX_WAITING_PER_EMAIL", default=3)
 # Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated).
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 

@@ -10,6 +10,7 @@ DEBUG = False
 SECRET_KEY = "bench-only-secret-key"  # noqa: S105 (benchmarks only, never deployed)
 MAX_PENDING_HOLDS_PER_EMAIL = 10**9
 MAX_PENDING_HOLDS_PER_ADDRESS = 10**9
+MAX_WAITING_PER_EMAIL = 10**9
 # Messages are queued, claimed and marked as in production, and handed to a
 # mail server that takes them at once: the benchmarks measure the product,
 # not a mail server, and print no 10,000 messages.

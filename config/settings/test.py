@@ -38,4 +38,5 @@ LOGGING = {  # noqa: F405
 # tests set the real limits themselves.
 MAX_PENDING_HOLDS_PER_EMAIL = 1000
 MAX_PENDING_HOLDS_PER_ADDRESS = 1000
+MAX_WAITING_PER_EMAIL = 1000
 PAYMENT_WEBHOOK_SECRET = "test-webhook-secret"  # noqa: S105 (tests only)
