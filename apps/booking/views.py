@@ -24,9 +24,9 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.messaging.services import FIND_BOOKING_SENT, TooManyRequests, bookings_link_request
 from apps.payments.services import payment_confirm_price, provider_authorises
-from apps.reservations import errors, services
-from apps.reservations.models import Reservation
-from apps.reservations.selectors import reservation_by_token
+from apps.reservations import errors, offers, services, waitlist
+from apps.reservations.models import Reservation, WaitingEntry
+from apps.reservations.selectors import reservation_by_token, waiting_entry_by_token
 from apps.rooms.models import SLOT_KEY_FORMAT, Room, TimeSlot
 from apps.rooms.selectors import room_list_active, timeslot_list_for_day, venue_day_bounds
 from config.client_address import client_address
@@ -42,6 +42,9 @@ REMEMBERED_KEYS = 20
 SLOT_PASSED_MESSAGE = "This time has already started or can no longer be booked; pick another."
 OUT_OF_RANGE_MESSAGE = "Pick a day within the next two weeks."
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
+SLOT_FREE_MESSAGE = "Good news: no one holds this time any more. Reserve it now."
+LEFT_MESSAGE = "You have left the waiting list."
+WAITING_KEY = "booking_waiting"
 
 
 def slot_key(slot: TimeSlot) -> str:
@@ -96,6 +99,15 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     if day not in days:
         messages.info(request, OUT_OF_RANGE_MESSAGE)
         return redirect(_room_url(room))
+    start, end = venue_day_bounds(day)
+    # A lapsed hold that parties wait for goes to the first of them now, not
+    # when its job runs: the page shows the offer.
+    waitlist.waiting_lists_refresh(
+        TimeSlot.objects.filter(room=room, starts_at__gte=start, starts_at__lt=end).values_list(
+            "pk", flat=True
+        ),
+        now=now,
+    )
     slots = list(timeslot_list_for_day(room=room, day=day, now=now))
     holders = {
         r.time_slot_id: r for r in Reservation.objects.holding(now).filter(time_slot__in=slots)
@@ -103,15 +115,18 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
     rows = []
     for slot in slots:
         holder = holders.get(slot.pk)
+        held_until = None
         if slot.available:  # type: ignore[attr-defined]  # annotated by with_availability
             state = "available"
-        elif holder is not None and holder.status == Reservation.Status.PENDING:
-            state = "held"
-        elif holder is not None:
-            state = "booked"
-        else:
+        elif slot.starts_at <= now:
             state = "started"
-        rows.append({"slot": slot, "state": state, "key": slot_key(slot)})
+        elif holder is None or holder.is_offer and holder.status == Reservation.Status.PENDING:
+            state = "offered"  # or about to be: a lapsed hold that parties wait for
+        elif holder.status == Reservation.Status.PENDING:
+            state, held_until = "held", holder.expires_at
+        else:
+            state = "booked"
+        rows.append({"slot": slot, "state": state, "key": slot_key(slot), "held_until": held_until})
     return render(
         request,
         "booking/room.html",
@@ -336,3 +351,110 @@ def find(request: HttpRequest) -> HttpResponse:
     else:
         form = FindBookingForm()
     return render(request, "booking/find.html", {"form": form}, status=400 if form.errors else 200)
+
+
+# ---------------------------------------------------------------------------
+# The waiting list
+# ---------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
+    """Join a held or booked slot's waiting list."""
+    room = get_object_or_404(room_list_active(), slug=slug)
+    slot = _slot_from_key(room, key)
+    local_day = timezone.localdate(slot.starts_at)
+    status = 200
+    if request.method == "POST":
+        form = ReserveForm(request.POST, room=room)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                entry = waitlist.waiting_join(
+                    time_slot_id=slot.pk,
+                    request_key=_issued_key(request, data["request_key"]),
+                    customer_name=data["customer_name"],
+                    customer_email=data["customer_email"],
+                    customer_phone=data["customer_phone"],
+                    party_size=data["party_size"],
+                    client_address=client_address(request),
+                )
+            except errors.InvalidReservation as invalid:
+                for field, problems in invalid.fields.items():
+                    for problem in problems:
+                        form.add_error(field if field in form.fields else None, problem)
+            except errors.SlotNotFound:
+                raise Http404 from None
+            except errors.SlotUnavailable:
+                messages.error(request, SLOT_PASSED_MESSAGE)
+                return redirect(_room_url(room, local_day))
+            except errors.SlotAvailable:
+                messages.success(request, SLOT_FREE_MESSAGE)
+                return redirect("booking:reserve", slug=room.slug, key=slot.key)
+            except (errors.AlreadyWaiting, errors.TooManyWaiting) as refused:
+                form.add_error(None, refused.message)
+                status = refused.status
+            else:
+                tokens = [str(entry.token), *request.session.get(WAITING_KEY, [])]
+                request.session[WAITING_KEY] = list(dict.fromkeys(tokens))[:REMEMBERED]
+                return redirect("booking:waiting", token=entry.token)
+    else:
+        now = timezone.now()
+        if slot.starts_at <= now:
+            messages.error(request, SLOT_PASSED_MESSAGE)
+            return redirect(_room_url(room, local_day))
+        form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
+    return render(
+        request,
+        "booking/wait.html",
+        {
+            "room": room,
+            "slot": slot,
+            "form": form,
+            "back": _room_url(room, local_day),
+            "offer_length": _duration(settings.WAITLIST_OFFER_SECONDS),
+        },
+        status=400 if status == 200 and form.errors else status,
+    )
+
+
+def _waiting_entry(token: str) -> WaitingEntry:
+    entry = waiting_entry_by_token(token)
+    if entry is None:
+        raise Http404
+    return entry
+
+
+@never_cache
+def waiting(request: HttpRequest, token: str) -> HttpResponse:
+    """A party's place on a waiting list: its number, or its offer; and the way out."""
+    entry = _waiting_entry(token)
+    if waitlist.waiting_lists_refresh([entry.time_slot_id]):
+        entry = _waiting_entry(token)
+    slot = entry.time_slot
+    return render(
+        request,
+        "booking/waiting.html",
+        {
+            "entry": entry,
+            "slot": slot,
+            "room": slot.room,
+            "place": offers.waiting_place(entry),
+            "offer": entry.offer,
+            "offer_length": _duration(settings.WAITLIST_OFFER_SECONDS),
+            "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
+        },
+    )
+
+
+@require_POST
+def waiting_leave(request: HttpRequest, token: str) -> HttpResponse:
+    entry = _waiting_entry(token)
+    try:
+        waitlist.waiting_leave(entry=entry)
+    except errors.ReservationError as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, LEFT_MESSAGE)
+    return redirect("booking:waiting", token=entry.token)

@@ -10,8 +10,8 @@ class MessagingConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from apps.payments.models import Payment
-        from apps.reservations.models import Reservation
-        from apps.reservations.signals import reservations_changed
+        from apps.reservations.models import Reservation, WaitingEntry
+        from apps.reservations.signals import reservations_changed, waiting_list_changed
 
         from . import deadlines, receivers
 
@@ -20,6 +20,11 @@ class MessagingConfig(AppConfig):
             receivers.messages_for_reservations,
             sender=Reservation,
             dispatch_uid="reservation_messages",
+        )
+        waiting_list_changed.connect(
+            receivers.messages_for_waiting_list,
+            sender=WaitingEntry,
+            dispatch_uid="waiting_list_messages",
         )
         post_save.connect(
             receivers.messages_for_payment, sender=Payment, dispatch_uid="payment_messages"

@@ -19,13 +19,15 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from apps.reservations.models import Reservation
+from apps.reservations import offers
+from apps.reservations.models import Reservation, WaitingEntry
 from apps.rooms.models import TimeSlot
 
 from .models import Message
 
 Kind = Message.Kind
 Status = Reservation.Status
+Entry = WaitingEntry.Status
 
 # Short subjects that name the room and the time: "{room}, {when}".
 SUBJECTS = {
@@ -36,7 +38,12 @@ SUBJECTS = {
     Kind.CANCELLED: "Cancelled: {room}, {when}",
     Kind.REFUND_DUE: "Your payment will be refunded: {room}, {when}",
     Kind.BOOKINGS: "Your bookings at {venue}",
+    Kind.WAITING: "On the waiting list: {room}, {when}",
+    Kind.OFFER: "Yours if you pay by {ends}: {room}, {when}",
+    Kind.SLOT_BOOKED: "Booked by another party: {room}, {when}",
+    Kind.SLOT_FREE: "Free now, first come first served: {room}, {when}",
 }
+OFFER_LAPSED_SUBJECT = "Offer ended, not booked: {room}, {when}"
 ICS_NAME = "booking.ics"
 
 
@@ -70,12 +77,17 @@ def message_email(message: Message, now: datetime | None = None) -> EmailMultiAl
     now = now or timezone.now()
     if message.kind == Kind.BOOKINGS:
         return _bookings_email(message, now)
+    if message.waiting_entry is not None:
+        return _waiting_email(message, message.waiting_entry, now)
     reservation = message.reservation
     if reservation is None or not _still_needed(message, reservation, now):
         return None
     slot = reservation.time_slot
     context = _reservation_context(message, reservation, slot, now)
-    subject = SUBJECTS[Kind(message.kind)].format(**context["subject"])
+    subject = SUBJECTS[Kind(message.kind)]
+    if message.kind == Kind.HOLD_LAPSED and reservation.is_offer:
+        subject = OFFER_LAPSED_SUBJECT
+    subject = subject.format(**context["subject"])
     email = _email(message, subject, reservation.customer_email, context)
     if message.kind == Kind.CONFIRMED:
         email.attach(ICS_NAME, booking_ics(reservation), "text/calendar; method=PUBLISH")
@@ -84,7 +96,7 @@ def message_email(message: Message, now: datetime | None = None) -> EmailMultiAl
 
 def _still_needed(message: Message, reservation: Reservation, now: datetime) -> bool:
     holding = reservation.status == Status.PENDING and reservation.expires_at > now
-    if message.kind == Kind.HOLD_PLACED:
+    if message.kind in (Kind.HOLD_PLACED, Kind.OFFER):
         return holding
     if message.kind == Kind.REMINDER:
         # For the hold end it was queued for: a hold kept longer has its own.
@@ -136,6 +148,35 @@ def _reservation_context(
             "venue": settings.VENUE_NAME,
         },
     }
+
+
+def _waiting_email(
+    message: Message, entry: WaitingEntry, now: datetime
+) -> EmailMultiAlternatives | None:
+    slot = entry.time_slot
+    if message.kind in (Kind.WAITING, Kind.SLOT_BOOKED) and entry.status != Entry.WAITING:
+        return None  # offered since, or left: what they were to be told has passed
+    if message.kind == Kind.SLOT_FREE and slot.starts_at <= now:
+        return None
+    room = slot.room
+    context = {
+        "message": message,
+        "entry": entry,
+        "place": offers.waiting_place(entry),
+        "room": room,
+        "slot": slot,
+        "reservation": entry,  # the slot's table reads the party size from it
+        "venue_name": settings.VENUE_NAME,
+        "venue_address": settings.VENUE_ADDRESS,
+        "zone": timezone.get_current_timezone_name(),
+        "starts": when(slot.starts_at),
+        "ends_time": clock(slot.ends_at),
+        "offer_minutes": settings.WAITLIST_OFFER_SECONDS // 60,
+        "entry_url": absolute(reverse("booking:waiting", args=[entry.token])),
+        "reserve_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
+    }
+    subject = SUBJECTS[Kind(message.kind)].format(room=room.name, when=when(slot.starts_at))
+    return _email(message, subject, entry.customer_email, context)
 
 
 def _bookings_email(message: Message, now: datetime) -> EmailMultiAlternatives | None:

@@ -24,6 +24,10 @@ class Message(models.Model):
         CANCELLED = "cancelled", "Booking cancelled"
         REFUND_DUE = "refund_due", "Payment to refund"
         BOOKINGS = "bookings", "Find my booking"
+        WAITING = "waiting", "On the waiting list"
+        OFFER = "offer", "Waiting-list offer"
+        SLOT_BOOKED = "slot_booked", "Waited-for slot booked"
+        SLOT_FREE = "slot_free", "Waited-for slot free"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -40,6 +44,14 @@ class Message(models.Model):
         blank=True,
         related_name="messages",
         db_index=False,  # message_reservation_kind_idx leads with it
+    )
+    waiting_entry = models.ForeignKey(
+        "reservations.WaitingEntry",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="messages",
+        help_text="The place on a waiting list it is about, for waiting-list messages.",
     )
     to_email = models.EmailField(
         max_length=254, blank=True, help_text="The reservation's address, read when it is sent."

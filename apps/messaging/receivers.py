@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from apps.payments.models import Payment
-from apps.reservations.models import Reservation
+from apps.reservations.models import Reservation, WaitingEntry
 
 from . import services
 
@@ -25,3 +25,14 @@ def messages_for_payment(sender: Any, instance: Payment, created: bool, **kwargs
     """Receiver of ``post_save`` for payments: a refused payment tells its customer."""
     if created and (item := services.refund_due_for(instance)) is not None:
         services.messages_enqueue([item])
+
+
+def messages_for_waiting_list(
+    sender: Any,
+    entries: Sequence[WaitingEntry],
+    notice: str,
+    booking: Reservation | None = None,
+    **kwargs: Any,
+) -> None:
+    """Receiver of ``waiting_list_changed``: tell each party what the notice says."""
+    services.messages_enqueue(services.waiting_messages_for(entries, notice, booking))

@@ -37,7 +37,8 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from apps.payments.models import Payment
-from apps.reservations.models import Reservation
+from apps.reservations import offers
+from apps.reservations.models import Reservation, WaitingEntry
 from escape_rooms_backend import deadlines, timeline
 from escape_rooms_backend.db import advisory_xact_lock, chunks
 
@@ -78,6 +79,7 @@ class Outgoing:
     kind: str
     reservation_id: int | None = None
     to_email: str = ""
+    waiting_entry_id: int | None = None
     context: dict[str, Any] = field(default_factory=dict)
     client_address: str | None = None
 
@@ -106,13 +108,14 @@ def message_for_state(reservation: Reservation) -> Outgoing | None:
     The message a reservation's current state calls for, or ``None``.
 
     Reads ``pk``, ``status`` and ``cancellation_reason`` only (a bulk change
-    sends instances with little else loaded). Pending: the hold was placed;
+    sends instances with little else loaded; ``is_offer`` when pending).
+    Pending: the hold was placed, or a waiting party was offered the slot;
     paid: confirmed (on time or late); cancelled: lapsed, or cancelled by the
     customer or staff. Each is keyed by the reservation, so a reservation
     changed again (a hold kept longer) queues nothing new.
     """
     if reservation.status == Reservation.Status.PENDING:
-        kind = Kind.HOLD_PLACED
+        kind = Kind.OFFER if reservation.is_offer else Kind.HOLD_PLACED
     elif reservation.status == Reservation.Status.PAID:
         kind = Kind.CONFIRMED
     elif reservation.cancellation_reason == Reservation.CancellationReason.EXPIRED:
@@ -151,6 +154,37 @@ def refund_due_for(payment: Payment) -> Outgoing | None:
     )
 
 
+# What each notice of ``waiting_list_changed`` tells the parties.
+WAITING_NOTICES = {
+    offers.JOINED: Kind.WAITING,
+    offers.SLOT_BOOKED: Kind.SLOT_BOOKED,
+    offers.SLOT_FREE: Kind.SLOT_FREE,
+}
+
+
+def waiting_messages_for(
+    entries: Sequence[WaitingEntry], notice: str, booking: Reservation | None = None
+) -> list[Outgoing]:
+    """
+    The messages a waiting-list notice calls for: one per party.
+
+    Keyed by the place on the list (and, for ``slot_booked``, by the booking),
+    so that a notice seen twice queues nothing new. Raises ``KeyError`` for
+    an unknown notice.
+    """
+    kind = WAITING_NOTICES[notice]
+    suffix = f":{booking.pk}" if booking is not None else ""
+    return [
+        Outgoing(
+            key=f"{kind}:{entry.pk}{suffix}",
+            kind=kind,
+            to_email=entry.customer_email,
+            waiting_entry_id=entry.pk,
+        )
+        for entry in entries
+    ]
+
+
 def messages_enqueue(outgoing: Sequence[Outgoing], *, now: datetime | None = None) -> int:
     """
     Queue messages in the current transaction; one whose key is queued already is skipped.
@@ -186,6 +220,7 @@ def messages_enqueue(outgoing: Sequence[Outgoing], *, now: datetime | None = Non
             "",
             "",
             address.get_db_prep_save(item.client_address, connection),
+            item.waiting_entry_id,
         )
         for item in unique.values()
     ]
@@ -232,6 +267,7 @@ _COLUMNS = ", ".join(
         "subject",
         "last_error",
         "client_address",
+        "waiting_entry",
     )
 )
 
@@ -269,7 +305,7 @@ def messages_enqueue_for_states(
                 cursor.execute(
                     _insert(
                         f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "  # noqa: S608 (the model's names; values bound)
-                        f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL "
+                        f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL, NULL "
                         f"FROM {Reservation._meta.db_table} r "
                         f"WHERE r.id IN ({', '.join(['%s'] * len(chunk))})"
                     ),
@@ -361,7 +397,9 @@ def _claim(pk: int, now: datetime) -> Message | None:
     )
     if not claimed:
         return None
-    return Message.objects.select_related("reservation__time_slot__room").get(pk=pk)
+    return Message.objects.select_related(
+        "reservation__time_slot__room", "waiting_entry__time_slot__room"
+    ).get(pk=pk)
 
 
 def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetime | None:

@@ -13,9 +13,9 @@ from apps.payments.services import payment_confirm_price
 from config.api_errors import ErrorOut
 from config.client_address import client_address
 
-from . import services
-from .models import Reservation
-from .selectors import reservation_by_token
+from . import offers, services, waitlist
+from .models import Reservation, WaitingEntry
+from .selectors import reservation_by_token, waiting_entry_by_token
 from .text import (
     NEEDS_A_LETTER,
     NO_CONTROL_CHARACTERS,
@@ -108,6 +108,16 @@ class ReservationOut(Schema):
     customer_name: str
     customer_email: str
     slot: SlotRef
+    is_offer: bool = Field(..., description="Offered to a party from the slot's waiting list.")
+
+
+def _slot_ref(slot) -> dict:
+    return {
+        "id": slot.pk,
+        "starts_at": slot.starts_at,
+        "ends_at": slot.ends_at,
+        "room": {"slug": slot.room.slug, "name": slot.room.name},
+    }
 
 
 def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
@@ -122,12 +132,8 @@ def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
         "party_size": reservation.party_size,
         "customer_name": reservation.customer_name,
         "customer_email": reservation.customer_email,
-        "slot": {
-            "id": slot.pk,
-            "starts_at": slot.starts_at,
-            "ends_at": slot.ends_at,
-            "room": {"slug": slot.room.slug, "name": slot.room.name},
-        },
+        "slot": _slot_ref(slot),
+        "is_offer": reservation.is_offer,
     }
 
 
@@ -201,3 +207,109 @@ def checkout_reservation(request, token: str):
 def cancel_reservation(request, token: str):
     reservation = services.reservation_cancel(reservation=_get(token))
     return reservation_out(reservation, now=timezone.now())
+
+
+# ---------------------------------------------------------------------------
+# The waiting list
+# ---------------------------------------------------------------------------
+
+
+class WaitingIn(ReservationIn):
+    pass
+
+
+class OfferRef(Schema):
+    token: UUID
+    status: Reservation.Status
+    expires_at: datetime
+    seconds_left: int
+
+
+class WaitingOut(Schema):
+    token: UUID
+    status: WaitingEntry.Status
+    place: int | None = Field(
+        ..., description="Place on the list (1: offered next) while waiting; otherwise null."
+    )
+    party_size: int
+    customer_name: str
+    customer_email: str
+    slot: SlotRef
+    offer: OfferRef | None = Field(
+        ..., description="The reservation offered to this party, once it was: pay it to book."
+    )
+
+
+def waiting_out(entry: WaitingEntry, *, now: datetime) -> dict:
+    """Present a place on a waiting list as of ``now``."""
+    offer = entry.offer
+    return {
+        "token": entry.token,
+        "status": entry.status,
+        "place": offers.waiting_place(entry),
+        "party_size": entry.party_size,
+        "customer_name": entry.customer_name,
+        "customer_email": entry.customer_email,
+        "slot": _slot_ref(entry.time_slot),
+        "offer": None
+        if offer is None
+        else {
+            "token": offer.token,
+            "status": offer.current_status(now),
+            "expires_at": offer.expires_at,
+            "seconds_left": offer.seconds_left(now),
+        },
+    }
+
+
+def _get_entry(token: str) -> WaitingEntry:
+    """The place with this token, its slot's lapsed hold handed over first; 404 if unknown."""
+    entry = waiting_entry_by_token(token)
+    if entry is None:
+        raise Http404
+    if waitlist.waiting_lists_refresh([entry.time_slot_id]):
+        entry.refresh_from_db()
+    return entry
+
+
+@router.post(
+    "/waitlist/",
+    response={201: WaitingOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
+    summary="Join a held or booked time slot's waiting list",
+)
+def join_waitlist(request, payload: WaitingIn):
+    """
+    When the slot's hold lapses or its booking is cancelled, the first party
+    waiting is offered it: a reservation held for WAITLIST_OFFER_SECONDS, to
+    pay like any hold. 409 ``slot_available`` when no one holds the slot
+    (reserve it instead), ``already_waiting`` when this email address waits
+    for it already; 429 ``too_many_waiting`` past MAX_WAITING_PER_EMAIL places.
+    """
+    entry = waitlist.waiting_join(
+        time_slot_id=payload.slot_id,
+        customer_name=payload.customer_name,
+        customer_email=payload.customer_email,
+        customer_phone=payload.customer_phone,
+        party_size=payload.party_size,
+        client_address=client_address(request),
+    )
+    return Status(201, waiting_out(_get_entry(str(entry.token)), now=timezone.now()))
+
+
+@router.get(
+    "/waitlist/{token}/",
+    response={200: WaitingOut, 404: ErrorOut},
+    summary="Show a place on a waiting list",
+)
+def get_waiting(request, token: str):
+    return waiting_out(_get_entry(token), now=timezone.now())
+
+
+@router.post(
+    "/waitlist/{token}/leave/",
+    response={200: WaitingOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Leave a waiting list; an offer not yet paid passes to the next party",
+)
+def leave_waitlist(request, token: str):
+    entry = waitlist.waiting_leave(entry=_get_entry(token))
+    return waiting_out(entry, now=timezone.now())

@@ -237,6 +237,9 @@ def test_the_openapi_document_describes_every_endpoint(api):
         "/api/reservations/{token}/payment/authorise/",
         "/api/reservations/{token}/payment/check/",
         "/api/bookings/find/",
+        "/api/waitlist/",
+        "/api/waitlist/{token}/",
+        "/api/waitlist/{token}/leave/",
     }
     assert set(paths["/api/reservations/"]["post"]["responses"]) == {
         "201",
