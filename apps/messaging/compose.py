@@ -115,11 +115,9 @@ def _reservation_context(
 ) -> dict[str, Any]:
     room = slot.room
     page = absolute(reverse("booking:reservation", args=[reservation.token]))
-    slot_free = (
-        slot.starts_at > now
-        and room.is_active
-        and not Reservation.objects.holding(now).filter(time_slot=slot).exists()
-    )
+    holders = Reservation.objects.holding(now).filter(time_slot=slot).exclude(pk=reservation.pk)
+    slot_free = slot.starts_at > now and room.is_active and not holders.exists()
+    slot_offered = holders.filter(is_offer=True, status=Status.PENDING).exists()
     day = local(slot.starts_at).date().isoformat()
     return {
         "message": message,
@@ -138,6 +136,7 @@ def _reservation_context(
             reservation.paid_at is not None and reservation.paid_at > reservation.expires_at
         ),
         "slot_free": slot_free,
+        "slot_offered": slot_offered,
         "rebook_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
         "room_url": absolute(f"{reverse('booking:room', args=[room.slug])}?date={day}"),
         "refund": message.context,
