@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 Status = Reservation.Status
 Reason = Reservation.CancellationReason
 Cause = ReservationEvent.Cause
+# The audit trail's words for a waiting-list offer taken or lapsed.
+OFFER_TAKEN = "Waiting-list offer taken. "
+OFFER_LAPSED = "Waiting-list offer lapsed"
 
 
 class ExpireOutcome(enum.Enum):
@@ -303,7 +306,8 @@ def reservation_pay(
             at=now,
             cause=cause,
             actor=actor,
-            detail=f"Payment reference {payment_reference}",
+            detail=f"{OFFER_TAKEN if reservation.is_offer else ''}"
+            f"Payment reference {payment_reference}",
             status=Status.PAID,
             paid_at=now,
             payment_reference=payment_reference,
@@ -760,7 +764,7 @@ def _expire(
         at=now,
         cause=cause,
         actor=actor,
-        detail=detail,
+        detail=detail or (OFFER_LAPSED if reservation.is_offer else ""),
         status=Status.CANCELLED,
         cancelled_at=now,
         cancellation_reason=Reason.EXPIRED,
@@ -784,6 +788,7 @@ class ExpiredHold:
     expires_at: datetime  # the hold's end, aware UTC
     checkout_started_at: datetime | None = None  # when the customer started paying
     time_slot_id: int = 0
+    is_offer: bool = False  # a waiting-list offer
 
 
 def lapsed_holds_expire(
@@ -849,6 +854,7 @@ def lapsed_holds_expire(
                 "expires_at",
                 "checkout_started_at",
                 "time_slot_id",
+                "is_offer",
             )
         ]
         if not expired:
@@ -970,7 +976,7 @@ def _record_expiries(expired: list[ExpiredHold], *, at: datetime, cause: str) ->
                     Status.CANCELLED.value,
                     at_value,
                     str(cause),
-                    "",
+                    OFFER_LAPSED if hold.is_offer else "",
                     (at - hold.expires_at).total_seconds(),
                 )
                 for hold in expired

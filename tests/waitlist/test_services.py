@@ -118,3 +118,25 @@ def test_leaving_with_an_offer_passes_it_on():
     waitlist.waiting_leave(entry=ada)
     ada.refresh_from_db(), bo.refresh_from_db()
     assert (ada.status, ada.offer.status, bo.status) == (Entry.LEFT, "cancelled", Entry.OFFERED)
+
+
+def test_the_offers_history_says_it_was_made_lapsed_and_taken():
+    slot = TimeSlotFactory()
+    hold = reserve(slot, customer_email="holder@example.com")
+    ada, bo = join(slot, "ada@example.com"), join(slot, "bo@example.com")
+    lapse(hold)
+    ada.refresh_from_db()
+    lapse(ada.offer)
+    bo.refresh_from_db()
+    reservations.reservation_pay(reservation=bo.offer, payment_reference="PAY-BO")
+
+    def history(reservation):
+        return [(e.cause, e.to_status, e.detail) for e in reservation.events.all()]
+
+    offered = f"Offered to the first party on the waiting list (entry {ada.pk})"
+    made = ("waitlist", "pending", offered)
+    assert history(ada.offer) == [made, ("expiry_job", "cancelled", "Waiting-list offer lapsed")]
+    # (Paid at the clock's now, before the lapse this test dated 15 minutes on.)
+    assert ("customer", "paid", "Waiting-list offer taken. Payment reference PAY-BO") in history(
+        bo.offer
+    )
