@@ -438,6 +438,8 @@ def waiting(request: HttpRequest, token: str) -> HttpResponse:
         "booking/waiting.html",
         {
             "entry": entry,
+            # An offer that lapsed reads as ended before its job has run.
+            "status": entry.current_status(timezone.now()),
             "slot": slot,
             "room": slot.room,
             "place": offers.waiting_place(entry),

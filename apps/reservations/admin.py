@@ -267,6 +267,8 @@ def _place_or_status(entry: WaitingEntry) -> str:
     place = offers.waiting_place(entry)
     if place is not None:
         return f"waiting, number {place}"
+    if entry.current_status(timezone.now()) != entry.status:
+        return f"{WaitingEntry.Status.LAPSED.label} (release pending)"
     return entry.get_status_display()
 
 

@@ -328,3 +328,15 @@ def test_an_offers_page_links_its_entry_and_its_history_shows_the_offer_and_its_
     assert "Payment reference PAY-BO" in taken
     causes = list(offer.events.values_list("from_status", "to_status", "cause"))
     assert causes == [("", "pending", "waitlist"), ("pending", "cancelled", "expiry_job")]
+
+
+def test_an_offer_past_its_hold_reads_as_lapsed_before_any_job_runs(client, staff, offered):
+    slot, ada, bo, cy = offered
+    Reservation.objects.filter(pk=ada.offer_id).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    table = rows(client.get(ENTRIES, {"status__exact": "offered"}))
+
+    assert table["Ada"]["place_or_status"] == "Let the offer lapse (release pending)"
+    assert table["Ada"]["offer_link"] == f"{str(ada.offer.token)[:8]}: lapsed"
