@@ -438,12 +438,18 @@ def waiting(request: HttpRequest, token: str) -> HttpResponse:
         "booking/waiting.html",
         {
             "entry": entry,
+            # An offer that lapsed reads as ended before its job has run.
+            "status": entry.current_status(timezone.now()),
             "slot": slot,
             "room": slot.room,
             "place": offers.waiting_place(entry),
             "offer": entry.offer,
             "offer_length": _duration(settings.WAITLIST_OFFER_SECONDS),
             "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
+            "slot_offered": Reservation.objects.holding(timezone.now())
+            .filter(time_slot=slot, is_offer=True, status=Reservation.Status.PENDING)
+            .exclude(pk=entry.offer_id)
+            .exists(),
         },
     )
 

@@ -2,7 +2,10 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.timesince import timesince, timeuntil
 
 from apps.payments.services import (
@@ -10,12 +13,14 @@ from apps.payments.services import (
     booking_cancel_and_refund,
     payment_confirm_price,
 )
+from apps.rooms import admin as rooms_admin
+from apps.rooms.models import TimeSlot
 from config.admin_actions import ChangedOnlyByActions, action_input
 
-from . import services
+from . import offers, services, waitlist
 from .errors import NotRefundable, ReservationError
 from .forms import ExtendHoldForm, MarkPaidForm
-from .models import Reservation, ReservationEvent
+from .models import Reservation, ReservationEvent, WaitingEntry
 
 CANCEL_AND_REFUND_INTRO = (
     "Each paid booking below is cancelled, its slot released for sale, and its payment "
@@ -63,10 +68,12 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "current_status",
         "expires_at",
         "time_left",
+        "is_offer",
     ]
     list_filter = [
         "status",
         "cancellation_reason",
+        "is_offer",
         ("time_slot__starts_at", admin.DateFieldListFilter),
     ]
     search_fields = ["customer_name", "customer_email", "^token"]
@@ -86,6 +93,8 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "cancelled_at",
         "cancellation_reason",
         "payment_reference",
+        "is_offer",
+        "waiting_entry_link",
     ]
     inlines = [ReservationEventInline]
     actions = ["mark_paid", "cancel", "cancel_and_refund", "extend_hold"]
@@ -108,6 +117,16 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         if obj.is_expired_at(now):
             return "expired (release pending)"
         return obj.get_status_display()
+
+    @admin.display(description="offered to waiting party")
+    def waiting_entry_link(self, obj: Reservation) -> str:
+        entry = WaitingEntry.objects.filter(offer=obj).first()
+        if entry is None:
+            return "-"
+        url = reverse("admin:reservations_waitingentry_change", args=[entry.pk])
+        return format_html(
+            '<a href="{}">{} ({})</a>', url, entry.customer_name, entry.get_status_display()
+        )
 
     @admin.display(description="time left")
     def time_left(self, obj: Reservation) -> str:
@@ -233,3 +252,204 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
                 changed += 1
         if changed:
             self.message_user(request, f"{changed} reservation(s) {done}.", messages.SUCCESS)
+
+
+# ---------------------------------------------------------------------------
+# The waiting lists
+# ---------------------------------------------------------------------------
+
+
+def _slot_time(slot: TimeSlot) -> str:
+    return f"{timezone.localtime(slot.starts_at):%Y-%m-%d %H:%M %Z}"
+
+
+def _place_or_status(entry: WaitingEntry) -> str:
+    place = offers.waiting_place(entry)
+    if place is not None:
+        return f"waiting, number {place}"
+    if entry.current_status(timezone.now()) != entry.status:
+        return f"{WaitingEntry.Status.LAPSED.label} (release pending)"
+    return entry.get_status_display()
+
+
+def _offer_link(entry: WaitingEntry) -> str:
+    """The offer's page, with where it stands: time left, paid, or how it ended."""
+    offer = entry.offer
+    if offer is None:
+        return "-"
+    now = timezone.now()
+    if offer.is_expired_at(now):
+        state = "lapsed"
+    elif offer.status == Reservation.Status.PENDING:
+        state = f"pending, {timeuntil(offer.expires_at, now)} left"
+    elif offer.status == Reservation.Status.CANCELLED:
+        state = offer.get_cancellation_reason_display().lower()
+    else:
+        state = offer.get_status_display().lower()
+    url = reverse("admin:reservations_reservation_change", args=[offer.pk])
+    return format_html('<a href="{}">{}: {}</a>', url, str(offer.token)[:8], state)
+
+
+WAITING_ENTRY_FIELDS = (
+    "token",
+    "time_slot",
+    "customer_name",
+    "customer_email",
+    "customer_phone",
+    "party_size",
+    "place_or_status",
+    "created_at",
+    "offer_link",
+    "offered_at",
+    "ended_at",
+    "client_address",
+)
+
+
+@admin.register(WaitingEntry)
+class WaitingEntryAdmin(ChangedOnlyByActions, admin.ModelAdmin):
+    """
+    The slots' waiting lists: who waits, in which order, and the offers made.
+
+    Read-only: parties join and leave through the booking pages and the API.
+    Staff take a party off a list with the action, which calls
+    ``waiting_leave``: an offer the party holds is cancelled and passes to the
+    next party, as when the party leaves itself.
+    """
+
+    list_display = [
+        "slot_time",
+        "room",
+        "customer_name",
+        "customer_email",
+        "party_size",
+        "place_or_status",
+        "offered_at",
+        "offer_link",
+        "created_at",
+    ]
+    list_filter = ["status", "time_slot__room", ("time_slot__starts_at", admin.DateFieldListFilter)]
+    search_fields = ["customer_name", "customer_email", "^token"]
+    date_hierarchy = "time_slot__starts_at"
+    list_select_related = ["time_slot__room", "offer"]
+    fields = readonly_fields = WAITING_ENTRY_FIELDS
+    actions = ["remove_from_list"]
+
+    @admin.display(description="slot", ordering="time_slot__starts_at")
+    def slot_time(self, obj: WaitingEntry) -> str:
+        return _slot_time(obj.time_slot)
+
+    @admin.display(description="room", ordering="time_slot__room__name")
+    def room(self, obj: WaitingEntry) -> str:
+        return obj.time_slot.room.name
+
+    @admin.display(description="place / status", ordering="status")
+    def place_or_status(self, obj: WaitingEntry) -> str:
+        return _place_or_status(obj)
+
+    @admin.display(description="offer")
+    def offer_link(self, obj: WaitingEntry) -> str:
+        return _offer_link(obj)
+
+    @admin.action(description="Remove from the list", permissions=["change"])
+    def remove_from_list(self, request, queryset):
+        removed, passed_on, ended = 0, 0, 0
+        for entry in queryset.select_related("time_slot__room", "offer"):
+            if not entry.is_live:
+                ended += 1
+                continue
+            offered = entry.status == WaitingEntry.Status.OFFERED
+            try:
+                waitlist.waiting_leave(entry=entry, actor=request.user)
+            except ReservationError as refused:
+                self.message_user(
+                    request,
+                    f"{entry.customer_name} ({entry.customer_email}): {refused.message}",
+                    messages.ERROR,
+                )
+                continue
+            removed += 1
+            passed_on += offered
+        if removed:
+            done = f"{removed} party(ies) removed from the waiting list."
+            if passed_on:
+                done += f" {passed_on} offer(s) cancelled and passed to the next party waiting."
+            self.message_user(request, done, messages.SUCCESS)
+        if ended:
+            self.message_user(
+                request,
+                f"{ended} skipped: their place on the list had already ended.",
+                messages.WARNING,
+            )
+
+
+class WaitingEntryInline(admin.TabularInline):
+    model = WaitingEntry
+    verbose_name_plural = "Waiting list"
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = readonly_fields = (
+        "customer_name",
+        "customer_email",
+        "party_size",
+        "place_or_status",
+        "created_at",
+        "offer_link",
+        "offered_at",
+        "ended_at",
+    )
+
+    @admin.display(description="place / status")
+    def place_or_status(self, obj: WaitingEntry) -> str:
+        return _place_or_status(obj)
+
+    @admin.display(description="offer")
+    def offer_link(self, obj: WaitingEntry) -> str:
+        return _offer_link(obj)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("offer").order_by("pk")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+# The slot's page shows its waiting list. The rooms app may not import this
+# one (reservations depend on rooms, never the reverse: the import contracts),
+# so the slot's admin is extended here, in the app above it.
+admin.site.unregister(TimeSlot)
+
+
+@admin.register(TimeSlot)
+class TimeSlotWithWaitingListAdmin(rooms_admin.TimeSlotAdmin):
+    """The rooms app's slot admin, with the slot's waiting list: a column and an inline."""
+
+    list_display = [*rooms_admin.TimeSlotAdmin.list_display, "waiting_list"]
+    inlines = [*rooms_admin.TimeSlotAdmin.inlines, WaitingEntryInline]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                waiting=Count(
+                    "waiting_entries", filter=Q(waiting_entries__status=WaitingEntry.Status.WAITING)
+                ),
+                offered=Count(
+                    "waiting_entries", filter=Q(waiting_entries__status=WaitingEntry.Status.OFFERED)
+                ),
+            )
+        )
+
+    @admin.display(description="waiting list")
+    def waiting_list(self, obj: TimeSlot) -> str:
+        waiting, offered = obj.waiting, obj.offered  # type: ignore[attr-defined]  # annotated
+        if not waiting and not offered:
+            return "-"
+        url = reverse("admin:reservations_waitingentry_changelist")
+        label = f"{waiting} waiting" + (f", {offered} offered" if offered else "")
+        return format_html('<a href="{}?time_slot__id__exact={}">{}</a>', url, obj.pk, label)

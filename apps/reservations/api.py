@@ -245,7 +245,7 @@ def waiting_out(entry: WaitingEntry, *, now: datetime) -> dict:
     offer = entry.offer
     return {
         "token": entry.token,
-        "status": entry.status,
+        "status": entry.current_status(now),
         "place": offers.waiting_place(entry),
         "party_size": entry.party_size,
         "customer_name": entry.customer_name,

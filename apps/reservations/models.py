@@ -256,3 +256,9 @@ class WaitingEntry(models.Model):
     @property
     def is_live(self) -> bool:
         return self.status in self.LIVE
+
+    def current_status(self, now) -> str:
+        """The status as of ``now``: an offer past its hold reads as lapsed before any job runs."""
+        if self.status == self.Status.OFFERED and self.offer and self.offer.is_expired_at(now):
+            return self.Status.LAPSED
+        return self.status

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -107,12 +108,19 @@ def _waiting_limit_check(*, customer_email: str, client_address: str | None) -> 
         raise errors.TooManyWaiting()
 
 
-def waiting_leave(*, entry: WaitingEntry, now: datetime | None = None) -> WaitingEntry:
+def waiting_leave(
+    *,
+    entry: WaitingEntry,
+    now: datetime | None = None,
+    actor: AbstractBaseUser | None = None,
+) -> WaitingEntry:
     """
     Take a party off its slot's waiting list; an offer it holds is cancelled and passed on.
 
-    Idempotent for a party that already left. Raises ``NotWaiting`` when its
-    place ended otherwise (booked, lapsed, closed).
+    The party leaves, or staff (``actor``) take it off: an offer's
+    cancellation is then recorded as staff's. Idempotent for a party that
+    already left. Raises ``NotWaiting`` when its place ended otherwise
+    (booked, lapsed, closed).
     """
     with transaction.atomic():
         TimeSlot.objects.select_for_update().filter(pk=entry.time_slot_id).exists()
@@ -126,7 +134,14 @@ def waiting_leave(*, entry: WaitingEntry, now: datetime | None = None) -> Waitin
             # Its release passes the slot on and marks the place left; an
             # offer that had lapsed ended the place with it.
             with contextlib.suppress(errors.HoldExpired):
-                services.reservation_cancel(reservation=entry.offer, now=now)
+                services.reservation_cancel(
+                    reservation=entry.offer,
+                    reason=Reservation.CancellationReason.STAFF
+                    if actor is not None
+                    else Reservation.CancellationReason.CUSTOMER,
+                    now=now,
+                    actor=actor,
+                )
         elif entry.status != Entry.LEFT:
             raise errors.NotWaiting()
         entry.refresh_from_db()

@@ -68,6 +68,13 @@ class RoomAdmin(admin.ModelAdmin):
 
 @admin.register(TimeSlot)
 class TimeSlotAdmin(admin.ModelAdmin):
+    """
+    The slots; the reservations app registers this admin again with each slot's waiting list.
+
+    This app may not import that one (reservations depend on rooms), so the
+    waiting list is added from there: ``apps.reservations.admin``.
+    """
+
     list_display = ["room", "starts_at", "ends_at", "status"]
     list_filter = ["room", "status", ("starts_at", admin.DateFieldListFilter)]
     date_hierarchy = "starts_at"
