@@ -68,12 +68,15 @@ def waiting_join(
             raise errors.SlotUnavailable()
         if (problem := services.party_size_problem(slot.room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
-        _waiting_limit_check(customer_email=customer_email, client_address=client_address)
         services.slot_lapsed_holds_expire(
             time_slot_id=slot.pk, now=now, cause=ReservationEvent.Cause.RECLAIM
         )
         if not Reservation.objects.holding(now).filter(time_slot=slot).exists():
             raise errors.SlotAvailable()
+        live = WaitingEntry.objects.filter(time_slot=slot, status__in=WaitingEntry.LIVE)
+        if live.filter(customer_email__iexact=customer_email).exists():
+            raise errors.AlreadyWaiting()
+        _waiting_limit_check(customer_email=customer_email, client_address=client_address)
         try:
             with transaction.atomic():
                 entry = WaitingEntry.objects.create(

@@ -140,3 +140,18 @@ def test_the_offers_history_says_it_was_made_lapsed_and_taken():
     assert ("customer", "paid", "Waiting-list offer taken. Payment reference PAY-BO") in history(
         bo.offer
     )
+
+
+def test_a_party_at_its_limit_is_told_what_is_wrong_with_this_join_first(settings):
+    settings.MAX_WAITING_PER_EMAIL = 1
+    held, free = TimeSlotFactory(), TimeSlotFactory()
+    reserve(held, customer_email="holder@example.com")
+    join(held, "ada@example.com")
+    with pytest.raises(errors.AlreadyWaiting):
+        join(held, "ada@example.com")
+    with pytest.raises(errors.SlotAvailable):
+        join(free, "ada@example.com")
+    other = TimeSlotFactory()
+    reserve(other, customer_email="holder@example.com")
+    with pytest.raises(errors.TooManyWaiting):
+        join(other, "ada@example.com")
