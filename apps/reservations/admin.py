@@ -35,6 +35,11 @@ class ReservationEventInline(admin.TabularInline):
     verbose_name_plural = "History"
     extra = 0
     can_delete = False
+
+    def has_view_permission(self, request, obj=None):
+        # A reservation's history is part of it: whoever may see it sees that.
+        return request.user.has_perm("reservations.view_reservation")
+
     fields = readonly_fields = (
         "at",
         "from_status",
