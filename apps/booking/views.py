@@ -45,6 +45,7 @@ SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are 
 SLOT_FREE_MESSAGE = "Good news: no one holds this time any more. Reserve it now."
 LEFT_MESSAGE = "You have left the waiting list."
 WAITING_KEY = "booking_waiting"
+PARTY_FIELDS = ("customer_name", "customer_email", "customer_phone", "party_size")
 
 
 def slot_key(slot: TimeSlot) -> str:
@@ -162,16 +163,11 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 reservation = services.reservation_create(
                     time_slot_id=slot.pk,
                     request_key=_issued_key(request, data["request_key"]),
-                    customer_name=data["customer_name"],
-                    customer_email=data["customer_email"],
-                    customer_phone=data["customer_phone"],
-                    party_size=data["party_size"],
                     client_address=client_address(request),
+                    **_party(data),
                 )
             except errors.InvalidReservation as invalid:
-                for field, problems in invalid.fields.items():
-                    for problem in problems:
-                        form.add_error(field if field in form.fields else None, problem)
+                _add_errors(form, invalid)
             except errors.SlotNotFound:
                 raise Http404 from None
             except errors.TooManyHolds as refused:
@@ -218,6 +214,17 @@ def _taken(request: HttpRequest, room: Room, slot: TimeSlot) -> HttpResponse:
         return redirect("booking:reservation", token=own.token)
     messages.error(request, SLOT_TAKEN_MESSAGE)
     return redirect(_room_url(room, timezone.localdate(slot.starts_at)))
+
+
+def _party(data: dict) -> dict:
+    """Who reserves or waits, from the form: the fields the services take about the party."""
+    return {name: data[name] for name in PARTY_FIELDS}
+
+
+def _add_errors(form: ReserveForm, invalid: errors.InvalidReservation) -> None:
+    for field, problems in invalid.fields.items():
+        for problem in problems:
+            form.add_error(field if field in form.fields else None, problem)
 
 
 def _issue_key(request: HttpRequest) -> str:
@@ -374,16 +381,11 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 entry = waitlist.waiting_join(
                     time_slot_id=slot.pk,
                     request_key=_issued_key(request, data["request_key"]),
-                    customer_name=data["customer_name"],
-                    customer_email=data["customer_email"],
-                    customer_phone=data["customer_phone"],
-                    party_size=data["party_size"],
                     client_address=client_address(request),
+                    **_party(data),
                 )
             except errors.InvalidReservation as invalid:
-                for field, problems in invalid.fields.items():
-                    for problem in problems:
-                        form.add_error(field if field in form.fields else None, problem)
+                _add_errors(form, invalid)
             except errors.SlotNotFound:
                 raise Http404 from None
             except errors.SlotUnavailable:

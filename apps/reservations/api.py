@@ -137,6 +137,11 @@ def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
     }
 
 
+def _party(payload: ReservationIn) -> dict:
+    """Who reserves or waits: the fields the services take about the party."""
+    return payload.dict(include={"customer_name", "customer_email", "customer_phone", "party_size"})
+
+
 def _get(token: str) -> Reservation:
     """The reservation with this token; 404 for an unknown or malformed token alike."""
     reservation = reservation_by_token(token)
@@ -152,12 +157,7 @@ def _get(token: str) -> Reservation:
 )
 def create_reservation(request, payload: ReservationIn):
     reservation = services.reservation_create(
-        time_slot_id=payload.slot_id,
-        customer_name=payload.customer_name,
-        customer_email=payload.customer_email,
-        customer_phone=payload.customer_phone,
-        party_size=payload.party_size,
-        client_address=client_address(request),
+        time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
     )
     return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
 
@@ -286,12 +286,7 @@ def join_waitlist(request, payload: WaitingIn):
     for it already; 429 ``too_many_waiting`` past MAX_WAITING_PER_EMAIL places.
     """
     entry = waitlist.waiting_join(
-        time_slot_id=payload.slot_id,
-        customer_name=payload.customer_name,
-        customer_email=payload.customer_email,
-        customer_phone=payload.customer_phone,
-        party_size=payload.party_size,
-        client_address=client_address(request),
+        time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
     )
     return Status(201, waiting_out(_get_entry(str(entry.token)), now=timezone.now()))
 
