@@ -142,6 +142,27 @@ def reservation_lock(reservation_id: int) -> None:
     Reservation.objects.select_for_update().filter(pk=reservation_id).exists()
 
 
+def slot_lock(time_slot_id: int) -> TimeSlot:
+    """
+    Lock a time slot's row for the rest of the transaction; the slot, with its room loaded.
+
+    Only the slot's row: ``FOR UPDATE`` over the join would lock the room's
+    row too, and on PostgreSQL a transaction that changes another slot of
+    the room twice (a lapsed hold's release, then its offer) checks that
+    slot's room at commit (``FOR KEY SHARE``): it would wait for this one
+    while this one waits for the hold it has locked, a deadlock. Raises
+    ``SlotNotFound``.
+    """
+    try:
+        return (
+            TimeSlot.objects.select_for_update(of=("self",))
+            .select_related("room")
+            .get(pk=time_slot_id)
+        )
+    except TimeSlot.DoesNotExist:
+        raise errors.SlotNotFound() from None
+
+
 def _now_after_lock(reservation: Reservation, now: datetime | None) -> datetime:
     """
     Lock the reservation (``reservation_lock``), then read the clock (unless ``now`` was given).
@@ -224,10 +245,7 @@ def reservation_create(
     if hold_seconds is None:
         hold_seconds = settings.RESERVATION_HOLD_SECONDS
     with transaction.atomic():
-        try:
-            slot = TimeSlot.objects.select_for_update().select_related("room").get(pk=time_slot_id)
-        except TimeSlot.DoesNotExist:
-            raise errors.SlotNotFound() from None
+        slot = slot_lock(time_slot_id)
         now = now or timezone.now()  # read after the lock: see _now_after_lock
         if request_key is not None:
             earlier = Reservation.objects.filter(request_key=request_key, time_slot=slot).first()

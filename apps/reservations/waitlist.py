@@ -55,10 +55,7 @@ def waiting_join(
     ``MAX_PENDING_HOLDS_PER_ADDRESS`` for the client address).
     """
     with transaction.atomic():
-        try:
-            slot = TimeSlot.objects.select_for_update().select_related("room").get(pk=time_slot_id)
-        except TimeSlot.DoesNotExist:
-            raise errors.SlotNotFound() from None
+        slot = services.slot_lock(time_slot_id)
         now = now or timezone.now()
         if request_key is not None:
             earlier = WaitingEntry.objects.filter(request_key=request_key, time_slot=slot).first()
