@@ -71,7 +71,7 @@ QUICK = Sizes(
     catchup_holds=300,
     scale_pending=2_000,
     scale_history=20_000,
-    cascade_parties=3,
+    cascade_parties=2,
 )
 
 
@@ -353,10 +353,17 @@ class OfferWatch(threading.Thread):
         self.interval = interval
         self.seen: dict[int, float] = {}
         self.polls = 0
+        self.seconds = 0.0  # how long it watched
         self._stop_event = threading.Event()
+
+    @property
+    def mean_gap_ms(self) -> float:
+        """The mean time from one poll's start to the next's: the interval plus a query."""
+        return 1000 * self.seconds / max(1, self.polls)
 
     def run(self) -> None:
         highest = 0
+        started = time.monotonic()
         try:
             while not self._stop_event.is_set():
                 before = time.time()
@@ -373,6 +380,7 @@ class OfferWatch(threading.Thread):
                 highest = max([highest, *new])
                 self._stop_event.wait(self.interval)
         finally:
+            self.seconds = time.monotonic() - started
             connection.close()
 
     def stop(self) -> None:

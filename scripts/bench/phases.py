@@ -247,6 +247,7 @@ def _handover_spread(sizes: Sizes) -> dict[str, Any]:
         "sent": {**distribution(mailed), "seconds": mailed},
         "watch_interval_ms": watch.interval * 1000,
         "watch_polls": watch.polls,
+        "watch_mean_gap_ms": watch.mean_gap_ms,
     }
 
 
@@ -285,15 +286,14 @@ def _handover_cascade(sizes: Sizes) -> dict[str, Any]:
                 customer_email=f"party{k + 1}@example.com",
                 party_size=3,
             )
-        # Done when the last offer has lapsed too and the slot is free.
-        live = Reservation.objects.filter(time_slot_id=slot_id, status=Reservation.Status.PENDING)
+        # Done when the last party has its offer, and every offer's message is sent.
         offers = Reservation.objects.filter(is_offer=True)
         unsent = Message.objects.filter(kind=Message.Kind.OFFER).exclude(status=Message.Status.SENT)
 
         def left() -> int:
-            return count - offers.count() + live.count() + unsent.count()
+            return count - offers.count() + unsent.count()
 
-        timeout = (hold.expires_at - timezone.now()).total_seconds() + (count + 1) * offer_s + 60
+        timeout = (hold.expires_at - timezone.now()).total_seconds() + count * offer_s + 60
         if wait_until(left, what="cascade", timeout=timeout) is None:
             raise RuntimeError(f"hand-over: the cascade did not finish in {timeout:.0f} s")
     finally:

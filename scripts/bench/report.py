@@ -84,10 +84,10 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for database, phase in _databases(results, "handover"):
         spread = phase["spread"]
-        interval = spread["watch_interval_ms"]
+        gap = spread["watch_mean_gap_ms"]
         for key, what in (
             ("made", "offer made (its `created_at`)"),
-            ("seen", f"offer seen committed (polled every {interval:g} ms)"),
+            ("seen", f"offer seen committed (a poll every {gap:.0f} ms)"),
             ("sent", "offer's message sent (its `sent_at`)"),
         ):
             data = spread[key]
