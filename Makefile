@@ -71,7 +71,8 @@ test-sqlite: $(STAMP) $(CHROMIUM)
 test-postgres: $(STAMP)
 	DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest -m "not browser"
 
-## Benchmarks of the expiry on SQLite and PostgreSQL (about 15 minutes):
+## Benchmarks of the expiry and the waiting list's hand-over on SQLite and PostgreSQL
+## (about 18 minutes):
 ## tables in var/bench/results.md, figures in results.json, picture in lateness.png.
 bench: $(BENCH_STAMP) $(WRK)
 	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)

@@ -10,6 +10,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from apps.messaging.models import Message
 from apps.operations.models import SchedulerHeartbeat
 from apps.payments.models import Payment
 from apps.reservations.deadlines import HOLD_END
-from apps.reservations.models import Reservation, ReservationEvent
+from apps.reservations.models import Reservation, ReservationEvent, WaitingEntry
 from apps.rooms.models import Room, TimeSlot
 from escape_rooms_backend import lifecycle, scheduler, timeline
 
@@ -53,6 +54,8 @@ class Sizes:
     catchup_holds: int = 10_000
     scale_pending: int = 100_000
     scale_history: int = 1_000_000
+    cascade_parties: int = 6  # parties waiting for one slot: five lapsing offers hand it over
+    cascade_offer_seconds: int = 1  # WAITLIST_OFFER_SECONDS in the cascade (whole seconds)
 
 
 FULL = Sizes()
@@ -68,6 +71,7 @@ QUICK = Sizes(
     catchup_holds=300,
     scale_pending=2_000,
     scale_history=20_000,
+    cascade_parties=2,
 )
 
 
@@ -181,6 +185,7 @@ def reset() -> None:
         model._meta.db_table
         for model in (
             Message,
+            WaitingEntry,
             ReservationEvent,
             Payment,
             Reservation,
@@ -248,6 +253,27 @@ def hold_slots(slot_ids: Sequence[int], expires_at: Callable[[int], datetime]) -
     return made
 
 
+def wait_for_slots(slot_ids: Sequence[int], parties: Sequence[int]) -> None:
+    """
+    ``parties[i]`` parties on slot ``slot_ids[i]``'s waiting list, written in
+    bulk: the rows ``waiting_join`` writes, without its messages (a set-up
+    shortcut, so that the holds can then be made at the lateness phase's pace).
+    """
+    WaitingEntry.objects.bulk_create(
+        (
+            WaitingEntry(
+                time_slot_id=slot_id,
+                customer_name=f"Waiting Party {k + 1}",
+                customer_email=f"wait{slot_id}-{k + 1}@example.com",
+                party_size=3,
+            )
+            for slot_id, count in zip(slot_ids, parties, strict=True)
+            for k in range(count)
+        ),
+        batch_size=2000,
+    )
+
+
 def load_expiry_jobs(reservations: Sequence[Reservation]) -> None:
     """
     Write the reservations' expiry jobs straight into the job store, in
@@ -305,6 +331,61 @@ def expiry_lateness(reservation_ids: Iterable[int] | None = None) -> list[float]
     return [
         value for value in events.values_list("lateness_seconds", flat=True) if value is not None
     ]
+
+
+class OfferWatch(threading.Thread):
+    """
+    Another connection's view of the offers: when each was first seen committed.
+
+    Polls for new offers every ``interval`` seconds on its own database
+    connection and keeps, per offer, the ``time.time()`` read just *before*
+    the query that first returned it: the offer committed before that
+    moment (and after the previous query began). An upper bound on the
+    commit, within ``interval`` plus one query. Offers are looked for above
+    the highest id seen, less a margin for transactions that commit out of
+    order.
+    """
+
+    MARGIN = 100  # ids below the highest seen that may still commit
+
+    def __init__(self, interval: float = 0.005) -> None:
+        super().__init__(name="offer-watch", daemon=True)
+        self.interval = interval
+        self.seen: dict[int, float] = {}
+        self.polls = 0
+        self.seconds = 0.0  # how long it watched
+        self._stop_event = threading.Event()
+
+    @property
+    def mean_gap_ms(self) -> float:
+        """The mean time from one poll's start to the next's: the interval plus a query."""
+        return 1000 * self.seconds / max(1, self.polls)
+
+    def run(self) -> None:
+        highest = 0
+        started = time.monotonic()
+        try:
+            while not self._stop_event.is_set():
+                before = time.time()
+                new = [
+                    pk
+                    for pk in Reservation.objects.filter(
+                        is_offer=True, pk__gt=highest - self.MARGIN
+                    ).values_list("pk", flat=True)
+                    if pk not in self.seen
+                ]
+                self.polls += 1
+                for pk in new:
+                    self.seen[pk] = before
+                highest = max([highest, *new])
+                self._stop_event.wait(self.interval)
+        finally:
+            self.seconds = time.monotonic() - started
+            connection.close()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

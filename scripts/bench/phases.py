@@ -1,5 +1,5 @@
 """
-The five benchmark phases. Each takes the ``Sizes`` and returns a
+The six benchmark phases. Each takes the ``Sizes`` and returns a
 JSON-ready dict; times are in milliseconds unless a key says otherwise.
 """
 
@@ -20,8 +20,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from apps.reservations.models import Reservation
+from apps.messaging.models import Message
+from apps.reservations.models import Reservation, WaitingEntry
 from apps.reservations.services import reservation_create
+from apps.reservations.waitlist import waiting_join
 from apps.rooms.models import TimeSlot
 from apps.rooms.selectors import timeslot_list_for_day
 from escape_rooms_backend import scheduler, timeline
@@ -30,6 +32,7 @@ from .common import (
     PYTHON,
     ROOT,
     RUNNER_LINE,
+    OfferWatch,
     Process,
     Sizes,
     bar,
@@ -45,6 +48,7 @@ from .common import (
     start_worker,
     stored_expiry_job_count,
     timed,
+    wait_for_slots,
     wait_until,
 )
 
@@ -53,14 +57,19 @@ from .common import (
 # ---------------------------------------------------------------------------
 
 
+def _lateness_offsets(sizes: Sizes) -> list[float]:
+    """When each hold ends, in seconds after the first: the same for every design and phase."""
+    rng = random.Random(7)  # noqa: S311 (a benchmark's spread, not a secret)
+    return sorted(rng.uniform(0, sizes.lateness_spread) for _ in range(sizes.lateness_holds))
+
+
 def lateness(sizes: Sizes) -> dict[str, Any]:
     """
     The same holds (ending spread over ``lateness_spread`` seconds, created in
     the order they end) under each design; per hold, the time from
     ``expires_at`` to the transaction that freed its slot.
     """
-    rng = random.Random(7)  # noqa: S311 (a benchmark's spread, not a secret)
-    offsets = sorted(rng.uniform(0, sizes.lateness_spread) for _ in range(sizes.lateness_holds))
+    offsets = _lateness_offsets(sizes)
     results: dict[str, Any] = {"holds": len(offsets), "spread_s": sizes.lateness_spread}
     designs = ["ours", "poll"] + (["celery"] if os.environ.get("BENCH_CELERY") != "0" else [])
     for design in designs:
@@ -169,7 +178,153 @@ def _reserve_for_lateness(slot_ids, offsets, first_end, *, celery: bool) -> list
 
 
 # ---------------------------------------------------------------------------
-# 2. The reserve path, with and without the expiry job
+# 2. Hand-over: a lapsing hold's slot offered to the first party waiting
+# ---------------------------------------------------------------------------
+
+
+def handover(sizes: Sizes) -> dict[str, Any]:
+    """
+    From a hold's end to the waiting party's offer, with the worker running:
+    the lateness phase's holds, each slot with 1 to 3 parties waiting; then
+    one slot whose offers lapse one after another down a list of parties.
+    """
+    return {"spread": _handover_spread(sizes), "cascade": _handover_cascade(sizes)}
+
+
+def _handover_spread(sizes: Sizes) -> dict[str, Any]:
+    """
+    The lateness phase's holds (same ends, same pace, made through
+    ``reservation_create``), each slot with 1 to 3 parties waiting; per
+    hold, from its ``expires_at`` to its slot's offer: the clock in the
+    transaction that made it (``created_at``), the moment another connection
+    first saw it committed (``OfferWatch``), and the offer's message handed
+    to the mail backend (``sent_at``).
+    """
+    offsets = _lateness_offsets(sizes)
+    rng = random.Random(11)  # noqa: S311 (a benchmark's spread, not a secret)
+    parties = [rng.randint(1, 3) for _ in offsets]
+    say(f"hand-over: {len(offsets):,} holds with {sum(parties):,} parties waiting")
+    reset()
+    slot_ids = make_slots(len(offsets))
+    wait_for_slots(slot_ids, parties)
+    worker = start_worker("handover", SCHEDULER_POLL_SECONDS=str(sizes.worker_poll_seconds))
+    time.sleep(sizes.settle_seconds)  # the start-up sweep and reconcile: nothing to do
+    watch = OfferWatch()
+    watch.start()
+    try:
+        first_end = timezone.now() + timedelta(seconds=sizes.lateness_lead)
+        held = _reserve_for_lateness(slot_ids, offsets, first_end, celery=False)
+        last_end = first_end + timedelta(seconds=sizes.lateness_spread)
+        timeout = (last_end - timezone.now()).total_seconds() + 60
+        offers = Reservation.objects.filter(is_offer=True)
+        sent = Message.objects.filter(kind=Message.Kind.OFFER, status=Message.Status.SENT)
+        if wait_until(lambda: len(held) - offers.count(), what="offers", timeout=timeout) is None:
+            raise RuntimeError(f"hand-over: offers still missing after {timeout:.0f} s")
+        if wait_until(lambda: len(held) - sent.count(), what="offers unsent", timeout=180) is None:
+            raise RuntimeError("hand-over: offer messages still unsent after 180 s")
+    finally:
+        watch.stop()
+        worker.stop()
+    ends = dict(Reservation.objects.filter(pk__in=held).values_list("time_slot_id", "expires_at"))
+    made, seen, mailed = [], [], []
+    for pk, slot_id, created_at in offers.values_list("pk", "time_slot_id", "created_at"):
+        made.append((created_at - ends[slot_id]).total_seconds())
+        if pk in watch.seen:
+            seen.append(watch.seen[pk] - ends[slot_id].timestamp())
+    for slot_id, sent_at in sent.values_list("reservation__time_slot_id", "sent_at"):
+        mailed.append((sent_at - ends[slot_id]).total_seconds())
+    first_parties = WaitingEntry.objects.filter(
+        status=WaitingEntry.Status.OFFERED, customer_email__endswith="-1@example.com"
+    ).count()
+    if first_parties != len(held):
+        raise RuntimeError(f"hand-over: {first_parties} of {len(held)} offers to the first party")
+    return {
+        "holds": len(held),
+        "parties": sum(parties),
+        "spread_s": sizes.lateness_spread,
+        "made": {**distribution(made), "seconds": made},
+        "seen": {**distribution(seen), "missed": len(made) - len(seen), "seconds": seen},
+        "sent": {**distribution(mailed), "seconds": mailed},
+        "watch_interval_ms": watch.interval * 1000,
+        "watch_polls": watch.polls,
+        "watch_mean_gap_ms": watch.mean_gap_ms,
+    }
+
+
+def _handover_cascade(sizes: Sizes) -> dict[str, Any]:
+    """
+    One slot, ``cascade_parties`` parties waiting (joined through
+    ``waiting_join``), offers of ``cascade_offer_seconds``: the hold lapses,
+    then each offer in turn; from each one's end to the next offer.
+    """
+    count, offer_s = sizes.cascade_parties, sizes.cascade_offer_seconds
+    say(f"hand-over: a cascade down {count} parties, offers of {offer_s} s")
+    reset()
+    [slot_id] = make_slots(1)
+    offer_s_before, settings.WAITLIST_OFFER_SECONDS = settings.WAITLIST_OFFER_SECONDS, offer_s
+    worker = start_worker(
+        "handover-cascade",
+        SCHEDULER_POLL_SECONDS=str(sizes.worker_poll_seconds),
+        WAITLIST_OFFER_SECONDS=str(offer_s),
+    )
+    time.sleep(sizes.settle_seconds)
+    watch = OfferWatch()
+    watch.start()
+    try:
+        # Long enough for the worker to see the hold's job (SQLite: its poll).
+        hold = reservation_create(
+            time_slot_id=slot_id,
+            customer_name="Bench Customer",
+            customer_email="holder@example.com",
+            party_size=3,
+            hold_seconds=sizes.worker_poll_seconds + 1,
+        )
+        for k in range(count):
+            waiting_join(
+                time_slot_id=slot_id,
+                customer_name=f"Waiting Party {k + 1}",
+                customer_email=f"party{k + 1}@example.com",
+                party_size=3,
+            )
+        # Done when the last party has its offer, and every offer's message is sent.
+        offers = Reservation.objects.filter(is_offer=True)
+        unsent = Message.objects.filter(kind=Message.Kind.OFFER).exclude(status=Message.Status.SENT)
+
+        def left() -> int:
+            return count - offers.count() + unsent.count()
+
+        timeout = (hold.expires_at - timezone.now()).total_seconds() + count * offer_s + 60
+        if wait_until(left, what="cascade", timeout=timeout) is None:
+            raise RuntimeError(f"hand-over: the cascade did not finish in {timeout:.0f} s")
+    finally:
+        watch.stop()
+        worker.stop()
+        settings.WAITLIST_OFFER_SECONDS = offer_s_before
+    chain = list(offers.order_by("created_at", "pk").values_list("pk", "created_at", "expires_at"))
+    ends = [hold.expires_at] + [expires_at for _, _, expires_at in chain[:-1]]
+    pairs = list(zip(chain, ends, strict=True))
+    made = [(created_at - end).total_seconds() for (_, created_at, _), end in pairs]
+    # The first hand-over is the hold's; the others, each lapsing offer's.
+    seen = [watch.seen[pk] - end.timestamp() for (pk, _, _), end in pairs[1:] if pk in watch.seen]
+    sent_at = dict(
+        Message.objects.filter(kind=Message.Kind.OFFER, status=Message.Status.SENT).values_list(
+            "reservation_id", "sent_at"
+        )
+    )
+    mailed = [(sent_at[pk] - end).total_seconds() for (pk, _, _), end in pairs[1:] if pk in sent_at]
+    return {
+        "parties": count,
+        "offer_seconds": offer_s,
+        "hold_to_first_offer_ms": made[0] * 1000,
+        "made": {**distribution(made[1:]), "seconds": made[1:]},
+        "seen": {**distribution(seen), "missed": len(made) - 1 - len(seen), "seconds": seen},
+        "sent": {**distribution(mailed), "seconds": mailed},
+        "hold_end_to_last_offer_ms": (chain[-1][1] - hold.expires_at).total_seconds() * 1000,
+    }
+
+
+# ---------------------------------------------------------------------------
+# 3. The reserve path, with and without the expiry job
 # ---------------------------------------------------------------------------
 
 
@@ -274,7 +429,7 @@ def _wrk(wrk: str, port: int, seconds: float, clients: int, threads: int, first:
 
 
 # ---------------------------------------------------------------------------
-# 3. Burst: many holds ending in the same second
+# 4. Burst: many holds ending in the same second
 # ---------------------------------------------------------------------------
 
 
@@ -319,7 +474,7 @@ def _ms_after(moment: float | None, reference) -> float | None:
 
 
 # ---------------------------------------------------------------------------
-# 4. Catch-up: holds that fell due while no scheduler ran
+# 5. Catch-up: holds that fell due while no scheduler ran
 # ---------------------------------------------------------------------------
 
 
@@ -359,7 +514,7 @@ def catchup(sizes: Sizes) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# 5. Scale: a big job store, a big reservations table
+# 6. Scale: a big job store, a big reservations table
 # ---------------------------------------------------------------------------
 
 
@@ -461,6 +616,7 @@ def _plan(query) -> list[str]:
 
 PHASES = {
     "lateness": lateness,
+    "handover": handover,
     "reserve": reserve_path,
     "burst": burst,
     "catchup": catchup,

@@ -82,6 +82,66 @@ def markdown(results: dict[str, Any]) -> str:
     )
 
     rows = []
+    for database, phase in _databases(results, "handover"):
+        spread = phase["spread"]
+        gap = spread["watch_mean_gap_ms"]
+        for key, what in (
+            ("made", "offer made (its `created_at`)"),
+            ("seen", f"offer seen committed (a poll every {gap:.0f} ms)"),
+            ("sent", "offer's message sent (its `sent_at`)"),
+        ):
+            data = spread[key]
+            target = ""
+            if key == "seen":
+                missed = f", {data['missed']} not seen" if data["missed"] else ""
+                target = f"p99 ≤ 50 ms: {_verdict(data.get('p99_ms'), 50)}{missed}"
+            rows.append(
+                [
+                    database,
+                    what,
+                    data["n"],
+                    _ms(data.get("p50_ms")),
+                    _ms(data.get("p95_ms")),
+                    _ms(data.get("p99_ms")),
+                    _ms(data.get("max_ms")),
+                    target,
+                ]
+            )
+    _section(
+        parts,
+        "### Waiting-list hand-over: from a hold's end to the first waiting party's offer\n\n",
+        "database | measured to | offers | p50 | p95 | p99 | max | target",
+        rows,
+    )
+
+    rows = []
+    for database, phase in _databases(results, "handover"):
+        cascade = phase["cascade"]
+        for key, what in (
+            ("made", "next offer made"),
+            ("seen", "next offer seen committed"),
+            ("sent", "next offer's message sent"),
+        ):
+            data = cascade[key]
+            rows.append(
+                [
+                    database,
+                    f"{cascade['parties']} parties, offers of {cascade['offer_seconds']} s",
+                    what,
+                    data["n"],
+                    _ms(data.get("p50_ms")),
+                    _ms(data.get("max_ms")),
+                    _ms(cascade["hold_end_to_last_offer_ms"]) if key == "made" else "",
+                ]
+            )
+    _section(
+        parts,
+        "### Waiting-list cascade: from each lapsing offer's end to the next party's offer\n\n",
+        "database | list | measured to | hand-overs | p50 | max | hold's end → last offer made",
+        rows,
+    )
+
+    rows = []
     for database, phase in _databases(results, "reserve"):
         if "skipped" in phase:
             rows.append([database, phase["skipped"], "", "", "", "", "", ""])

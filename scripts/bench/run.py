@@ -2,13 +2,15 @@
 """
 Benchmarks of the expiry, on SQLite and PostgreSQL.
 
-    python scripts/bench/run.py                  # the full run (about 15 minutes)
+    python scripts/bench/run.py                  # the full run (about 18 minutes)
     python scripts/bench/run.py --quick          # small sizes, about a minute a database (CI)
     python scripts/bench/run.py --database sqlite --phases lateness,burst --out var/bench-part
 
 Phases: ``lateness`` (ours against the seed's 60-second poll and Celery ETA on
-the local Redis), ``reserve`` (the reserve path through gunicorn, expiry job on
-and off, driven by wrk), ``burst``, ``catchup`` and ``scale``. Each database is
+the local Redis), ``handover`` (from a hold's end to the waiting party's offer,
+and a cascade of lapsing offers), ``reserve`` (the reserve path through
+gunicorn, expiry job on and off, driven by wrk), ``burst``, ``catchup`` and
+``scale``. Each database is
 a throwaway one: a SQLite file under ``--out``, or a PostgreSQL database created
 beside ``BENCH_POSTGRES_URL`` and dropped afterwards. A PostgreSQL or Redis
 that cannot be reached is skipped, and the report says so.
@@ -39,14 +41,17 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.bench import report  # noqa: E402
 
-PHASES = ["lateness", "reserve", "burst", "catchup", "scale"]
+PHASES = ["lateness", "handover", "reserve", "burst", "catchup", "scale"]
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description="Benchmarks of the expiry: lateness, reserve path, burst, catch-up, scale.",
+        description=(
+            "Benchmarks of the expiry: lateness, waiting-list hand-over, reserve path, burst, "
+            "catch-up, scale."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=(
             f"Environment: BENCH_POSTGRES_URL (default {DEFAULT_POSTGRES}), where a "
