@@ -1,6 +1,8 @@
-"""APScheduler 3.11's BackgroundScheduler with three of its failure modes closed."""
+"""APScheduler 3.11's BackgroundScheduler with its failure modes closed, and one cost."""
 
 import logging
+import time
+from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,19 +30,47 @@ class Scheduler(BackgroundScheduler):
     4. ``shutdown()`` stops the executors while a pass may still be handing
        them due jobs, whose rows it has already deleted: such a job failed to
        submit and was lost. Here the pass under way finishes first.
+    5. Every job added wakes the scheduler's thread for a pass over the store,
+       which holds the store's lock: a runner that adds jobs in bulk (the
+       offers a burst of lapsing holds makes, each with its deadlines) spent
+       its threads waiting for that lock. Here a job due no sooner than the
+       pass already planned wakes nothing: that pass sees it.
     """
+
+    # When the next pass is planned, epoch seconds; None while a pass runs or
+    # when none is planned (the thread waits for a wakeup): wake for anything.
+    _next_pass_at: float | None = None
+    _adding: Any = None  # the job being added, under the store's lock
 
     def _process_jobs(self) -> float | None:
         if self.state == STATE_STOPPED:
             return None
+        self._next_pass_at = None
         try:
-            return super()._process_jobs()
+            wait_seconds = super()._process_jobs()
         except JobLookupError as exc:
             logger.info("A due job was removed by another process while it ran: %s", exc)
             return 0
         except Exception:
             logger.exception("Scheduler pass failed; retrying in %ss", self.jobstore_retry_interval)
             return self.jobstore_retry_interval
+        if wait_seconds is not None and self.state == STATE_RUNNING:
+            self._next_pass_at = time.time() + wait_seconds
+        return wait_seconds
+
+    def _real_add_job(self, job: Any, jobstore_alias: str, replace_existing: bool) -> None:
+        self._adding = job
+        try:
+            super()._real_add_job(job, jobstore_alias, replace_existing)
+        finally:
+            self._adding = None
+
+    def wakeup(self) -> None:
+        job, planned = self._adding, self._next_pass_at
+        run_at = getattr(job, "next_run_time", None)
+        if planned is not None and run_at is not None and run_at.timestamp() >= planned:
+            return  # the pass planned comes first, and sees the job
+        super().wakeup()
 
     def shutdown(self, wait: bool = True) -> None:
         if wait and self.state == STATE_RUNNING:

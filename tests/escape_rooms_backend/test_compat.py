@@ -146,3 +146,41 @@ def test_shutdown_waits_for_a_job_that_writes_to_the_store_without_hanging():
     stopper.join(timeout=5)
 
     assert not stopper.is_alive(), "shutdown(wait=True) deadlocked with a running job"
+
+
+def test_a_job_due_after_the_planned_pass_wakes_nothing_and_one_due_before_runs_on_time(
+    job_store, settings
+):
+    scheduler = build_scheduler(settings.SCHEDULER_CONFIG)
+    scheduler.start()
+    try:
+        now = timezone.now()
+        scheduler.add_job(f"{__name__}:nothing", "date", run_date=now + timedelta(minutes=1))
+        assert wait_for(lambda: scheduler._next_pass_at is not None, timeout=2)
+        passes = []
+        process_jobs = scheduler._process_jobs
+
+        def counted():
+            passes.append(time.monotonic())
+            return process_jobs()
+
+        scheduler._process_jobs = counted
+        for minutes in (2, 3, 4):  # after the planned pass: no wakeup, no pass
+            scheduler.add_job(f"{__name__}:ran_job", "date", run_date=now + timedelta(minutes=minutes))
+        time.sleep(0.2)
+        assert passes == []
+
+        ran.clear()
+        due = timezone.now() + timedelta(milliseconds=300)
+        scheduler.add_job(f"{__name__}:ran_job", "date", run_date=due)  # before it: wakes and runs
+        assert wait_for(lambda: ran, timeout=2)
+        assert 0 <= ran[0] - due.timestamp() < 0.2
+    finally:
+        scheduler.shutdown()
+
+
+ran: list[float] = []
+
+
+def ran_job() -> None:
+    ran.append(time.time())
