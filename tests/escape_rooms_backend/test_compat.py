@@ -166,7 +166,8 @@ def test_a_job_due_after_the_planned_pass_wakes_nothing_and_one_due_before_runs_
 
         scheduler._process_jobs = counted
         for minutes in (2, 3, 4):  # after the planned pass: no wakeup, no pass
-            scheduler.add_job(f"{__name__}:ran_job", "date", run_date=now + timedelta(minutes=minutes))
+            later = now + timedelta(minutes=minutes)
+            scheduler.add_job(f"{__name__}:ran_job", "date", run_date=later)
         time.sleep(0.2)
         assert passes == []
 
