@@ -25,6 +25,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from apps.rooms.models import TimeSlot
+from escape_rooms_backend.db import advisory_xact_lock
 
 from .models import Reservation, ReservationEvent, WaitingEntry
 from .signals import reservations_changed, waiting_list_changed
@@ -151,6 +152,11 @@ def _first_free_parties(
     emails = {entry.customer_email.lower() for entries in offerable.values() for entry in entries}
     if not emails:
         return []
+    # Two hand-overs at once (a job on one slot, a reclaim or a page's read
+    # on another at the same hour) must not both find a party free: each
+    # locks its parties before reading their games, so that the second
+    # reads the first's offer once it commits.
+    advisory_xact_lock(*(f"offer:{email}" for email in emails))
     # (start, end) of every game each of these parties holds or booked.
     busy: dict[str, list[tuple[datetime, datetime]]] = {}
     for email, starts_at, ends_at in (

@@ -376,7 +376,6 @@ def test_a_lapsed_hold_message_never_calls_free_a_time_the_list_is_about_to_get(
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(POSTGRES, strict=True, reason="broken: two hand-overs read no other's offer")
 @pytest.mark.django_db(transaction=True)
 def test_one_party_waiting_for_two_games_at_once_is_never_offered_both_by_two_runners():
     """
