@@ -236,9 +236,10 @@ def slot_booked(reservation: Reservation, *, now: datetime) -> None:
     list, in case the booking is cancelled.
     """
     if reservation.is_offer:
-        WaitingEntry.objects.filter(offer_id=reservation.pk, status=Entry.OFFERED).update(
-            status=Entry.BOOKED, ended_at=now
-        )
+        # Or paid late: an offer that lapsed while no one else waited.
+        WaitingEntry.objects.filter(
+            offer_id=reservation.pk, status__in=[Entry.OFFERED, Entry.LAPSED]
+        ).update(status=Entry.BOOKED, ended_at=now)
     waiting = list(
         WaitingEntry.objects.filter(time_slot_id=reservation.time_slot_id, status=Entry.WAITING)
     )

@@ -509,7 +509,6 @@ def test_a_party_leaving_while_its_offer_is_paid_or_lapses_ends_with_one_story()
     lists_hold()
 
 
-@pytest.mark.xfail(strict=True, reason="broken: the place stays lapsed")
 @pytest.mark.django_db
 def test_a_lapsed_offer_paid_late_on_a_free_slot_books_its_partys_place(client):
     """
