@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -48,12 +48,19 @@ def offer_seconds() -> timedelta:
 
 
 def waiting_on(time_slot_id: int, *, now: datetime) -> bool:
-    """Whether a lapsed hold on the slot would be offered to a waiting party at ``now``."""
+    """
+    Whether a lapsed hold on the slot would be offered to a waiting party at ``now``.
+
+    Only a party the room takes counts (the hand-over skips the others); a
+    party skipped for another game at that time still counts.
+    """
     return WaitingEntry.objects.filter(
         time_slot_id=time_slot_id,
         status=Entry.WAITING,
         time_slot__starts_at__gt=now + offer_seconds(),
         time_slot__room__is_active=True,
+        party_size__gte=F("time_slot__room__min_players"),
+        party_size__lte=F("time_slot__room__max_players"),
     ).exists()
 
 

@@ -998,7 +998,6 @@ def test_a_slot_starting_exactly_the_offer_time_away_goes_free_and_a_microsecond
     lists_hold()
 
 
-@pytest.mark.xfail(strict=True, reason="broken: a party that cannot be offered keeps the slot")
 @pytest.mark.django_db
 def test_a_party_the_room_no_longer_takes_neither_gets_the_offer_nor_keeps_the_slot_from_others(
     client,
