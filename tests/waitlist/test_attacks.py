@@ -345,7 +345,6 @@ def test_customers_racing_the_expiry_job_for_a_listed_slot_never_win_it():
     lists_hold()
 
 
-@pytest.mark.xfail(strict=True, reason="broken: the message reads only running holds")
 @pytest.mark.django_db
 def test_a_lapsed_hold_message_never_calls_free_a_time_the_list_is_about_to_get():
     """
