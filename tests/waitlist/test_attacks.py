@@ -1031,7 +1031,6 @@ def test_a_party_the_room_no_longer_takes_neither_gets_the_offer_nor_keeps_the_s
     lists_hold()
 
 
-@pytest.mark.xfail(strict=True, reason="broken: the holder may join its own list")
 @pytest.mark.django_db
 def test_the_holder_cannot_wait_for_its_own_slot(client):
     """
