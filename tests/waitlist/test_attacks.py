@@ -66,6 +66,11 @@ def join(slot, email, **overrides) -> WaitingEntry:
     )
 
 
+def tomorrow_slot() -> TimeSlot:
+    """A slot tomorrow: within the days the room page shows, however many slots came before."""
+    return TimeSlotFactory(starts_at=(timezone.now() + timedelta(days=1)).replace(microsecond=0))
+
+
 def held(slot, email="holder@example.com", **overrides) -> Reservation:
     return reserve(slot, customer_email=email, **overrides)
 
@@ -196,9 +201,10 @@ def test_every_public_way_into_a_lapsed_hold_that_parties_wait_for_is_shut(clien
     Attack: Eve watches a held slot with two parties waiting. The hold
     lapses and no job runs. She reads the API's slot list, opens the reserve
     form, posts it, posts the API, and — once the first party's offer has
-    lapsed too, still with no job — tries both again.
+    lapsed too, still with no job — reads the list, the form and the room
+    page, and posts both again.
     """
-    slot = TimeSlotFactory()
+    slot = tomorrow_slot()
     hold = held(slot)
     ada, bo = join(slot, "ada@example.com"), join(slot, "bo@example.com")
     let_lapse(hold)
@@ -219,8 +225,11 @@ def test_every_public_way_into_a_lapsed_hold_that_parties_wait_for_is_shut(clien
 
     let_lapse(fresh(ada).offer)
     assert api_slot_available(client, slot) is False
+    assert client.get(reserve_url).status_code == 302
+    room_page = client.get(f"/rooms/{slot.room.slug}/?date={timezone.localdate(slot.starts_at)}")
+    assert f'<tr class="slot offered" data-slot="{slot.key}">' in room_page.content.decode()
+    assert fresh(bo).status == Entry.OFFERED  # the page's read handed it over
     assert error(api_post(client, "/reservations/", body_of(slot))) == (409, "slot_taken")
-    assert fresh(bo).status == Entry.OFFERED
     assert client.post(reserve_url, form).status_code == 302
     assert not Reservation.objects.filter(customer_email="eve@example.com").exists()
     lists_hold()
@@ -784,7 +793,7 @@ def test_a_hand_over_that_fails_half_way_leaves_nothing_and_the_next_run_makes_i
     lists_hold()
 
 
-def _blocked_on_the_entry(pid_of_worker: int) -> bool:
+def _blocked_on_the_entry() -> bool:
     """PostgreSQL: a backend of another process waits for a row lock on the waiting entries."""
     with connection.cursor() as cursor:
         cursor.execute(
@@ -834,7 +843,7 @@ def test_a_worker_killed_mid_hand_over_leaves_nothing_and_the_next_worker_offers
     try:
         assert locked.wait(5)
         if connection.vendor == "postgresql":
-            assert wait_for(lambda: _blocked_on_the_entry(worker.pid), timeout=10), worker.log()
+            assert wait_for(_blocked_on_the_entry, timeout=10), worker.log()
         else:
             time.sleep(max(0.0, (hold.expires_at - timezone.now()).total_seconds()) + 0.8)
         worker.send_signal(signal.SIGKILL)
@@ -843,7 +852,7 @@ def test_a_worker_killed_mid_hand_over_leaves_nothing_and_the_next_worker_offers
         let_go.set()
         holder.join(10)
     if connection.vendor == "postgresql":  # the dead worker's backend rolls back and ends
-        assert wait_for(lambda: not _blocked_on_the_entry(worker.pid), timeout=10)
+        assert wait_for(lambda: not _blocked_on_the_entry(), timeout=10)
         time.sleep(0.3)
 
     hold.refresh_from_db()
@@ -907,7 +916,7 @@ def test_with_no_scheduler_at_all_the_reads_carry_the_cascade_to_its_end(client)
     Attack: no worker, no job, no sweep. A hold lapses; then each offer
     lapses in turn; the only things that happen are customers reading.
     """
-    slot = TimeSlotFactory()
+    slot = tomorrow_slot()
     hold = held(slot)
     ada, bo = join(slot, "ada@example.com"), join(slot, "bo@example.com")
     room_page = f"/rooms/{slot.room.slug}/?date={timezone.localdate(slot.starts_at)}"
