@@ -394,7 +394,7 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
             except errors.SlotAvailable:
                 messages.success(request, SLOT_FREE_MESSAGE)
                 return redirect("booking:reserve", slug=room.slug, key=slot.key)
-            except (errors.AlreadyWaiting, errors.TooManyWaiting) as refused:
+            except (errors.AlreadyWaiting, errors.AlreadyHolding, errors.TooManyWaiting) as refused:
                 form.add_error(None, refused.message)
                 status = refused.status
             else:

@@ -283,7 +283,8 @@ def join_waitlist(request, payload: WaitingIn):
     waiting is offered it: a reservation held for WAITLIST_OFFER_SECONDS, to
     pay like any hold. 409 ``slot_available`` when no one holds the slot
     (reserve it instead), ``already_waiting`` when this email address waits
-    for it already; 429 ``too_many_waiting`` past MAX_WAITING_PER_EMAIL places.
+    for it already, ``already_holding`` when it holds or booked it; 429
+    ``too_many_waiting`` past MAX_WAITING_PER_EMAIL places.
     """
     entry = waitlist.waiting_join(
         time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)

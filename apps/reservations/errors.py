@@ -145,6 +145,14 @@ class AlreadyWaiting(ReservationError):
     default_message = "This email address is already on this time slot's waiting list."
 
 
+class AlreadyHolding(ReservationError):
+    code = "already_holding"
+    default_message = (
+        "This email address holds this time slot already: pay for it on its page instead of "
+        "waiting for it."
+    )
+
+
 class TooManyWaiting(ReservationError):
     code = "too_many_waiting"
     status = 429

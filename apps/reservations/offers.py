@@ -20,11 +20,12 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef
 from django.db.models.functions import Lower
 from django.utils import timezone
 
 from apps.rooms.models import TimeSlot
+from escape_rooms_backend.db import advisory_xact_lock
 
 from .models import Reservation, ReservationEvent, WaitingEntry
 from .signals import reservations_changed, waiting_list_changed
@@ -47,12 +48,19 @@ def offer_seconds() -> timedelta:
 
 
 def waiting_on(time_slot_id: int, *, now: datetime) -> bool:
-    """Whether a lapsed hold on the slot would be offered to a waiting party at ``now``."""
+    """
+    Whether a lapsed hold on the slot would be offered to a waiting party at ``now``.
+
+    Only a party the room takes counts (the hand-over skips the others); a
+    party skipped for another game at that time still counts.
+    """
     return WaitingEntry.objects.filter(
         time_slot_id=time_slot_id,
         status=Entry.WAITING,
         time_slot__starts_at__gt=now + offer_seconds(),
         time_slot__room__is_active=True,
+        party_size__gte=F("time_slot__room__min_players"),
+        party_size__lte=F("time_slot__room__max_players"),
     ).exists()
 
 
@@ -151,6 +159,11 @@ def _first_free_parties(
     emails = {entry.customer_email.lower() for entries in offerable.values() for entry in entries}
     if not emails:
         return []
+    # Two hand-overs at once (a job on one slot, a reclaim or a page's read
+    # on another at the same hour) must not both find a party free: each
+    # locks its parties before reading their games, so that the second
+    # reads the first's offer once it commits.
+    advisory_xact_lock(*(f"offer:{email}" for email in emails))
     # (start, end) of every game each of these parties holds or booked.
     busy: dict[str, list[tuple[datetime, datetime]]] = {}
     for email, starts_at, ends_at in (
@@ -230,9 +243,10 @@ def slot_booked(reservation: Reservation, *, now: datetime) -> None:
     list, in case the booking is cancelled.
     """
     if reservation.is_offer:
-        WaitingEntry.objects.filter(offer_id=reservation.pk, status=Entry.OFFERED).update(
-            status=Entry.BOOKED, ended_at=now
-        )
+        # Or paid late: an offer that lapsed while no one else waited.
+        WaitingEntry.objects.filter(
+            offer_id=reservation.pk, status__in=[Entry.OFFERED, Entry.LAPSED]
+        ).update(status=Entry.BOOKED, ended_at=now)
     waiting = list(
         WaitingEntry.objects.filter(time_slot_id=reservation.time_slot_id, status=Entry.WAITING)
     )

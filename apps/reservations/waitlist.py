@@ -50,7 +50,8 @@ def waiting_join(
     Raises ``SlotNotFound``, ``SlotUnavailable`` (started, or its room is
     closed), ``InvalidReservation`` (party size outside the room's limits),
     ``SlotAvailable`` (no one holds it: reserve it), ``AlreadyWaiting`` (this
-    email address has a live place on the list) and ``TooManyWaiting`` (past
+    email address has a live place on the list), ``AlreadyHolding`` (it holds
+    or booked the slot) and ``TooManyWaiting`` (past
     ``MAX_WAITING_PER_EMAIL`` live places for the address, or
     ``MAX_PENDING_HOLDS_PER_ADDRESS`` for the client address).
     """
@@ -68,11 +69,16 @@ def waiting_join(
         services.slot_lapsed_holds_expire(
             time_slot_id=slot.pk, now=now, cause=ReservationEvent.Cause.RECLAIM
         )
-        if not Reservation.objects.holding(now).filter(time_slot=slot).exists():
+        holders = Reservation.objects.holding(now).filter(time_slot=slot)
+        if not holders.exists():
             raise errors.SlotAvailable()
         live = WaitingEntry.objects.filter(time_slot=slot, status__in=WaitingEntry.LIVE)
         if live.filter(customer_email__iexact=customer_email).exists():
             raise errors.AlreadyWaiting()
+        if holders.filter(customer_email__iexact=customer_email).exists():
+            # Its hold is its place: on the list too, it would be offered its
+            # own lapsed hold afresh, and told its own booking was another's.
+            raise errors.AlreadyHolding()
         _waiting_limit_check(customer_email=customer_email, client_address=client_address)
         try:
             with transaction.atomic():

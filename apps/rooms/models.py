@@ -50,18 +50,21 @@ class TimeSlotQuerySet(models.QuerySet):
         no reservation holds it. Only a paid reservation, or a pending one whose
         hold has not lapsed, holds a slot: a lapsed hold counts as free whether
         or not its expiry job has run yet (correctness never waits for the
-        scheduler), so the stored ``status`` is not consulted. Unless someone
-        waits for the slot: a lapsed hold then goes to the waiting list's
-        first party (an offer, if the slot starts later than
-        ``WAITLIST_OFFER_SECONDS`` from ``now``), so the slot is not available
-        even before its expiry job has run.
+        scheduler), so the stored ``status`` is not consulted. Unless a party
+        the room takes waits for the slot: a lapsed hold then goes to the
+        waiting list's first such party (an offer, if the slot starts later
+        than ``WAITLIST_OFFER_SECONDS`` from ``now``), so the slot is not
+        available even before its expiry job has run.
         """
         from apps.reservations.models import Reservation, WaitingEntry
 
         holders = Reservation.objects.holding(now).filter(time_slot=OuterRef("pk"))
         lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot=OuterRef("pk"))
         waiting = WaitingEntry.objects.filter(
-            time_slot=OuterRef("pk"), status=WaitingEntry.Status.WAITING
+            time_slot=OuterRef("pk"),
+            status=WaitingEntry.Status.WAITING,
+            party_size__gte=OuterRef("room__min_players"),
+            party_size__lte=OuterRef("room__max_players"),
         )
         offer_from = now + timedelta(seconds=settings.WAITLIST_OFFER_SECONDS)
         return self.annotate(
