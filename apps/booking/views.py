@@ -266,7 +266,9 @@ def reservation(request: HttpRequest, token: str) -> HttpResponse:
             "reason": reason,
             "seconds_left": reservation.seconds_left(now),
             "warn_seconds": 5 * 60,
-            "extensions_left": max(0, settings.RESERVATION_MAX_EXTENSIONS - reservation.extensions),
+            "extensions_left": 0
+            if reservation.is_offer
+            else max(0, settings.RESERVATION_MAX_EXTENSIONS - reservation.extensions),
             "hold_length": _duration(settings.RESERVATION_HOLD_SECONDS),
             "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
             "card_payment": _card_payment() if status == Reservation.Status.PENDING else None,

@@ -172,5 +172,8 @@ TOO_MANY_HOLDS = (
     "payment: pay or cancel one, or wait for a hold to end."
 )
 EXTENSION_LIMIT = "This hold has already been extended {limit} times, the most allowed."
+OFFER_NOT_EXTENDABLE = (
+    "An offer from the waiting list cannot be kept longer: the next party is waiting for it."
+)
 HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."

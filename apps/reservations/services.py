@@ -682,8 +682,12 @@ def reservation_keep_slot(*, reservation: Reservation, now: datetime | None = No
     The customer's *Keep my slot*: extend the hold by one hold length.
 
     At most ``settings.RESERVATION_MAX_EXTENSIONS`` times per reservation,
-    never past the slot's start. Raises as ``reservation_extend_hold``.
+    never past the slot's start; never for a waiting-list offer, whose next
+    party waits for it (``HoldNotExtendable``; staff may still extend it).
+    Raises as ``reservation_extend_hold``.
     """
+    if reservation.is_offer:
+        raise errors.HoldNotExtendable(errors.OFFER_NOT_EXTENDABLE)
     return reservation_extend_hold(
         reservation=reservation,
         by=timedelta(seconds=settings.RESERVATION_HOLD_SECONDS),

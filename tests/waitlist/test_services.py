@@ -155,3 +155,20 @@ def test_a_party_at_its_limit_is_told_what_is_wrong_with_this_join_first(setting
     reserve(other, customer_email="holder@example.com")
     with pytest.raises(errors.TooManyWaiting):
         join(other, "ada@example.com")
+
+
+def test_an_offer_cannot_be_kept_longer_by_its_party_but_staff_may_extend_it():
+    slot = TimeSlotFactory()
+    hold = reserve(slot, customer_email="holder@example.com")
+    ada = join(slot, "ada@example.com")
+    reservations.reservation_cancel(reservation=hold)
+    ada.refresh_from_db()
+    offer, ends = ada.offer, ada.offer.expires_at
+
+    with pytest.raises(errors.HoldNotExtendable, match="the next party is waiting"):
+        reservations.reservation_keep_slot(reservation=offer)
+    offer.refresh_from_db()
+    assert (offer.expires_at, offer.extensions) == (ends, 0)
+    reservations.reservation_extend_hold(reservation=offer, by=timedelta(minutes=5))
+    offer.refresh_from_db()
+    assert offer.expires_at == ends + timedelta(minutes=5)
