@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef
+from django.db.models import F
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -74,23 +74,23 @@ def waiting_place(entry: WaitingEntry) -> int | None:
 
 
 def slots_released(
-    released: Sequence[tuple[int, int]], *, now: datetime, expired: bool
+    slot_ids: Iterable[int], *, offers_ended: Sequence[int] = (), now: datetime, expired: bool
 ) -> list[Reservation]:
     """
     Hand slots that reservations just let go to their waiting lists.
 
-    ``released``: ``(reservation pk, time slot pk)`` pairs, the reservations
-    expired (``expired``) or cancelled in the current transaction, which must
-    hold their slots' locks. An offer among them ends its party's place
-    (``lapsed``, or ``left`` when cancelled). Then each slot goes to its
-    first party still waiting (``offers_make``). Returns the offers made.
+    ``slot_ids``: the slots of the reservations expired (``expired``) or
+    cancelled in the current transaction, which must hold their locks;
+    ``offers_ended``: those of the reservations that were offers, whose
+    parties' places end (``lapsed``, or ``left`` when cancelled). Then each
+    slot goes to its first party still waiting (``offers_make``). Returns
+    the offers made.
     """
-    if not released:
-        return []
-    WaitingEntry.objects.filter(
-        offer_id__in=[reservation_id for reservation_id, _ in released], status=Entry.OFFERED
-    ).update(status=Entry.LAPSED if expired else Entry.LEFT, ended_at=now)
-    return offers_make({slot_id for _, slot_id in released}, now=now)
+    if offers_ended:
+        WaitingEntry.objects.filter(offer_id__in=offers_ended, status=Entry.OFFERED).update(
+            status=Entry.LAPSED if expired else Entry.LEFT, ended_at=now
+        )
+    return offers_make(slot_ids, now=now)
 
 
 def offers_make(slot_ids: Iterable[int], *, now: datetime) -> list[Reservation]:
@@ -107,20 +107,22 @@ def offers_make(slot_ids: Iterable[int], *, now: datetime) -> list[Reservation]:
     of lapsing holds hands over in its own batches. Returns the offers,
     pending reservations with ``is_offer`` set.
     """
+    # Most slots have no list: one plain query says so.
     waiting = list(
         WaitingEntry.objects.filter(time_slot_id__in=list(slot_ids), status=Entry.WAITING)
-        .exclude(
-            # A slot someone holds is not free: nothing to hand over.
-            Exists(
-                Reservation.objects.filter(
-                    time_slot_id=OuterRef("time_slot_id"),
-                    status__in=[Reservation.Status.PENDING, Reservation.Status.PAID],
-                )
-            )
-        )
         .select_related("time_slot__room")
         .order_by("time_slot_id", "pk")
     )
+    if not waiting:
+        return []
+    # A slot someone holds is not free: nothing to hand over.
+    held = set(
+        Reservation.objects.filter(
+            time_slot_id__in={entry.time_slot_id for entry in waiting},
+            status__in=[Reservation.Status.PENDING, Reservation.Status.PAID],
+        ).values_list("time_slot_id", flat=True)
+    )
+    waiting = [entry for entry in waiting if entry.time_slot_id not in held]
     if not waiting:
         return []
     by_slot: dict[int, list[WaitingEntry]] = {}

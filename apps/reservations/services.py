@@ -181,7 +181,8 @@ def _release_slot(reservation: Reservation, *, now: datetime) -> None:
         status=TimeSlot.Status.ACTIVE
     )
     offers.slots_released(
-        [(reservation.pk, reservation.time_slot_id)],
+        [reservation.time_slot_id],
+        offers_ended=[reservation.pk] if reservation.is_offer else [],
         now=now,
         expired=reservation.cancellation_reason == Reason.EXPIRED,
     )
@@ -918,7 +919,10 @@ def lapsed_holds_expire(
         ]
         reservations_changed.send(sender=Reservation, reservations=changed)
         offers.slots_released(
-            [(hold.reservation_id, hold.time_slot_id) for hold in expired], now=at, expired=True
+            [hold.time_slot_id for hold in expired],
+            offers_ended=[hold.reservation_id for hold in expired if hold.is_offer],
+            now=at,
+            expired=True,
         )
     return expired
 
