@@ -408,6 +408,9 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         if slot.starts_at <= now:
             messages.error(request, SLOT_PASSED_MESSAGE)
             return redirect(_room_url(room, local_day))
+        if TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+            messages.success(request, SLOT_FREE_MESSAGE)
+            return redirect("booking:reserve", slug=room.slug, key=slot.key)
         form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
     return render(
         request,

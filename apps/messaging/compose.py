@@ -68,6 +68,17 @@ def clock(at: datetime) -> str:
     return f"{at:%H:%M} {at.tzname()}"
 
 
+def duration(seconds: int) -> str:
+    """A length of time in words: ``45 seconds``, ``15 minutes``, ``1 minute 30 seconds``."""
+    minutes, seconds = divmod(seconds, 60)
+    parts = [
+        f"{n} {unit}{'' if n == 1 else 's'}"
+        for n, unit in ((minutes, "minute"), (seconds, "second"))
+        if n
+    ]
+    return " ".join(parts) or "0 seconds"
+
+
 def message_email(message: Message, now: datetime | None = None) -> EmailMultiAlternatives | None:
     """
     Render ``message`` as of ``now`` (default: the clock), or ``None`` when no longer needed.
@@ -174,7 +185,7 @@ def _waiting_email(
         "zone": timezone.get_current_timezone_name(),
         "starts": when(slot.starts_at),
         "ends_time": clock(slot.ends_at),
-        "offer_minutes": settings.WAITLIST_OFFER_SECONDS // 60,
+        "offer_length": duration(settings.WAITLIST_OFFER_SECONDS),
         "entry_url": absolute(reverse("booking:waiting", args=[entry.token])),
         "reserve_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
     }

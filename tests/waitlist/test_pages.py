@@ -214,6 +214,15 @@ def test_joining_a_time_that_went_free_sends_the_party_to_reserve_it(client, roo
     assert not WaitingEntry.objects.exists()
 
 
+def test_opening_the_join_form_of_a_free_time_sends_the_customer_to_reserve_it(client, room):
+    slot = slot_at(room, "13:00")
+
+    response = client.get(wait_url(slot), follow=True)
+
+    assert response.redirect_chain[-1][0] == f"/rooms/tomb/{slot.key}/reserve/"
+    assert "no one holds this time any more" in response.content.decode()
+
+
 # ---------------------------------------------------------------------------
 # The party's page
 # ---------------------------------------------------------------------------
@@ -347,6 +356,7 @@ def test_the_waiting_message_arrives_and_its_link_opens_the_page_whose_button_le
     assert received["Subject"] == subject(Kind.WAITING, slot)
     body = received.get_body(("plain",)).get_content()
     assert "number 2" in body
+    assert "the time is yours for 15 minutes to pay for it" in " ".join(body.split())
     [page_path] = links(body)
     assert page_path == f"/waitlist/{ada.token}/"
     page = client.get(page_path).content.decode()
