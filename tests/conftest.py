@@ -1,5 +1,6 @@
 import asyncio
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -266,6 +267,22 @@ class MailServer:
 
     def to(self, address: str) -> list[EmailMessage]:
         return [m for m in self.received if m["To"] == address]
+
+
+def subjects(server: MailServer, address: str) -> list[str]:
+    """Each message to ``address`` as it arrived, by its subject: the words before the room."""
+    return [
+        re.sub(r" [0-9:]+ [A-Z+0-9-]+$", "", m["Subject"].split(": ")[0])
+        for m in server.to(address)
+    ]
+
+
+def arrival(server: MailServer, address: str, prefix: str) -> float | None:
+    """When the first message to ``address`` whose subject starts with ``prefix`` arrived."""
+    for message in server.to(address):
+        if message["Subject"].startswith(prefix):
+            return message.arrived_at
+    return None
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ Messages on the timeline, with a running scheduler, real time and a real SMTP se
 Holds of a few seconds; every wait polls with a deadline.
 """
 
-import re
 import time
 
 import icalendar
@@ -16,28 +15,13 @@ from apps.reservations import services as reservations
 from apps.reservations.models import Reservation
 from escape_rooms_backend.scheduler import start_scheduler
 
-from ..conftest import MailServer, wait_for
+from ..conftest import MailServer, arrival, subjects, wait_for
 from ..factories import reserve
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 HOLD = 6  # seconds
 LEAD = 3  # the reminder, seconds before the hold ends
-
-
-def subjects(server: MailServer, address: str) -> list[str]:
-    """What each message to ``address`` was, by its subject: the words before the room."""
-    return [
-        re.sub(r" [0-9:]+ [A-Z+0-9-]+$", "", m["Subject"].split(": ")[0])
-        for m in server.to(address)
-    ]
-
-
-def arrival(server: MailServer, address: str, prefix: str) -> float | None:
-    for message in server.to(address):
-        if message["Subject"].startswith(prefix):
-            return message.arrived_at
-    return None
 
 
 @pytest.fixture

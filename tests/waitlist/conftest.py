@@ -1,4 +1,3 @@
-import re
 from collections import Counter
 
 from django.utils import timezone
@@ -6,8 +5,6 @@ from django.utils import timezone
 from apps.reservations import waitlist
 from apps.reservations.models import Reservation, WaitingEntry
 from apps.rooms.models import TimeSlot
-
-from ..conftest import MailServer
 
 Entry = WaitingEntry.Status
 
@@ -58,19 +55,3 @@ def holders(slot) -> list[Reservation]:
 
 def available(slot) -> bool:
     return TimeSlot.objects.with_availability(timezone.now()).get(pk=slot.pk).available
-
-
-def subjects(server: MailServer, address: str) -> list[str]:
-    """Each message to ``address`` as it arrived, by its subject: the words before the room."""
-    return [
-        re.sub(r" [0-9:]+ [A-Z+0-9-]+$", "", m["Subject"].split(": ")[0])
-        for m in server.to(address)
-    ]
-
-
-def arrival(server: MailServer, address: str, prefix: str) -> float | None:
-    """When the first message to ``address`` whose subject starts with ``prefix`` arrived."""
-    for message in server.to(address):
-        if message["Subject"].startswith(prefix):
-            return message.arrived_at
-    return None

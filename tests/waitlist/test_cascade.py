@@ -16,9 +16,9 @@ from apps.messaging.compose import clock
 from apps.messaging.models import Message
 from escape_rooms_backend.scheduler import start_scheduler
 
-from ..conftest import wait_for
+from ..conftest import arrival, subjects, wait_for
 from ..factories import TimeSlotFactory, reserve
-from .conftest import Entry, arrival, available, entry_of, join_over_api, offers_per_slot, subjects
+from .conftest import Entry, available, entry_of, join_over_api, offers_per_slot
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 

@@ -21,17 +21,15 @@ from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation, ReservationEvent
 from escape_rooms_backend.scheduler import cancel_expired_reservations
 
-from ..conftest import wait_for
+from ..conftest import arrival, subjects, wait_for
 from ..factories import TimeSlotFactory, reserve
 from .conftest import (
     Entry,
-    arrival,
     available,
     entry_of,
     holders,
     join,
     offers_per_slot,
-    subjects,
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
