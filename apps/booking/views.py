@@ -453,10 +453,9 @@ def waiting(request: HttpRequest, token: str) -> HttpResponse:
             "offer": entry.offer,
             "offer_length": _duration(settings.WAITLIST_OFFER_SECONDS),
             "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
-            "slot_offered": Reservation.objects.holding(timezone.now())
-            .filter(time_slot=slot, is_offer=True, status=Reservation.Status.PENDING)
-            .exclude(pk=entry.offer_id)
-            .exists(),
+            "slot_offered": offers.slot_gone_to_waiting_list(
+                slot.pk, now=timezone.now(), other_than=entry.offer_id
+            ),
         },
     )
 

@@ -126,13 +126,11 @@ def _reservation_context(
 ) -> dict[str, Any]:
     room = slot.room
     page = absolute(reverse("booking:reservation", args=[reservation.token]))
-    others = Reservation.objects.filter(time_slot=slot).exclude(pk=reservation.pk)
-    holders = others.holding(now)
-    # A lapsed hold on it (an offer, say) whose job has not run yet is the
-    # waiting list's, as every read of the slot says: offered, not free.
-    handed_over = others.due_for_expiry(now).exists() and offers.waiting_on(slot.pk, now=now)
-    slot_free = slot.starts_at > now and room.is_active and not holders.exists() and not handed_over
-    slot_offered = handed_over or holders.filter(is_offer=True, status=Status.PENDING).exists()
+    slot_offered = offers.slot_gone_to_waiting_list(slot.pk, now=now, other_than=reservation.pk)
+    holders = Reservation.objects.holding(now).filter(time_slot=slot).exclude(pk=reservation.pk)
+    slot_free = (
+        slot.starts_at > now and room.is_active and not slot_offered and not holders.exists()
+    )
     day = local(slot.starts_at).date().isoformat()
     return {
         "message": message,

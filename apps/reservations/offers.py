@@ -64,6 +64,20 @@ def waiting_on(time_slot_id: int, *, now: datetime) -> bool:
     ).exists()
 
 
+def slot_gone_to_waiting_list(time_slot_id: int, *, now: datetime, other_than: int | None) -> bool:
+    """
+    Whether the slot is offered to a waiting party at ``now``, or is about to be.
+
+    An offer holds it, or a lapsed hold on it whose job has not run yet goes
+    to the parties waiting (as every read of the slot says). Reservation
+    ``other_than`` (the reader's own) does not count.
+    """
+    others = Reservation.objects.filter(time_slot_id=time_slot_id).exclude(pk=other_than)
+    if others.holding(now).filter(is_offer=True, status=Reservation.Status.PENDING).exists():
+        return True
+    return others.due_for_expiry(now).exists() and waiting_on(time_slot_id, now=now)
+
+
 def waiting_place(entry: WaitingEntry) -> int | None:
     """The entry's place on its slot's list (1: next to be offered), or ``None`` unless waiting."""
     if entry.status != Entry.WAITING:
