@@ -47,6 +47,8 @@ class ReservationFactory(factory.django.DjangoModelFactory):
     customer_name = "John Doe"
     customer_email = "john@example.com"
     party_size = 3
+    price = factory.LazyAttribute(lambda r: r.time_slot.room.price_for(r.party_size))
+    currency = factory.LazyAttribute(lambda r: r.time_slot.room.currency)
     status = Reservation.Status.PENDING
     expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=30))
 

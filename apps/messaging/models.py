@@ -28,6 +28,7 @@ class Message(models.Model):
         OFFER = "offer", "Waiting-list offer"
         SLOT_BOOKED = "slot_booked", "Waited-for slot booked"
         SLOT_FREE = "slot_free", "Waited-for slot free"
+        MOVED = "moved", "Booking moved"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

@@ -32,6 +32,11 @@ class Reservation(models.Model):
         EXPIRED = "expired", "Hold expired"
         CUSTOMER = "customer", "Cancelled by the customer"
         STAFF = "staff", "Cancelled by staff"
+        CLOSED = "closed", "The venue closed the room"
+
+    class Attendance(models.TextChoices):
+        CHECKED_IN = "checked_in", "Checked in"
+        NO_SHOW = "no_show", "No-show"
 
     token = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     time_slot = models.ForeignKey(
@@ -64,6 +69,14 @@ class Reservation(models.Model):
         editable=False,
         help_text="The booking form's submission key: a resubmission finds this reservation.",
     )
+    price = models.DecimalField(
+        max_digits=8,
+        decimal_places=2,
+        help_text="The price of the game when the slot was held, in currency: what is charged.",
+    )
+    currency = models.CharField(max_length=3, help_text="ISO 4217 code")
+    attendance = models.CharField(max_length=10, choices=Attendance, blank=True)
+    attendance_at = models.DateTimeField(null=True, blank=True)
     is_offer = models.BooleanField(
         default=False,
         help_text="Offered to a party from the slot's waiting list: its hold is the offer's.",
@@ -146,6 +159,7 @@ class ReservationEvent(models.Model):
         RECONCILE = "reconcile", "Reconcile"
         PAYMENT = "payment", "Payment provider"
         WAITLIST = "waitlist", "Waiting list"
+        CLOSURE = "closure", "Room closed"
 
     # PROTECT: a reservation with a history cannot be deleted with it.
     reservation = models.ForeignKey(Reservation, on_delete=models.PROTECT, related_name="events")

@@ -16,6 +16,7 @@ never calls a service.
 """
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
@@ -24,7 +25,7 @@ from django.db.models import F
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from apps.rooms.models import TimeSlot
+from apps.rooms.models import PriceTier, TimeSlot
 from escape_rooms_backend.db import advisory_xact_lock
 
 from .models import Reservation, ReservationEvent, WaitingEntry
@@ -207,9 +208,14 @@ def _first_free_parties(
 
 def _offer(entries: list[WaitingEntry], *, now: datetime) -> list[Reservation]:
     expires_at = now + offer_seconds()
+    tiers: dict[int, list[PriceTier]] = defaultdict(list)
+    for tier in PriceTier.objects.filter(room__time_slots__waiting_entries__in=entries):
+        tiers[tier.room_id].append(tier)
     offers = Reservation.objects.bulk_create(
         Reservation(
             time_slot_id=entry.time_slot_id,
+            price=entry.time_slot.room.price_for(entry.party_size, tiers[entry.time_slot.room_id]),
+            currency=entry.time_slot.room.currency,
             customer_name=entry.customer_name,
             customer_email=entry.customer_email,
             customer_phone=entry.customer_phone,

@@ -279,6 +279,8 @@ def reservation_create(
                         customer_email=customer_email,
                         customer_phone=customer_phone,
                         party_size=party_size,
+                        price=room.price_for(party_size),
+                        currency=room.currency,
                         status=Status.PENDING,
                         created_at=now,
                         # No hold outlasts the game it holds a place in.

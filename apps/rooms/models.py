@@ -12,6 +12,10 @@ SLOT_KEY_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
 class Room(models.Model):
+    class Pricing(models.TextChoices):
+        ROOM = "room", "Per game, whatever the party size"
+        PLAYER = "player", "Per player"
+
     name = models.CharField(max_length=100)
     slug = models.SlugField(max_length=100, unique=True)
     description = models.TextField(blank=True)
@@ -22,6 +26,15 @@ class Room(models.Model):
         max_digits=8, decimal_places=2, validators=[MinValueValidator(Decimal("0"))]
     )
     currency = models.CharField(max_length=3, default="EUR", help_text="ISO 4217 code")
+    pricing = models.CharField(
+        max_length=6,
+        choices=Pricing,
+        default=Pricing.ROOM,
+        help_text="Whether the price (and each tier's) is for the game or for each player.",
+    )
+    reset_minutes = models.PositiveSmallIntegerField(
+        default=0, help_text="Minutes the room needs between two games to be reset."
+    )
     is_active = models.BooleanField(default=True)
 
     class Meta:
@@ -39,6 +52,92 @@ class Room(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def price_for(self, party_size: int, tiers: "list[PriceTier] | None" = None) -> Decimal:
+        """
+        The price of one game for ``party_size`` players, in ``currency``.
+
+        The tier with the largest ``min_party_size`` not above ``party_size``
+        sets the rate, else ``price`` does; a rate is for the game or for each
+        player, as ``pricing`` says. ``tiers`` saves a query when the caller
+        has them (in any order).
+        """
+        if tiers is None:
+            tiers = list(self.price_tiers.all()) if self.pk is not None else []
+        rate = self.price
+        fitting = [tier for tier in tiers if tier.min_party_size <= party_size]
+        if fitting:
+            rate = max(fitting, key=lambda tier: tier.min_party_size).price
+        if self.pricing == self.Pricing.PLAYER:
+            return rate * party_size
+        return rate
+
+
+class PriceTier(models.Model):
+    """A room's rate from ``min_party_size`` players up, per game or per player (``pricing``)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="price_tiers")
+    min_party_size = models.PositiveSmallIntegerField(
+        validators=[MinValueValidator(1)], help_text="The rate applies from this party size up."
+    )
+    price = models.DecimalField(
+        max_digits=8, decimal_places=2, validators=[MinValueValidator(Decimal("0"))]
+    )
+
+    class Meta:
+        ordering = ["room", "min_party_size"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["room", "min_party_size"], name="pricetier_unique_room_size"
+            ),
+            models.CheckConstraint(condition=Q(price__gte=0), name="pricetier_price_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room}: from {self.min_party_size} players, {self.price} {self.room.currency}"
+
+
+class Closure(models.Model):
+    """
+    A period in which a room (or, with no room, the whole venue) takes no games.
+
+    A slot overlapping a closure is not offered; closing ends the live holds
+    on such slots (``apps.reservations.closures``).
+    """
+
+    room = models.ForeignKey(
+        Room,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="closures",
+        help_text="Empty: the whole venue is closed.",
+    )
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["starts_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ends_at__gt=models.F("starts_at")), name="closure_ends_after_start"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = self.room.name if self.room is not None else "The venue"
+        start = timezone.localtime(self.starts_at)
+        return f"{where} closed from {start:%Y-%m-%d %H:%M}: {self.reason}"
 
 
 class TimeSlotQuerySet(models.QuerySet):

@@ -243,6 +243,8 @@ def hold_slots(slot_ids: Sequence[int], expires_at: Callable[[int], datetime]) -
                 customer_name="Bench Customer",
                 customer_email=f"bench{i}@example.com",
                 party_size=3,
+                price=Decimal("89.00"),
+                currency="EUR",
                 expires_at=expires_at(i),
             )
             for i in chunk

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -593,6 +594,8 @@ def _history(count: int) -> None:
                     customer_name="Past Customer",
                     customer_email=f"past{slot_id}-{k}@example.com",
                     party_size=3,
+                    price=Decimal("89.00"),
+                    currency="EUR",
                 )
                 for slot_id in slot_ids[chunk_start : chunk_start + 2000]
                 for k in range(per_slot)

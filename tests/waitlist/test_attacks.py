@@ -1279,6 +1279,8 @@ def test_a_thousand_listed_slots_lapsing_at_once_each_go_to_their_first_free_par
             customer_name="H",
             customer_email=f"h{n}@example.com",
             party_size=3,
+            price=slot.room.price,
+            currency=slot.room.currency,
             expires_at=end,
         )
         for n, slot in enumerate(slots)
