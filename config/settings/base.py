@@ -115,6 +115,11 @@ RESERVATION_MAX_EXTENSIONS = env.int("RESERVATION_MAX_EXTENSIONS", default=2)
 # Against hoarding: pending holds at a time per email address and per client address.
 MAX_PENDING_HOLDS_PER_EMAIL = env.int("MAX_PENDING_HOLDS_PER_EMAIL", default=2)
 MAX_PENDING_HOLDS_PER_ADDRESS = env.int("MAX_PENDING_HOLDS_PER_ADDRESS", default=10)
+# An IPv6 client is counted by its network of this many bits (a host is given a
+# /64 and may use any address in it); an IPv4 client by its address.
+HOLD_LIMIT_IPV6_PREFIX = env.int("HOLD_LIMIT_IPV6_PREFIX", default=64)
+if not 0 <= HOLD_LIMIT_IPV6_PREFIX <= 128:
+    raise ImproperlyConfigured("HOLD_LIMIT_IPV6_PREFIX must be between 0 and 128.")
 # The waiting list: how long a waiting party's offer of a lapsed slot lasts
 # (seconds; a slot starting sooner is not offered, it goes free for everyone),
 # and, against hoarding, the places at a time per email address (per client

@@ -353,3 +353,60 @@ def test_forwarded_addresses_are_believed_only_from_trusted_proxies(settings):
     assert address("10.1.2.3", "203.0.113.9") == "203.0.113.9"
     assert address("10.1.2.3", "198.51.100.1, 203.0.113.9, 10.9.9.9") == "203.0.113.9"
     assert address("192.0.2.1", "203.0.113.9") == "192.0.2.1"  # not a trusted proxy
+
+
+def test_four_addresses_of_one_ipv6_64_are_one_client(api, limits):
+    """An IPv6 host may use any address of its /64: the limit counts the network."""
+    slots = [TimeSlotFactory() for _ in range(5)]
+    codes = [
+        api.post(
+            "/reservations/",
+            booking(slots[index], customer_email=f"v{index}@example.com"),
+            REMOTE_ADDR=f"2001:db8:1:2::{index + 1:x}",
+        ).status_code
+        for index in range(4)
+    ]
+    elsewhere = api.post(
+        "/reservations/",
+        booking(slots[4], customer_email="v9@example.com"),
+        REMOTE_ADDR="2001:db8:1:3::1",  # the next /64: another client
+    )
+
+    assert codes == [201, 201, 201, 429]
+    assert elsewhere.status_code == 201
+    assert list(Reservation.objects.order_by("pk").values_list("client_address", flat=True)) == [
+        "2001:db8:1:2::"
+    ] * 3 + ["2001:db8:1:3::"]
+
+
+def test_ipv4_clients_are_counted_by_address_however_written(api, limits):
+    slots = [TimeSlotFactory() for _ in range(5)]
+    for index, remote in enumerate(["192.0.2.1", "::ffff:192.0.2.1", "192.0.2.1"]):
+        response = api.post(
+            "/reservations/",
+            booking(slots[index], customer_email=f"f{index}@example.com"),
+            REMOTE_ADDR=remote,
+        )
+        assert response.status_code == 201
+    neighbour = api.post(
+        "/reservations/",
+        booking(slots[3], customer_email="f8@example.com"),
+        REMOTE_ADDR="192.0.2.2",  # the next address is someone else
+    )
+    fourth = api.post(
+        "/reservations/",
+        booking(slots[4], customer_email="f9@example.com"),
+        REMOTE_ADDR="::ffff:192.0.2.1",
+    )
+
+    assert neighbour.status_code == 201
+    assert fourth.status_code == 429
+
+
+def test_the_ipv6_prefix_is_a_setting(settings):
+    factory = RequestFactory()
+    settings.HOLD_LIMIT_IPV6_PREFIX = 48
+    request = factory.get("/", REMOTE_ADDR="2001:db8:1:2:3:4:5:6")
+    assert client_address(request) == "2001:db8:1::"
+    settings.HOLD_LIMIT_IPV6_PREFIX = 128
+    assert client_address(request) == "2001:db8:1:2:3:4:5:6"
