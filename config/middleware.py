@@ -33,3 +33,23 @@ class ApiErrorShapeMiddleware:
             response.content = json.dumps({"error": {"code": code, "message": message}})
             response["Content-Type"] = "application/json"
         return response
+
+
+class ApiNoStoreMiddleware:
+    """
+    Let no cache keep an API response unless its view says how long it may.
+
+    Under ``/api/`` a response without ``Cache-Control`` gets ``no-store,
+    private``: reservations carry a customer's name and email and a status
+    that changes within seconds, and a shared cache or the browser's back
+    button must not keep them. The public lists set their own.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.path.startswith(API_PREFIX) and not response.has_header("Cache-Control"):
+            response["Cache-Control"] = "no-store, private"
+        return response

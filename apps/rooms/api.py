@@ -1,6 +1,8 @@
 from datetime import date, datetime
 from decimal import Decimal
 
+from django.conf import settings
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Router, Schema
@@ -8,7 +10,7 @@ from ninja import Router, Schema
 from apps.reservations.errors import InvalidReservation
 from config.api_errors import ErrorOut
 
-from .selectors import room_list_active, timeslot_list_for_day
+from .selectors import room_list_active, timeslot_list_for_day, timeslot_list_fresh_for
 
 router = Router(tags=["rooms"])
 
@@ -35,7 +37,9 @@ class SlotOut(Schema):
 
 
 @router.get("/rooms/", response=list[RoomOut], summary="List the active rooms")
-def list_rooms(request):
+def list_rooms(request, response: HttpResponse):
+    """Public: may be cached for ``PUBLIC_LIST_MAX_AGE`` seconds."""
+    response["Cache-Control"] = f"public, max-age={settings.PUBLIC_LIST_MAX_AGE}"
     return room_list_active()
 
 
@@ -44,15 +48,20 @@ def list_rooms(request):
     response={200: list[SlotOut], 400: ErrorOut, 404: ErrorOut},
     summary="List a room's time slots on one day",
 )
-def list_slots(request, slug: str, date: date | None = None):
+def list_slots(request, response: HttpResponse, slug: str, date: date | None = None):
     """
     The slots starting on ``date`` (``YYYY-MM-DD``, the venue's time zone;
     default today there). ``available`` is computed from the holds themselves:
     a hold that lapsed is free even if its expiry job has not run yet.
+
+    Public: may be cached for ``PUBLIC_LIST_MAX_AGE`` seconds, or less, so
+    that no copy outlives the next hold's end or slot's start.
     """
     now = timezone.now()
     room = get_object_or_404(room_list_active(), slug=slug)
     day = date or timezone.localdate(now)
     if abs((day - timezone.localdate(now)).days) > MAX_DAYS_AWAY:
         raise InvalidReservation(fields={"date": [DATE_OUT_OF_RANGE]})
+    fresh_for = timeslot_list_fresh_for(room=room, day=day, now=now)
+    response["Cache-Control"] = f"public, max-age={fresh_for}"
     return timeslot_list_for_day(room=room, day=day, now=now)

@@ -1,6 +1,7 @@
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Min, Q, QuerySet
 from django.utils import timezone
 
 from .models import Room, TimeSlot
@@ -19,6 +20,27 @@ def venue_day_bounds(day: date) -> tuple[datetime, datetime]:
     start = datetime.combine(day, time.min, tzinfo=tz)
     end = datetime.combine(day + timedelta(days=1), time.min, tzinfo=tz)
     return start, end
+
+
+def timeslot_list_fresh_for(*, room: Room, day: date, now: datetime) -> int:
+    """
+    Seconds the room's slot list for ``day`` stays true, at most ``PUBLIC_LIST_MAX_AGE``.
+
+    Until the first hold (or offer) on those slots ends or the first of them
+    starts, whichever comes first: then a slot's availability changes by the
+    clock alone. Rounded down; 0 when that is under a second away.
+    """
+    start, end = venue_day_bounds(day)
+    slots = TimeSlot.objects.filter(room=room, starts_at__gte=start, starts_at__lt=end)
+    changes = slots.filter(starts_at__gt=now).aggregate(
+        start=Min("starts_at"),
+        hold_end=Min(
+            "reservations__expires_at",
+            filter=Q(reservations__status="pending", reservations__expires_at__gt=now),
+        ),
+    )
+    seconds = [(at - now).total_seconds() for at in (changes["start"], changes["hold_end"]) if at]
+    return int(min([settings.PUBLIC_LIST_MAX_AGE, *seconds]))
 
 
 def timeslot_list_for_day(*, room: Room, day: date, now: datetime) -> QuerySet[TimeSlot]:

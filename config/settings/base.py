@@ -79,6 +79,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.ApiErrorShapeMiddleware",
+    "config.middleware.ApiNoStoreMiddleware",
 ]
 
 TEMPLATES = [
@@ -112,6 +113,9 @@ STATIC_ROOT = VAR_DIR / "static"
 RESERVATION_HOLD_SECONDS = env.int("RESERVATION_HOLD_SECONDS", default=1800)
 # How often a customer may "keep my slot" (extend the hold by one hold length).
 RESERVATION_MAX_EXTENSIONS = env.int("RESERVATION_MAX_EXTENSIONS", default=2)
+# How long a cache may keep the public room and slot lists (seconds); a slot
+# list less, so that it never outlives a hold's end or a slot's start.
+PUBLIC_LIST_MAX_AGE = env.int("PUBLIC_LIST_MAX_AGE", default=30)
 # Against hoarding: pending holds at a time per email address and per client address.
 MAX_PENDING_HOLDS_PER_EMAIL = env.int("MAX_PENDING_HOLDS_PER_EMAIL", default=2)
 MAX_PENDING_HOLDS_PER_ADDRESS = env.int("MAX_PENDING_HOLDS_PER_ADDRESS", default=10)
