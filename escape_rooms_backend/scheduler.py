@@ -26,7 +26,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import timeline
+from . import housekeeping, timeline
 from .db import job_connection
 from .deadlines import EXPIRY
 from .lifecycle import process, record_heartbeat
@@ -108,13 +108,15 @@ def sweep() -> int:
     Job ``cancel_expired_reservations``: run the sweep, then record a heartbeat.
 
     The heartbeat tells ``scheduler_status`` and ``/healthz`` that a runner is
-    alive and what its last sweep did. Returns the number cancelled; never
-    raises.
+    alive and what its last sweep did. Then, at the first pass and once every
+    ``HOUSEKEEPING_SECONDS``, the daily chores (``housekeeping``: expired
+    sessions). Returns the number cancelled; never raises.
     """
     if process.stopping.is_set():
         return 0  # the next runner sweeps at its start
     cancelled = cancel_expired_reservations()
     record_heartbeat(sweep_cancelled=cancelled)
+    housekeeping.run_if_due()
     return cancelled
 
 

@@ -224,6 +224,8 @@ else:
 SCHEDULER_JOBSTORE_URL = env("SCHEDULER_JOBSTORE_URL", default=_default_jobstore)
 # The safety net: how often the sweep expires holds whose job was missed.
 SCHEDULER_SWEEP_SECONDS = env.int("SCHEDULER_SWEEP_SECONDS", default=600)
+# How often the runner's sweep also purges rows that only grow (expired sessions).
+HOUSEKEEPING_SECONDS = env.int("HOUSEKEEPING_SECONDS", default=86400)
 # How often a running scheduler looks for jobs that other processes wrote.
 SCHEDULER_POLL_SECONDS = env.float("SCHEDULER_POLL_SECONDS", default=5.0)
 # True: the web process only writes jobs; `manage.py start_scheduler` runs them.
