@@ -107,13 +107,18 @@ def sweep() -> int:
     """
     Job ``cancel_expired_reservations``: run the sweep, then record a heartbeat.
 
-    The heartbeat tells ``scheduler_status`` and ``/healthz`` that a runner is
+    First a damaged SQLite job store is replaced (``job_store_check``). The
+    heartbeat tells ``scheduler_status`` and ``/healthz`` that a runner is
     alive and what its last sweep did. Then, at the first pass and once every
     ``HOUSEKEEPING_SECONDS``, the daily chores (``housekeeping``: expired
     sessions). Returns the number cancelled; never raises.
     """
     if process.stopping.is_set():
         return 0  # the next runner sweeps at its start
+    try:
+        process.job_store_check()
+    except Exception:  # the sweep runs whatever state the store is in
+        logger.exception("Could not check the job store; sweeping anyway")
     cancelled = cancel_expired_reservations()
     record_heartbeat(sweep_cancelled=cancelled)
     housekeeping.run_if_due()

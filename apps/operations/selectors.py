@@ -149,6 +149,7 @@ def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
     expiry_jobs = next_run_time = jobs_per_kind = None
     job_store_error = ""
     try:
+        timeline.job_store_next_run_time()  # missing or damaged: say so
         jobs_per_kind = {}
         for kind in deadlines.kinds():
             jobs = timeline.stored_jobs(kind)
