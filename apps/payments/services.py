@@ -83,9 +83,9 @@ def payment_confirm(
     ``customer``, ``staff`` or ``provider`` (a capture of ours; the audit
     trail's cause is ``staff``, ``payment`` or ``customer``). ``late``: the
     hold had lapsed when the payment was authorised and was taken again for
-    it, so an applied payment is ``applied_late``. ``price`` (amount, currency): the amount the
-    provider was asked for when the customer started paying, instead of the
-    reservation's price.
+    it, so an applied payment is ``applied_late``. ``price`` (amount,
+    currency): the amount the provider was asked for when the customer
+    started paying, instead of the reservation's price.
     """
     earlier = Payment.objects.filter(reference=reference).first()
     if earlier is not None:

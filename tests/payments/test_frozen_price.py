@@ -166,6 +166,8 @@ def test_an_offer_carries_the_price_of_the_partys_size_when_it_is_offered(client
     slot = TimeSlotFactory(room=room)
     hold = reserve(slot)  # a party of 3: 75.00
     ada = join(slot, "ada@example.com", party_size=4)  # 88.00 then
+    messages_deliver()
+    [waiting] = [m for m in mail.outbox if m.to == ["ada@example.com"]]
     reprice(admin_client, room, price_tiers__0__price="20.00")  # 80.00 from now
 
     reservations.reservation_cancel(reservation=hold)
@@ -178,6 +180,10 @@ def test_an_offer_carries_the_price_of_the_partys_size_when_it_is_offered(client
     messages_deliver()  # the offer's message, while it is needed
     answer = pay_by_webhook(client, offer, "80.00", "psp_ada")
 
+    # Waiting, the party is shown the price of the moment; the offer froze the one it was made at.
+    assert (
+        waiting.subject.startswith("On the waiting list") and "Price:   88.00 EUR" in waiting.body
+    )
     assert (hold.price, offer.price, offer.currency) == (Decimal("75.00"), Decimal("80.00"), "EUR")
     assert "<dd>80.00 EUR</dd>" in page
     assert (api["offer"]["price"], api["offer"]["currency"]) == ("80.00", "EUR")
