@@ -135,6 +135,8 @@ def _reservation_context(
     return {
         "message": message,
         "reservation": reservation,
+        # Frozen when the slot was held: what the customer pays, whatever the room's price now.
+        "price": f"{reservation.price} {reservation.currency}",
         "room": room,
         "slot": slot,
         "venue_name": settings.VENUE_NAME,
@@ -178,6 +180,8 @@ def _waiting_email(
         "room": room,
         "slot": slot,
         "reservation": entry,  # the slot's table reads the party size from it
+        # Not held yet: the room's price for the party now; an offer freezes it.
+        "price": f"{room.price_for(entry.party_size)} {room.currency}",
         "venue_name": settings.VENUE_NAME,
         "venue_address": settings.VENUE_ADDRESS,
         "zone": timezone.get_current_timezone_name(),

@@ -78,12 +78,14 @@ def payment_confirm(
     Record a payment confirmation and apply it if it can be; never raises for its outcome.
 
     ``amount`` is a Decimal in ``currency`` (ISO 4217); it must equal the
-    room's price. ``source`` is ``webhook``, ``customer``, ``staff`` or
-    ``provider`` (a capture of ours; the audit trail's cause is ``staff``,
-    ``payment`` or ``customer``). ``late``: the hold had lapsed when the
-    payment was authorised and was taken again for it, so an applied payment
-    is ``applied_late``. ``price`` (amount, currency): the price the customer
-    was asked for when they started paying, instead of the room's price now.
+    reservation's price, frozen when the slot was held: a later change of
+    the room's price does not touch it. ``source`` is ``webhook``,
+    ``customer``, ``staff`` or ``provider`` (a capture of ours; the audit
+    trail's cause is ``staff``, ``payment`` or ``customer``). ``late``: the
+    hold had lapsed when the payment was authorised and was taken again for
+    it, so an applied payment is ``applied_late``. ``price`` (amount,
+    currency): the amount the provider was asked for when the customer
+    started paying, instead of the reservation's price.
     """
     earlier = Payment.objects.filter(reference=reference).first()
     if earlier is not None:
@@ -146,8 +148,7 @@ def _apply(
 ) -> tuple[str, str]:
     if reservation is None:
         return Outcome.REFUND_DUE, Reason.UNKNOWN_RESERVATION
-    room = reservation.time_slot.room
-    expected, expected_currency = price or (room.price, room.currency)
+    expected, expected_currency = price or (reservation.price, reservation.currency)
     if amount != expected or currency.upper() != expected_currency.upper():
         return Outcome.REFUND_DUE, Reason.AMOUNT_MISMATCH
     if reservation.status == Reservation.Status.PAID:
@@ -182,7 +183,7 @@ def payment_confirm_price(
     actor: AbstractBaseUser | None = None,
 ) -> Payment:
     """
-    Confirm a payment of the room's price, for interfaces that answer a person.
+    Confirm a payment of the reservation's price, for interfaces that answer a person.
 
     The API's ``pay``, the *Pay* button and the admin's *mark paid*: recorded
     by ``payment_confirm`` like a webhook's, then a ``refund_due`` outcome is
@@ -194,12 +195,11 @@ def payment_confirm_price(
     if source == "customer" and provider_authorises():
         # The customer's word is no payment when a provider takes the money.
         raise errors.PayAtProvider()
-    room = reservation.time_slot.room
     confirmation = payment_confirm(
         reservation_token=str(reservation.token),
         reference=reference,
-        amount=room.price,
-        currency=room.currency,
+        amount=reservation.price,
+        currency=reservation.currency,
         source=source,
         actor=actor,
     )
@@ -251,7 +251,7 @@ def payment_start(*, reservation: Reservation, now: datetime | None = None) -> P
     Start paying at the provider: the reservation's PaymentIntent, made once.
 
     Starts the checkout (the hold lasts at least ``PAYMENT_WINDOW_SECONDS``
-    more), then creates a PaymentIntent for the room's price, manual
+    more), then creates a PaymentIntent for the reservation's price, manual
     capture, the reservation's token in its metadata, with an idempotency
     key derived from the reservation. Called again, it returns the same one:
     a concurrent call that got a second one from a provider that ignores
@@ -263,13 +263,12 @@ def payment_start(*, reservation: Reservation, now: datetime | None = None) -> P
     if not provider.authorises:
         raise errors.PaymentsConfirmedAtOnce()
     reservation_checkout(reservation=reservation, now=now)
-    room = reservation.time_slot.room
     row, _ = ProviderPayment.objects.get_or_create(
         reservation=reservation,
         defaults={
             "provider": provider.name,
-            "amount": room.price,
-            "currency": room.currency.upper(),
+            "amount": reservation.price,
+            "currency": reservation.currency.upper(),
             "created_at": now or timezone.now(),
         },
     )
@@ -440,8 +439,7 @@ def _hold(
 def _capture(
     row: ProviderPayment, reservation: Reservation, state: providers.IntentState, now: datetime
 ) -> ProviderPayment:
-    # The price the customer was asked for when they started paying, even
-    # if the room's price changed since.
+    # The amount the intent was made for: the reservation's price.
     if state.amount != row.amount or state.currency != row.currency:
         return _void(row, reservation, Void.AMOUNT_MISMATCH, now)
     late = not (reservation.status == Reservation.Status.PENDING and reservation.expires_at > now)

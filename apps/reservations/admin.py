@@ -71,6 +71,7 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "room",
         "slot_time",
         "current_status",
+        "price_shown",
         "expires_at",
         "time_left",
         "is_offer",
@@ -91,6 +92,8 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "customer_email",
         "customer_phone",
         "party_size",
+        "price",
+        "currency",
         "status",
         "expires_at",
         "created_at",
@@ -115,6 +118,11 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
     @admin.display(description="slot", ordering="time_slot__starts_at")
     def slot_time(self, obj: Reservation) -> str:
         return f"{timezone.localtime(obj.time_slot.starts_at):%Y-%m-%d %H:%M %Z}"
+
+    @admin.display(description="price", ordering="price")
+    def price_shown(self, obj: Reservation) -> str:
+        """Frozen when the slot was held: what is charged, whatever the room's price now."""
+        return f"{obj.price} {obj.currency}"
 
     @admin.display(description="status", ordering="status")
     def current_status(self, obj: Reservation) -> str:

@@ -1,4 +1,5 @@
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
@@ -105,6 +106,10 @@ class ReservationOut(Schema):
     expires_at: datetime
     seconds_left: int = Field(..., description="Whole seconds left on the hold; 0 unless pending.")
     party_size: int
+    price: Decimal = Field(
+        ..., description="The price of the game, frozen when the slot was held: what is charged."
+    )
+    currency: str
     customer_name: str
     customer_email: str
     slot: SlotRef
@@ -130,6 +135,8 @@ def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
         "expires_at": reservation.expires_at,
         "seconds_left": reservation.seconds_left(now),
         "party_size": reservation.party_size,
+        "price": reservation.price,
+        "currency": reservation.currency,
         "customer_name": reservation.customer_name,
         "customer_email": reservation.customer_email,
         "slot": _slot_ref(slot),
@@ -178,7 +185,7 @@ def get_reservation(request, token: str):
 )
 def pay_reservation(request, token: str, payload: PayIn):
     """
-    Stands in for a payment provider's confirmation of the room's price.
+    Stands in for a payment provider's confirmation of the reservation's price.
 
     Recorded as a payment like a webhook's: a hold that lapsed is still paid
     if its slot is free (``applied_late``); otherwise 409 and a refund is due.
@@ -223,6 +230,8 @@ class OfferRef(Schema):
     status: Reservation.Status
     expires_at: datetime
     seconds_left: int
+    price: Decimal = Field(..., description="The price for the party when it was offered.")
+    currency: str
 
 
 class WaitingOut(Schema):
@@ -258,6 +267,8 @@ def waiting_out(entry: WaitingEntry, *, now: datetime) -> dict:
             "status": offer.current_status(now),
             "expires_at": offer.expires_at,
             "seconds_left": offer.seconds_left(now),
+            "price": offer.price,
+            "currency": offer.currency,
         },
     }
 

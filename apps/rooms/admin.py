@@ -3,9 +3,17 @@ from django.utils import timezone
 
 from config.admin_actions import action_input
 
-from .forms import SlotGenerationForm
-from .models import Room, TimeSlot
+from .forms import PriceTierFormSet, SlotGenerationForm
+from .models import PriceTier, Room, TimeSlot
 from .services import timeslots_generate
+
+
+class PriceTierInline(admin.TabularInline):
+    model = PriceTier
+    formset = PriceTierFormSet
+    verbose_name_plural = "Price tiers (the rate from a party size up; per game or per player)"
+    extra = 0
+    fields = ["min_party_size", "price"]
 
 
 class UpcomingTimeSlotInline(admin.TabularInline):
@@ -30,12 +38,13 @@ class RoomAdmin(admin.ModelAdmin):
         "max_players",
         "price",
         "currency",
+        "pricing",
         "is_active",
     ]
     list_filter = ["is_active"]
     prepopulated_fields = {"slug": ["name"]}
     search_fields = ["name", "slug"]
-    inlines = [UpcomingTimeSlotInline]
+    inlines = [PriceTierInline, UpcomingTimeSlotInline]
     actions = ["generate_slots"]
 
     @admin.action(description="Generate time slots…", permissions=["add_slots"])

@@ -5,17 +5,23 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from ninja import Router, Schema
+from ninja import Field, Router, Schema
 
 from apps.reservations.errors import InvalidReservation
 from config.api_errors import ErrorOut
 
+from .models import Room
 from .selectors import room_list_active, timeslot_list_for_day, timeslot_list_fresh_for
 
 router = Router(tags=["rooms"])
 
 MAX_DAYS_AWAY = 3660
 DATE_OUT_OF_RANGE = "Pick a date within ten years of today."
+
+
+class PriceTierOut(Schema):
+    min_party_size: int = Field(..., description="The rate applies from this party size up.")
+    price: Decimal
 
 
 class RoomOut(Schema):
@@ -25,8 +31,18 @@ class RoomOut(Schema):
     duration_minutes: int
     min_players: int
     max_players: int
-    price: Decimal
+    price: Decimal = Field(..., description="The rate below the first tier.")
     currency: str
+    pricing: Room.Pricing = Field(
+        ..., description="`room`: a rate is for the game; `player`: for each player."
+    )
+    price_tiers: list[PriceTierOut] = Field(
+        ..., description="The rates from a party size up, by size; empty for one rate."
+    )
+
+    @staticmethod
+    def resolve_price_tiers(room: Room) -> list:
+        return list(room.price_tiers.all())
 
 
 class SlotOut(Schema):

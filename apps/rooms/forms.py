@@ -3,7 +3,10 @@ from typing import Any
 
 from django import forms
 
+from .models import Room
+
 MAX_DAYS = 366
+TIER_OUTSIDE_PLAYERS = "A tier starts at a party size the room takes: {min} to {max} players."
 TIMES_HELP = "Start times in the venue's time zone, comma-separated: 10:00,12:00,14:30"
 
 
@@ -41,3 +44,23 @@ class SlotGenerationForm(forms.Form):
             elif end - start > timedelta(days=MAX_DAYS):
                 self.add_error("end", f"Generate at most {MAX_DAYS} days at a time.")
         return data
+
+
+class PriceTierFormSet(forms.BaseInlineFormSet):
+    """A room's price tiers: each starts at a party size the room takes, as just edited."""
+
+    instance: Room
+
+    def clean(self) -> None:
+        super().clean()
+        room = self.instance  # with the room form's values, saved or not
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            size = data.get("min_party_size")
+            if size is None or data.get("DELETE"):
+                continue
+            if not room.min_players <= size <= room.max_players:
+                form.add_error(
+                    "min_party_size",
+                    TIER_OUTSIDE_PLAYERS.format(min=room.min_players, max=room.max_players),
+                )

@@ -62,15 +62,38 @@ class Room(models.Model):
         player, as ``pricing`` says. ``tiers`` saves a query when the caller
         has them (in any order).
         """
-        if tiers is None:
-            tiers = list(self.price_tiers.all()) if self.pk is not None else []
-        rate = self.price
-        fitting = [tier for tier in tiers if tier.min_party_size <= party_size]
-        if fitting:
-            rate = max(fitting, key=lambda tier: tier.min_party_size).price
+        rate = self._rate(party_size, self._tiers(tiers))
         if self.pricing == self.Pricing.PLAYER:
             return rate * party_size
         return rate
+
+    def price_table(self, tiers: "list[PriceTier] | None" = None) -> list[tuple[int, Decimal]]:
+        """
+        The rates for the party sizes the room takes: ``(from_size, rate)`` pairs.
+
+        The first pair starts at ``min_players``; each next one is where the
+        rate changes, up to ``max_players``. A rate is for the game or for
+        each player, as ``pricing`` says.
+        """
+        tiers = self._tiers(tiers)
+        table: list[tuple[int, Decimal]] = []
+        for size in range(self.min_players, self.max_players + 1):
+            rate = self._rate(size, tiers)
+            if not table or table[-1][1] != rate:
+                table.append((size, rate))
+        return table
+
+    def _tiers(self, tiers: "list[PriceTier] | None") -> "list[PriceTier]":
+        if tiers is not None:
+            return tiers
+        # ``all()`` uses a prefetch_related("price_tiers") when there is one.
+        return list(self.price_tiers.all()) if self.pk is not None else []
+
+    def _rate(self, party_size: int, tiers: "list[PriceTier]") -> Decimal:
+        fitting = [tier for tier in tiers if tier.min_party_size <= party_size]
+        if fitting:
+            return max(fitting, key=lambda tier: tier.min_party_size).price
+        return self.price
 
 
 class PriceTier(models.Model):

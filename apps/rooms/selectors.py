@@ -8,7 +8,8 @@ from .models import Room, TimeSlot
 
 
 def room_list_active() -> QuerySet[Room]:
-    return Room.objects.filter(is_active=True)
+    """Rooms open for booking, with their price tiers."""
+    return Room.objects.filter(is_active=True).prefetch_related("price_tiers")
 
 
 def venue_day_bounds(day: date) -> tuple[datetime, datetime]:

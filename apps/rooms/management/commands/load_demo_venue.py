@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from apps.rooms.models import Room
+from apps.rooms.models import PriceTier, Room
 from apps.rooms.services import timeslots_generate
 
 DEMO_ROOMS = [
@@ -25,7 +25,9 @@ DEMO_ROOMS = [
         "duration_minutes": 75,
         "min_players": 3,
         "max_players": 8,
-        "price": Decimal("119.00"),
+        # Per player, less from six players up: the demo of a price table.
+        "pricing": Room.Pricing.PLAYER,
+        "price": Decimal("28.00"),
     },
     {
         "slug": "the-clockmakers-study",
@@ -37,6 +39,8 @@ DEMO_ROOMS = [
         "price": Decimal("59.00"),
     },
 ]
+# The rate from a party size up, by room.
+DEMO_TIERS = {"submarine-k7": {6: Decimal("24.00")}}
 DEMO_TIMES = [time(10), time(12), time(14), time(16), time(18), time(20)]
 DEMO_DAYS = 14
 
@@ -54,6 +58,11 @@ class Command(BaseCommand):
             room, created = Room.objects.get_or_create(
                 slug=fields["slug"], defaults={**fields, "currency": "EUR"}
             )
+            if created:
+                PriceTier.objects.bulk_create(
+                    PriceTier(room=room, min_party_size=size, price=price)
+                    for size, price in DEMO_TIERS.get(room.slug, {}).items()
+                )
             slots = timeslots_generate(
                 room=room,
                 start=today,
