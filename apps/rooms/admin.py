@@ -3,7 +3,7 @@ from django.utils import timezone
 
 from config.admin_actions import action_input
 
-from .forms import SlotGenerationForm
+from .forms import SlotGenerationForm, TimeSlotForm
 from .models import Room, TimeSlot
 from .services import timeslots_generate
 
@@ -30,6 +30,7 @@ class RoomAdmin(admin.ModelAdmin):
         "max_players",
         "price",
         "currency",
+        "reset_minutes",
         "is_active",
     ]
     list_filter = ["is_active"]
@@ -75,6 +76,7 @@ class TimeSlotAdmin(admin.ModelAdmin):
     waiting list is added from there: ``apps.reservations.admin``.
     """
 
+    form = TimeSlotForm
     list_display = ["room", "starts_at", "ends_at", "status"]
     list_filter = ["room", "status", ("starts_at", admin.DateFieldListFilter)]
     date_hierarchy = "starts_at"
