@@ -4,13 +4,14 @@ from typing import Any
 from django import forms
 
 MAX_REPORT_DAYS = 3 * 366
+DAY_PICKER = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
 
 
 class ReportRangeForm(forms.Form):
     """The weeks the occupancy report covers: those of ``start`` and ``end`` and between."""
 
-    start = forms.DateField(label="From", help_text="A day in the first week (YYYY-MM-DD).")
-    end = forms.DateField(label="To", help_text="A day in the last week (YYYY-MM-DD).")
+    start = forms.DateField(label="From", help_text="A day in the first week.", widget=DAY_PICKER)
+    end = forms.DateField(label="To", help_text="A day in the last week.", widget=DAY_PICKER)
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
