@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from .models import TimeSlot
 from .selectors import timeslot_list_conflicting
+from .services import room_lock
 
 MAX_DAYS = 366
 TIMES_HELP = "Start times in the venue's time zone, comma-separated: 10:00,12:00,14:30"
@@ -52,7 +53,13 @@ class SlotGenerationForm(forms.Form):
 
 
 class TimeSlotForm(forms.ModelForm):
-    """A slot as staff add or change it: one game at a time, with the room's reset time between."""
+    """
+    A slot as staff add or change it: one game at a time, with the room's reset time between.
+
+    Validate it in the transaction that saves it (the admin's): validation
+    locks the room until then, so that two slots saved at once cannot both
+    pass the check.
+    """
 
     class Meta:
         model = TimeSlot
@@ -63,6 +70,7 @@ class TimeSlotForm(forms.ModelForm):
         room, starts_at, ends_at = data.get("room"), data.get("starts_at"), data.get("ends_at")
         if room is None or starts_at is None or ends_at is None or ends_at <= starts_at:
             return data  # a missing field, or the model's own check, says what is wrong
+        room_lock(room_id=room.pk)
         other = timeslot_list_conflicting(
             room=room, starts_at=starts_at, ends_at=ends_at, exclude_pk=self.instance.pk
         ).first()

@@ -10,6 +10,17 @@ from .models import Room, TimeSlot
 from .selectors import timeslot_list_conflicting
 
 
+def room_lock(*, room_id: int) -> None:
+    """
+    Lock the room's row until the transaction ends: one writer of its slots at a time.
+
+    Whoever checks a new slot for collisions and then saves it (slot
+    generation, the slots admin) takes it first, so that two cannot each
+    pass the check and both write. Call it inside that transaction.
+    """
+    list(Room.objects.select_for_update().filter(pk=room_id).values_list("pk", flat=True))
+
+
 @dataclass
 class SlotGeneration:
     created: list[TimeSlot]  # or, for a dry run, that would be
@@ -51,24 +62,27 @@ def timeslots_generate(
         day += timedelta(days=1)
     if not wanted:
         return result
-    nearby = list(
-        timeslot_list_conflicting(
-            room=room, starts_at=min(wanted), ends_at=max(wanted) + length
-        ).values_list("starts_at", "ends_at")
-    )
-    starts = {begins for begins, _ in nearby}
-    busy = _Busy(nearby, reset=timedelta(minutes=room.reset_minutes))
-    for begins, slot in sorted(wanted.items()):
-        if begins in starts:
-            result.existing += 1
-        elif busy.collides(begins, slot.ends_at):
-            result.overlapping += 1
-        else:
-            result.created.append(slot)
-            busy.add(begins, slot.ends_at)
-    if not dry_run:
-        with transaction.atomic():
-            # ignore_conflicts: another run creating the same slots meanwhile.
+    with transaction.atomic():
+        # The check and the writes under the room's lock: another run, or
+        # staff adding a slot, cannot slip a colliding slot in between.
+        room_lock(room_id=room.pk)
+        nearby = list(
+            timeslot_list_conflicting(
+                room=room, starts_at=min(wanted), ends_at=max(wanted) + length
+            ).values_list("starts_at", "ends_at")
+        )
+        starts = {begins for begins, _ in nearby}
+        busy = _Busy(nearby, reset=timedelta(minutes=room.reset_minutes))
+        for begins, slot in sorted(wanted.items()):
+            if begins in starts:
+                result.existing += 1
+            elif busy.collides(begins, slot.ends_at):
+                result.overlapping += 1
+            else:
+                result.created.append(slot)
+                busy.add(begins, slot.ends_at)
+        if not dry_run:
+            # ignore_conflicts: a slot written meanwhile by one that took no lock.
             TimeSlot.objects.bulk_create(result.created, batch_size=500, ignore_conflicts=True)
     return result
 

@@ -1,5 +1,6 @@
 """A room's reset time: slot generation and the slots admin leave it free between games."""
 
+from collections import Counter
 from datetime import date, datetime, time, timedelta
 from io import StringIO
 
@@ -7,11 +8,13 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
 
 from apps.rooms.models import Room, TimeSlot
 from apps.rooms.services import timeslots_generate
 
+from ..conftest import run_together
 from ..factories import RoomFactory, TimeSlotFactory
 
 pytestmark = pytest.mark.django_db
@@ -187,3 +190,41 @@ def test_the_demo_venue_rooms_need_fifteen_minutes_to_reset():
         slots = list(TimeSlot.objects.filter(room=room).order_by("starts_at"))
         gaps = [b.starts_at - a.ends_at for a, b in zip(slots, slots[1:], strict=False)]
         assert min(gaps) >= timedelta(minutes=15)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_generations_at_once_never_create_colliding_slots():
+    room = RoomFactory(duration_minutes=60, reset_minutes=15)
+
+    def generate(at: str):
+        def run():
+            result = timeslots_generate(
+                room=room, start=DAY, end=DAY, times=[time.fromisoformat(at)]
+            )
+            return "created" if result.created else "overlapping"
+
+        return run
+
+    outcome = run_together(generate("10:00"), generate("10:30"), generate("11:00"))
+
+    assert outcome == Counter({"created": 1, "overlapping": 2})
+    assert len(starts(room)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_staff_adding_colliding_slots_at_once_get_one_slot():
+    room = RoomFactory(duration_minutes=60, reset_minutes=15)
+    boss = get_user_model().objects.create_superuser("boss", password="pw")
+
+    def add(at: str, until: str):
+        def run():
+            client = Client()
+            client.force_login(boss)
+            return client.post("/admin/rooms/timeslot/add/", slot_form(room, at, until)).status_code
+
+        return run
+
+    outcome = run_together(add("10:00", "11:00"), add("10:30", "11:30"), add("11:10", "12:10"))
+
+    assert outcome == Counter({302: 1, 200: 2})
+    assert len(starts(room)) == 1
