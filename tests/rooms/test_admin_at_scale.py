@@ -68,7 +68,7 @@ def test_a_room_with_years_of_slots_is_saved_from_its_admin_page(staff, busy_roo
 def test_a_rooms_page_summarises_its_upcoming_slots_in_a_few_queries(
     staff, busy_room, django_assert_max_num_queries
 ):
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(8):
         html = staff.get(f"/admin/rooms/room/{busy_room.pk}/change/").content.decode()
 
     assert f"{YEARS_OF_DAYS} upcoming, the next:" in html
