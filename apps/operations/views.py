@@ -1,5 +1,12 @@
+import csv
+from decimal import Decimal
+from urllib.parse import urlencode
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -7,6 +14,8 @@ from django.views.decorators.http import require_GET
 from apps.messaging.selectors import outbox_backlog
 from escape_rooms_backend import timeline
 
+from .forms import ReportRangeForm
+from .reports import OccupancyReport, occupancy_report_get, report_weeks_default
 from .selectors import (
     heartbeat_age,
     heartbeat_stale_after,
@@ -78,3 +87,81 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "messages": messages,
     }
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+REPORT_PERMISSION = "reservations.view_reservation"
+NOTHING = Decimal("0.00")
+
+
+@require_GET
+def occupancy_report(request: HttpRequest) -> HttpResponse:
+    """
+    The owner's report, an admin page: occupancy and revenue per room and week.
+
+    Wrapped in ``admin.site.admin_view`` (config/urls.py), which sends anyone
+    not logged in as staff to the admin's login; staff without
+    ``reservations.view_reservation`` get 403. ``?start=&end=`` choose the
+    weeks (by default the last eight, this one and the next four);
+    ``format=csv`` downloads the same table, with 400 for a bad range.
+    """
+    if not request.user.has_perm(REPORT_PERMISSION):
+        raise PermissionDenied
+    start, end = report_weeks_default(timezone.localdate())
+    data: dict[str, object] = {"start": start, "end": end}
+    data.update({name: request.GET[name] for name in ("start", "end") if request.GET.get(name)})
+    form = ReportRangeForm(data)
+    report = occupancy_report_get(**form.cleaned_data) if form.is_valid() else None
+    if request.GET.get("format") == "csv":
+        if report is None:
+            return HttpResponseBadRequest(form.errors.as_text(), content_type="text/plain")
+        return _report_csv(report)
+    csv_url = None
+    if report is not None:
+        csv_url = "?" + urlencode({"start": report.start, "end": report.end, "format": "csv"})
+    context = {
+        **admin.site.each_context(request),
+        "title": "Occupancy and revenue",
+        "form": form,
+        "report": report,
+        "csv_url": csv_url,
+    }
+    return TemplateResponse(request, "operations/occupancy_report.html", context)
+
+
+def _report_csv(report: OccupancyReport) -> HttpResponse:
+    filename = f"occupancy-{report.start}-to-{report.end}.csv"
+    response = HttpResponse(
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+    writer = csv.writer(response)
+    writer.writerow(
+        [
+            "week",
+            "week_start",
+            "room",
+            "slots_offered",
+            "slots_closed",
+            "slots_booked",
+            "occupancy_percent",
+            "lapsed_holds",
+            *(f"revenue_{currency}" for currency in report.currencies),
+            *(f"refunded_{currency}" for currency in report.currencies),
+        ]
+    )
+    for week in report.rows:
+        writer.writerow(
+            [
+                week.iso_week,
+                week.week_start.isoformat(),
+                week.room,
+                week.offered,
+                week.closed,
+                week.booked,
+                "" if week.occupancy is None else week.occupancy,
+                week.lapsed,
+                *(week.revenue.get(currency, NOTHING) for currency in report.currencies),
+                *(week.refunded.get(currency, NOTHING) for currency in report.currencies),
+            ]
+        )
+    return response

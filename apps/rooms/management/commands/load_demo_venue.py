@@ -8,6 +8,7 @@ from django.utils import timezone
 from apps.rooms.models import PriceTier, Room
 from apps.rooms.services import timeslots_generate
 
+DEMO_RESET_MINUTES = 15
 DEMO_ROOMS = [
     {
         "slug": "the-lost-tomb",
@@ -16,6 +17,7 @@ DEMO_ROOMS = [
         "duration_minutes": 60,
         "min_players": 2,
         "max_players": 6,
+        "reset_minutes": DEMO_RESET_MINUTES,
         "price": Decimal("89.00"),
     },
     {
@@ -25,6 +27,7 @@ DEMO_ROOMS = [
         "duration_minutes": 75,
         "min_players": 3,
         "max_players": 8,
+        "reset_minutes": DEMO_RESET_MINUTES,
         # Per player, less from six players up: the demo of a price table.
         "pricing": Room.Pricing.PLAYER,
         "price": Decimal("28.00"),
@@ -36,6 +39,7 @@ DEMO_ROOMS = [
         "duration_minutes": 45,
         "min_players": 1,
         "max_players": 4,
+        "reset_minutes": DEMO_RESET_MINUTES,
         "price": Decimal("59.00"),
     },
 ]
