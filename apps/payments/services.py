@@ -169,7 +169,8 @@ def _apply(
         reservation_pay_late(
             reservation=reservation, payment_reference=reference, now=now, cause=cause, actor=actor
         )
-    except errors.SlotTaken:
+    except (errors.SlotTaken, errors.SlotClosed):
+        # Closed by the venue: the slot is no one's to pay for.
         return Outcome.REFUND_DUE, Reason.SLOT_TAKEN
     return Outcome.APPLIED_LATE, Reason.NONE
 

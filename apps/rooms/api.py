@@ -32,6 +32,7 @@ class SlotOut(Schema):
     starts_at: datetime
     ends_at: datetime
     available: bool
+    closed: bool
 
 
 @router.get("/rooms/", response=list[RoomOut], summary="List the active rooms")
@@ -49,6 +50,8 @@ def list_slots(request, slug: str, date: date | None = None):
     The slots starting on ``date`` (``YYYY-MM-DD``, the venue's time zone;
     default today there). ``available`` is computed from the holds themselves:
     a hold that lapsed is free even if its expiry job has not run yet.
+    ``closed``: the venue closed the room (or itself) at the slot's time; a
+    closed slot is never available.
     """
     now = timezone.now()
     room = get_object_or_404(room_list_active(), slug=slug)
