@@ -473,6 +473,7 @@ def waiting(request: HttpRequest, token: str) -> HttpResponse:
             "slot_offered": offers.slot_gone_to_waiting_list(
                 slot.pk, now=timezone.now(), other_than=entry.offer_id
             ),
+            "slot_closed": TimeSlot.objects.filter(pk=slot.pk).closed().exists(),
         },
     )
 

@@ -449,7 +449,7 @@ def _capture(
     # The slot first: captured money must have a slot to go with.
     try:
         _hold(reservation, row, now, "Payment authorised: slot kept for the capture", since=now)
-    except errors.SlotTaken:
+    except (errors.SlotTaken, errors.SlotClosed):  # closed: the slot is no one's
         return _void(row, reservation, Void.SLOT_TAKEN, now)
     except errors.SlotUnavailable:
         return _void(row, reservation, Void.SLOT_STARTED, now)

@@ -137,6 +137,24 @@ def test_a_closure_ends_holds_and_offers_tells_everyone_and_lists_the_paid_booki
 
 
 @pytest.mark.django_db
+def test_the_customers_pages_say_the_venue_closed_the_time(client):
+    room = RoomFactory()
+    slot = slot_at(room, day_ahead(), 10)
+    hold = reserve(slot, customer_email="held@example.com")
+    waiting = join(slot, "ada@example.com")
+
+    close_day(room, day_ahead())
+
+    hold_page = client.get(f"/reservations/{hold.token}/").content.decode()
+    assert "The venue has closed" in hold_page and "your hold has ended" in hold_page
+    waiting_page = client.get(f"/waitlist/{waiting.token}/").content.decode()
+    assert "The waiting list is closed" in waiting_page
+    assert f"{room.name} is closed at this time" in waiting_page
+    api = client.get(f"/api/reservations/{hold.token}/").json()
+    assert (api["status"], api["cancellation_reason"]) == ("cancelled", "closed")
+
+
+@pytest.mark.django_db
 def test_a_closed_slot_is_shown_closed_and_reserving_or_waiting_for_it_is_refused(client):
     room = RoomFactory()
     day = day_ahead()
