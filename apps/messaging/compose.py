@@ -201,7 +201,9 @@ def _waiting_email(
         "offer_length": duration(settings.WAITLIST_OFFER_SECONDS),
         "entry_url": absolute(reverse("booking:waiting", args=[entry.token])),
         "reserve_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
-        "room_url": absolute(reverse("booking:room", args=[room.slug])),
+        "room_url": absolute(
+            f"{reverse('booking:room', args=[room.slug])}?date={local(slot.starts_at).date()}"
+        ),
         "closure_reason": message.context.get("reason", ""),
     }
     subject = SUBJECTS[Kind(message.kind)].format(room=room.name, when=when(slot.starts_at))

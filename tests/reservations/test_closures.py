@@ -220,6 +220,15 @@ def test_a_whole_venue_closure_closes_every_room_and_deleting_it_reopens_the_slo
 
 
 @pytest.mark.django_db
+def test_a_closure_must_end_after_it_starts():
+    starts_at, _ = venue_day_bounds(day_ahead())
+
+    with pytest.raises(ValueError, match="end after it starts"):
+        closures.closure_create(room=None, starts_at=starts_at, ends_at=starts_at, reason=REASON)
+    assert not Closure.objects.exists()
+
+
+@pytest.mark.django_db
 def test_slots_generated_into_a_closure_are_made_closed_and_a_started_game_is_left_alone():
     from apps.rooms.services import timeslots_generate
 
@@ -277,6 +286,8 @@ def test_staff_close_a_room_for_days_in_the_admin_and_are_shown_what_to_move_or_
     held = reserve(slot_at(room, first, 10), customer_email="held@example.com")
     booking = paid(slot_at(room, first + timedelta(days=1), 10), "booked@example.com")
     after = reserve(slot_at(room, first + timedelta(days=2), 10), customer_email="after@x.org")
+    form = client.get("/admin/rooms/closure/add/").content.decode()
+    assert 'name="first_day"' in form and 'name="last_day"' in form and 'name="reason"' in form
 
     response = client.post(
         "/admin/rooms/closure/add/",
@@ -308,6 +319,7 @@ def test_staff_close_a_room_for_days_in_the_admin_and_are_shown_what_to_move_or_
     )
     assert ReservationEvent.objects.get(reservation=held, cause="closure").staff_user == staff
 
+    assert "The Tomb" in client.get("/admin/rooms/closure/").content.decode()
     listed = client.get(f"/admin/reservations/reservation/?id__in={booking.pk}")
     assert list(listed.context["cl"].result_list) == [booking]
     page = client.get(f"/admin/rooms/closure/{closure.pk}/change/").content.decode()
