@@ -476,7 +476,7 @@ class ClosureAdmin(admin.ModelAdmin):
     date_hierarchy = "starts_at"
     list_select_related = ["room", "created_by"]
     form = ClosureForm
-    add_fields = ["room", "first_day", "last_day", "reason"]
+    add_fields = ["room", "first_day", "from_time", "last_day", "until_time", "reason"]
     shown_fields = [
         "where",
         "starts_at",

@@ -333,18 +333,53 @@ def test_staff_close_a_room_for_days_in_the_admin_and_are_shown_what_to_move_or_
 
 
 @pytest.mark.django_db
-def test_the_admin_refuses_a_last_day_before_the_first(client, staff):
+def test_staff_close_the_whole_venue_for_an_afternoon_in_the_admin(client, staff):
+    day = day_ahead()
+    rooms = [RoomFactory(), RoomFactory()]
+    morning, afternoon = slot_at(rooms[0], day, 10), slot_at(rooms[1], day, 15)
+
+    client.post(
+        "/admin/rooms/closure/add/",
+        {
+            "first_day": day.isoformat(),
+            "from_time": "14:00",
+            "until_time": "18:00",
+            "reason": REASON,
+        },
+    )
+
+    closure = Closure.objects.get()
+    zone = timezone.get_default_timezone()
+    assert (closure.room, closure.starts_at, closure.ends_at) == (
+        None,
+        datetime.combine(day, time(14), tzinfo=zone),
+        datetime.combine(day, time(18), tzinfo=zone),
+    )
+    shown = TimeSlot.objects.with_availability(timezone.now()).filter(
+        pk__in=[morning.pk, afternoon.pk]
+    )
+    assert [(slot.pk, slot.closed) for slot in shown] == [(morning.pk, False), (afternoon.pk, True)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("last_day", "until_time"), [(-1, ""), (0, "00:00")], ids=["last day first", "until midnight"]
+)
+def test_the_admin_refuses_a_closure_that_ends_before_it_starts(
+    client, staff, last_day, until_time
+):
     first = day_ahead()
     response = client.post(
         "/admin/rooms/closure/add/",
         {
             "first_day": first.isoformat(),
-            "last_day": (first - timedelta(days=1)).isoformat(),
+            "last_day": (first + timedelta(days=last_day)).isoformat(),
+            "until_time": until_time,
             "reason": REASON,
         },
     )
     assert response.status_code == 200
-    assert "The last day cannot come before the first." in response.content.decode()
+    assert "The closure must end after it starts" in response.content.decode()
     assert not Closure.objects.exists()
 
 
