@@ -414,3 +414,34 @@ def test_a_reservation_racing_a_closure_never_leaves_a_live_hold_on_the_closed_s
             assert (racer.status, racer.cancellation_reason) == (Status.CANCELLED, "closed")
         outcomes.append("before the closure" if outcome["reserved"] else "refused")
     print(f"\nthe reservation ({ROUNDS} rounds): {dict(Counter(outcomes))}")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_party_joining_the_list_as_the_slot_closes_is_refused_or_told():
+    outcomes = []
+    for round_ in range(ROUNDS):
+        room = RoomFactory()
+        day = day_ahead(2 + round_)
+        slot = slot_at(room, day, 19)
+        paid(slot, f"booked{round_}@example.com")
+        email = f"joiner{round_}@example.com"
+
+        def joining(slot=slot, email=email) -> str:
+            join(slot, email)
+            return "joined"
+
+        def closing(room=room, day=day) -> str:
+            close_day(room, day)
+            return "closed"
+
+        outcome = run_together(joining, closing)
+
+        assert outcome["closed"] == 1, outcome
+        assert set(outcome) <= {"closed", "joined", "slot_closed"}, outcome
+        assert not WaitingEntry.objects.filter(time_slot=slot, status__in=WaitingEntry.LIVE)
+        if outcome["joined"]:
+            entry = WaitingEntry.objects.get(time_slot=slot)
+            assert entry.status == Entry.CLOSED
+            assert entry.messages.filter(kind="slot_closed").exists()
+        outcomes.append("before the closure" if outcome["joined"] else "refused")
+    print(f"\nthe join ({ROUNDS} rounds): {dict(Counter(outcomes))}")
