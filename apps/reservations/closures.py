@@ -48,10 +48,10 @@ def closure_create(
     In one transaction: every slot it overlaps that has not started is
     locked, in ``pk`` order (two closures over the same slots queue rather
     than deadlock), the closure is created, and the slots' holds end at
-    once and their waiting lists close (``services.slots_close``). A reservation racing
-    the closure locks its slot before it reads the closures: it either
-    commits first, and is ended here, or waits for this commit and is
-    refused (``SlotClosed``). The holds' deadline jobs go after commit
+    once and their waiting lists close (``services.slots_close``). A
+    reservation or a join racing the closure locks its slot before it reads
+    the closures: it either commits first, and is ended here, or waits for
+    this commit and is refused (``SlotClosed``). The holds' deadline jobs go after commit
     (``reservations_changed``); the customers' and the waiting parties'
     messages are queued in the transaction.
 

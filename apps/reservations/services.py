@@ -226,9 +226,9 @@ def slots_close(
 
     For ``apps.reservations.closures``, in its transaction, with the slots
     locked. Each hold (an offer too) is cancelled at once by its own
-    conditional UPDATE (reason ``closed``, cause ``closure``, ``detail``),
-    lapsed or not; paid bookings stay. ``reason``, the closure's, is the
-    events' detail. A closed slot goes to no one: unlike ``_release_slot``
+    conditional UPDATE (reason ``closed``, cause ``closure``), lapsed or
+    not; paid bookings stay. ``reason``, the closure's, is the events'
+    detail. A closed slot goes to no one: unlike ``_release_slot``
     it is not handed to its waiting list, whose parties' places end
     (``closed``; an offer's with it) and who are told
     (``offers.slots_closed``). Returns the holds it ended and the waiting
