@@ -325,6 +325,8 @@ def test_staff_close_a_room_for_days_in_the_admin_and_are_shown_what_to_move_or_
     page = client.get(f"/admin/rooms/closure/{closure.pk}/change/").content.decode()
     assert f"/admin/reservations/reservation/{booking.pk}/change/" in page
     assert "booked@example.com" in page
+    assert f"/admin/rooms/closure/{closure.pk}/delete/" in page  # shown, not edited: deleted
+    assert 'name="reason"' not in page
 
     client.post(f"/admin/rooms/closure/{closure.pk}/delete/", {"post": "yes"})
     assert not Closure.objects.exists()
