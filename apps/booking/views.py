@@ -40,6 +40,7 @@ ISSUED_KEYS = "booking_form_keys"
 REMEMBERED = 10
 REMEMBERED_KEYS = 20
 SLOT_PASSED_MESSAGE = "This time has already started or can no longer be booked; pick another."
+SLOT_CLOSED_MESSAGE = "The venue is closed at this time; pick another."
 OUT_OF_RANGE_MESSAGE = "Pick a day within the next two weeks."
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
 SLOT_FREE_MESSAGE = "Good news: no one holds this time any more. Reserve it now."
@@ -121,6 +122,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             state = "available"
         elif slot.starts_at <= now:
             state = "started"
+        elif slot.closed:  # type: ignore[attr-defined]  # annotated by with_availability
+            state = "closed"
         elif holder is None or holder.is_offer and holder.status == Reservation.Status.PENDING:
             state = "offered"  # or about to be: a lapsed hold that parties wait for
         elif holder.status == Reservation.Status.PENDING:
@@ -170,6 +173,9 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 _add_errors(form, invalid)
             except errors.SlotNotFound:
                 raise Http404 from None
+            except errors.SlotClosed:
+                messages.error(request, SLOT_CLOSED_MESSAGE)
+                return redirect(_room_url(room, local_day))
             except errors.TooManyHolds as refused:
                 form.add_error(None, refused.message)
                 response = render(
@@ -193,7 +199,11 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         if slot.starts_at <= now:
             messages.error(request, SLOT_PASSED_MESSAGE)
             return redirect(_room_url(room, local_day))
-        if not TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+        shown = TimeSlot.objects.with_availability(now).get(pk=slot.pk)
+        if shown.closed:  # annotated by with_availability
+            messages.error(request, SLOT_CLOSED_MESSAGE)
+            return redirect(_room_url(room, local_day))
+        if not shown.available:
             return _taken(request, room, slot)
         form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
     return render(
@@ -390,6 +400,9 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 _add_errors(form, invalid)
             except errors.SlotNotFound:
                 raise Http404 from None
+            except errors.SlotClosed:
+                messages.error(request, SLOT_CLOSED_MESSAGE)
+                return redirect(_room_url(room, local_day))
             except errors.SlotUnavailable:
                 messages.error(request, SLOT_PASSED_MESSAGE)
                 return redirect(_room_url(room, local_day))
@@ -408,7 +421,11 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         if slot.starts_at <= now:
             messages.error(request, SLOT_PASSED_MESSAGE)
             return redirect(_room_url(room, local_day))
-        if TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+        shown = TimeSlot.objects.with_availability(now).get(pk=slot.pk)
+        if shown.closed:  # annotated by with_availability
+            messages.error(request, SLOT_CLOSED_MESSAGE)
+            return redirect(_room_url(room, local_day))
+        if shown.available:
             messages.success(request, SLOT_FREE_MESSAGE)
             return redirect("booking:reserve", slug=room.slug, key=slot.key)
         form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
@@ -456,6 +473,7 @@ def waiting(request: HttpRequest, token: str) -> HttpResponse:
             "slot_offered": offers.slot_gone_to_waiting_list(
                 slot.pk, now=timezone.now(), other_than=entry.offer_id
             ),
+            "slot_closed": TimeSlot.objects.filter(pk=slot.pk).closed().exists(),
         },
     )
 

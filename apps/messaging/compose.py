@@ -20,13 +20,14 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from apps.reservations import offers
-from apps.reservations.models import Reservation, WaitingEntry
+from apps.reservations.models import Reservation, ReservationEvent, WaitingEntry
 from apps.rooms.models import TimeSlot
 
 from .models import Message
 
 Kind = Message.Kind
 Status = Reservation.Status
+Reason = Reservation.CancellationReason
 Entry = WaitingEntry.Status
 
 # Short subjects that name the room and the time: "{room}, {when}".
@@ -42,8 +43,11 @@ SUBJECTS = {
     Kind.OFFER: "Yours if you pay by {ends}: {room}, {when}",
     Kind.SLOT_BOOKED: "Booked by another party: {room}, {when}",
     Kind.SLOT_FREE: "Free now, first come first served: {room}, {when}",
+    Kind.SLOT_CLOSED: "Closed at this time: {room}, {when}",
 }
 OFFER_LAPSED_SUBJECT = "Offer ended, not booked: {room}, {when}"
+# A hold (or an offer) ended because the venue closed the room then.
+CLOSED_SUBJECT = "Closed at this time, not booked: {room}, {when}"
 ICS_NAME = "booking.ics"
 
 
@@ -98,6 +102,8 @@ def message_email(message: Message, now: datetime | None = None) -> EmailMultiAl
     subject = SUBJECTS[Kind(message.kind)]
     if message.kind == Kind.HOLD_LAPSED and reservation.is_offer:
         subject = OFFER_LAPSED_SUBJECT
+    if message.kind == Kind.CANCELLED and reservation.cancellation_reason == Reason.CLOSED:
+        subject = CLOSED_SUBJECT
     subject = subject.format(**context["subject"])
     email = _email(message, subject, reservation.customer_email, context)
     if message.kind == Kind.CONFIRMED:
@@ -155,6 +161,7 @@ def _reservation_context(
         "rebook_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
         "room_url": absolute(f"{reverse('booking:room', args=[room.slug])}?date={day}"),
         "refund": message.context,
+        "closure_reason": _closure_reason(reservation),
         "subject": {
             "room": room.name,
             "when": when(slot.starts_at),
@@ -164,13 +171,21 @@ def _reservation_context(
     }
 
 
+def _closure_reason(reservation: Reservation) -> str:
+    """Why the venue closed the slot, for a hold a closure ended: its event's detail."""
+    if reservation.cancellation_reason != Reason.CLOSED:
+        return ""
+    event = reservation.events.filter(cause=ReservationEvent.Cause.CLOSURE).last()
+    return event.detail if event is not None else ""
+
+
 def _waiting_email(
     message: Message, entry: WaitingEntry, now: datetime
 ) -> EmailMultiAlternatives | None:
     slot = entry.time_slot
     if message.kind in (Kind.WAITING, Kind.SLOT_BOOKED) and entry.status != Entry.WAITING:
         return None  # offered since, or left: what they were to be told has passed
-    if message.kind == Kind.SLOT_FREE and slot.starts_at <= now:
+    if message.kind in (Kind.SLOT_FREE, Kind.SLOT_CLOSED) and slot.starts_at <= now:
         return None
     room = slot.room
     context = {
@@ -190,6 +205,10 @@ def _waiting_email(
         "offer_length": duration(settings.WAITLIST_OFFER_SECONDS),
         "entry_url": absolute(reverse("booking:waiting", args=[entry.token])),
         "reserve_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
+        "room_url": absolute(
+            f"{reverse('booking:room', args=[room.slug])}?date={local(slot.starts_at).date()}"
+        ),
+        "closure_reason": message.context.get("reason", ""),
     }
     subject = SUBJECTS[Kind(message.kind)].format(room=room.name, when=when(slot.starts_at))
     return _email(message, subject, entry.customer_email, context)

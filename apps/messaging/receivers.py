@@ -32,7 +32,8 @@ def messages_for_waiting_list(
     entries: Sequence[WaitingEntry],
     notice: str,
     booking: Reservation | None = None,
+    reason: str = "",
     **kwargs: Any,
 ) -> None:
     """Receiver of ``waiting_list_changed``: tell each party what the notice says."""
-    services.messages_enqueue(services.waiting_messages_for(entries, notice, booking))
+    services.messages_enqueue(services.waiting_messages_for(entries, notice, booking, reason))

@@ -170,7 +170,8 @@ def _apply(
         reservation_pay_late(
             reservation=reservation, payment_reference=reference, now=now, cause=cause, actor=actor
         )
-    except errors.SlotTaken:
+    except (errors.SlotTaken, errors.SlotClosed):
+        # Closed by the venue: the slot is no one's to pay for.
         return Outcome.REFUND_DUE, Reason.SLOT_TAKEN
     return Outcome.APPLIED_LATE, Reason.NONE
 
@@ -446,7 +447,7 @@ def _capture(
     # The slot first: captured money must have a slot to go with.
     try:
         _hold(reservation, row, now, "Payment authorised: slot kept for the capture", since=now)
-    except errors.SlotTaken:
+    except (errors.SlotTaken, errors.SlotClosed):  # closed: the slot is no one's
         return _void(row, reservation, Void.SLOT_TAKEN, now)
     except errors.SlotUnavailable:
         return _void(row, reservation, Void.SLOT_STARTED, now)

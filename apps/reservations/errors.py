@@ -35,6 +35,18 @@ class SlotUnavailable(ReservationError):
     )
 
 
+class SlotClosed(SlotUnavailable):
+    """
+    The venue closed the room (or itself) at the slot's time (``Closure``).
+
+    A ``SlotUnavailable`` with a code of its own, so that an interface that
+    knows only the one refuses it the same way.
+    """
+
+    code = "slot_closed"
+    default_message = "The venue is closed at this time: this time slot cannot be booked."
+
+
 class SlotTaken(ReservationError):
     code = "slot_taken"
     default_message = "This time slot was just taken by someone else."

@@ -32,7 +32,7 @@ from apps.rooms.models import Room, TimeSlot
 from escape_rooms_backend.db import advisory_xact_lock
 
 from . import errors, offers
-from .models import Reservation, ReservationEvent
+from .models import Reservation, ReservationEvent, WaitingEntry
 from .signals import reservations_changed
 
 logger = logging.getLogger(__name__)
@@ -202,6 +202,65 @@ def slot_lapsed_holds_expire(*, time_slot_id: int, now: datetime, cause: str) ->
     return expired
 
 
+def slot_closure_check(time_slot_id: int) -> None:
+    """
+    Refuse a slot that a closure of its room, or of the whole venue, overlaps: ``SlotClosed``.
+
+    Call with the slot locked (``slot_lock``), after the lock: a closure
+    being made locks the slots it closes, so that it either commits before
+    this read, and is seen, or ends what this transaction makes.
+    """
+    if TimeSlot.objects.filter(pk=time_slot_id).closed().exists():
+        raise errors.SlotClosed()
+
+
+def slots_close(
+    *,
+    time_slot_ids: Sequence[int],
+    reason: str,
+    now: datetime,
+    actor: AbstractBaseUser | None = None,
+) -> tuple[list[Reservation], list[WaitingEntry]]:
+    """
+    End every pending hold on slots the venue just closed, and close their waiting lists.
+
+    For ``apps.reservations.closures``, in its transaction, with the slots
+    locked. Each hold (an offer too) is cancelled at once by its own
+    conditional UPDATE (reason ``closed``, cause ``closure``), lapsed or
+    not; paid bookings stay. ``reason``, the closure's, is the events'
+    detail. A closed slot goes to no one: unlike ``_release_slot``
+    it is not handed to its waiting list, whose parties' places end
+    (``closed``; an offer's with it) and who are told
+    (``offers.slots_closed``). Returns the holds it ended and the waiting
+    parties it told.
+    """
+    ended = []
+    holds = Reservation.objects.filter(time_slot_id__in=list(time_slot_ids), status=Status.PENDING)
+    for hold in holds.order_by("time_slot_id"):
+        if _transition(
+            hold,
+            expect={"status": Status.PENDING, "expires_at": hold.expires_at},
+            at=now,
+            cause=Cause.CLOSURE,
+            actor=actor,
+            detail=reason[:200],
+            status=Status.CANCELLED,
+            cancelled_at=now,
+            cancellation_reason=Reason.CLOSED,
+        ):
+            ended.append(hold)
+    TimeSlot.objects.filter(
+        pk__in=[hold.time_slot_id for hold in ended], status=TimeSlot.Status.RESERVED
+    ).update(status=TimeSlot.Status.ACTIVE)
+    told = offers.slots_closed(
+        time_slot_ids,
+        offers_ended=[hold.pk for hold in ended if hold.is_offer],
+        now=now,
+        reason=reason,
+    )
+    return ended, told
+
+
 def party_size_problem(room: Room, party_size: int) -> str | None:
     """Why ``party_size`` does not fit ``room`` (its min and max players), or ``None``."""
     if room.min_players <= party_size <= room.max_players:
@@ -240,8 +299,9 @@ def reservation_create(
     only keys they issued themselves (a key names a reservation).
 
     Raises ``SlotNotFound`` (no such slot), ``SlotUnavailable`` (started, or its
-    room is inactive), ``InvalidReservation`` (party size outside the room's
-    limits; ``fields`` says so) and ``SlotTaken`` (someone holds it).
+    room is inactive), ``SlotClosed`` (a closure overlaps it),
+    ``InvalidReservation`` (party size outside the room's limits; ``fields``
+    says so) and ``SlotTaken`` (someone holds it).
     """
     if hold_seconds is None:
         hold_seconds = settings.RESERVATION_HOLD_SECONDS
@@ -255,6 +315,7 @@ def reservation_create(
         room = slot.room
         if slot.starts_at <= now or not room.is_active:
             raise errors.SlotUnavailable()
+        slot_closure_check(slot.pk)
         if (problem := party_size_problem(room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         holds_limit_check(customer_email=customer_email, client_address=client_address, now=now)
@@ -347,9 +408,10 @@ def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
     Another hold on the slot that lapsed too (its job not run yet) is no
     claim on it: it is expired first, as a new reservation would. A party
     waiting for the slot comes first: a hold that lapsed goes to the
-    waiting list, not back to its holder. Call with the slot locked
-    (``reservation_lock``).
+    waiting list, not back to its holder. A closed slot goes to no one
+    (``SlotClosed``). Call with the slot locked (``reservation_lock``).
     """
+    slot_closure_check(reservation.time_slot_id)
     lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot_id=reservation.time_slot_id)
     for stale in lapsed.exclude(pk=reservation.pk):
         _expire(stale, now=now, cause=Cause.RECLAIM)
@@ -397,9 +459,9 @@ def reservation_pay_late(
     The reservation may still be pending past ``expires_at`` or already
     expired by a job; either way it becomes paid and takes its slot again, in
     one transaction, and the audit trail says it came late. Raises
-    ``SlotTaken`` when another reservation holds the slot now, and
-    ``ReservationError`` when the reservation's hold has not lapsed or it was
-    cancelled for another reason.
+    ``SlotTaken`` when another reservation holds the slot now, ``SlotClosed``
+    when the venue closed it, and ``ReservationError`` when the reservation's
+    hold has not lapsed or it was cancelled for another reason.
     """
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
@@ -448,7 +510,8 @@ def reservation_hold_for_payment(
     ``now``, so that the payment may complete within it.
 
     Raises ``SlotTaken`` (another reservation holds the slot),
-    ``SlotUnavailable`` (the game has started), ``AlreadyPaid`` and
+    ``SlotUnavailable`` (the game has started; ``SlotClosed``, the venue
+    closed it: a lapsed hold takes it no more), ``AlreadyPaid`` and
     ``AlreadyCancelled`` (cancelled by the customer or staff).
     """
     with transaction.atomic():

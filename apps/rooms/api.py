@@ -50,6 +50,7 @@ class SlotOut(Schema):
     starts_at: datetime
     ends_at: datetime
     available: bool
+    closed: bool
 
 
 @router.get("/rooms/", response=list[RoomOut], summary="List the active rooms")
@@ -69,6 +70,8 @@ def list_slots(request, response: HttpResponse, slug: str, date: date | None = N
     The slots starting on ``date`` (``YYYY-MM-DD``, the venue's time zone;
     default today there). ``available`` is computed from the holds themselves:
     a hold that lapsed is free even if its expiry job has not run yet.
+    ``closed``: the venue closed the room (or itself) at the slot's time; a
+    closed slot is never available.
 
     Public: may be cached for ``PUBLIC_LIST_MAX_AGE`` seconds, or less, so
     that no copy outlives the next hold's end or slot's start.
