@@ -184,6 +184,25 @@ def test_a_closure_of_the_whole_venue_closes_every_room_and_is_listed(desk):
     assert f"The whole venue closed {day:%a} {day.day} {day:%b} 17:00 – " in text_of(page)
 
 
+def test_the_day_is_the_venues_even_where_utc_and_daylight_saving_disagree(desk):
+    # Europe/Berlin leaves summer time on 25 October 2026: that day lasts 25 hours.
+    day = date(2026, 10, 25)
+    room = RoomFactory()
+    first = TimeSlotFactory(room=room, starts_at=at(day, 0, 30), ends_at=at(day, 1, 30))
+    last = TimeSlotFactory(room=room, starts_at=at(day, 23, 0), ends_at=at(day, 23, 59))
+    next_day = TimeSlotFactory(
+        room=room,
+        starts_at=at(day + timedelta(days=1), 0, 0),
+        ends_at=at(day, 23, 59) + timedelta(hours=1),
+    )
+
+    page = desk.get(sheet_url(day)).content.decode()
+
+    assert cell(page, first) == ("free", "00:30–01:30 Free")  # 22:30 UTC the day before
+    assert cell(page, last) == ("free", "23:00–23:59 Free")
+    assert f'id="slot-{next_day.pk}"' not in page
+
+
 def test_a_day_without_slots_says_so(desk):
     assert "No time slots on this day." in desk.get("/staff/day/2031-01-01/").content.decode()
 
