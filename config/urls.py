@@ -17,5 +17,6 @@ urlpatterns = [
     path("api/payments/stripe/webhook/", stripe_webhook, name="stripe_webhook"),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
+    path("staff/", include("apps.operations.urls")),
     path("", include("apps.booking.urls")),
 ]

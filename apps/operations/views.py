@@ -1,22 +1,41 @@
+"""
+Staff and operators' pages: /healthz for load balancers, the day sheet for the
+venue's staff, the owner's occupancy report.
+
+Interfaces: they parse input, call one selector or service and present the result.
+"""
+
 import csv
+from collections.abc import Callable
+from datetime import date, timedelta
 from decimal import Decimal
+from functools import wraps
+from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from apps.messaging.selectors import outbox_backlog
+from apps.reservations import errors
+from apps.reservations.models import Reservation
+from apps.reservations.services import CHECK_IN_OPENS, reservation_attendance_set
 from escape_rooms_backend import timeline
 
 from .forms import ReportRangeForm
 from .reports import OccupancyReport, occupancy_report_get, report_weeks_default
 from .selectors import (
+    day_sheet_get,
     heartbeat_age,
     heartbeat_stale_after,
     latest_heartbeat,
@@ -165,3 +184,100 @@ def _report_csv(report: OccupancyReport) -> HttpResponse:
             ]
         )
     return response
+
+
+# The day sheet reloads itself this often (seconds): a meta refresh, which
+# works without JavaScript and survives a lost connection.
+DAY_SHEET_REFRESH_SECONDS = 30
+ATTENDANCE_RECORDED: dict[str, str] = {
+    Reservation.Attendance.CHECKED_IN: "{name} checked in.",
+    Reservation.Attendance.NO_SHOW: "{name} marked a no-show.",
+}
+
+
+def staff_permission_required(permission: str) -> Callable:
+    """
+    Let in active staff with ``permission``; others to the admin's login, or 403.
+
+    Like the admin: anyone who is not active staff is sent to log in there;
+    staff without the permission are refused (403).
+    """
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            user = request.user
+            if not (user.is_active and user.is_staff):
+                return redirect_to_login(request.get_full_path(), reverse("admin:login"))
+            if not user.has_perm(permission):
+                raise PermissionDenied
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def _venue_date(moment: Any) -> date:
+    return timezone.localdate(moment, timezone.get_default_timezone())
+
+
+@require_GET
+@never_cache
+@staff_permission_required("reservations.view_reservation")
+def day_sheet(request: HttpRequest, day: str | None = None) -> HttpResponse:
+    """
+    The day sheet of ``day`` (``2026-12-04``, venue time; today without one).
+
+    ``?date=2026-12-04`` (the date picker) redirects to that day's sheet; an
+    impossible date is a 404.
+    """
+    picked = request.GET.get("date")
+    if picked:
+        try:
+            return redirect("operations:day_sheet", day=date.fromisoformat(picked).isoformat())
+        except ValueError:
+            raise Http404 from None
+    now = timezone.now()
+    try:
+        shown = date.fromisoformat(day) if day is not None else _venue_date(now)
+    except ValueError:
+        raise Http404 from None
+    sheet = day_sheet_get(day=shown, now=now)
+    return render(
+        request,
+        "operations/day_sheet.html",
+        {
+            "sheet": sheet,
+            "today": _venue_date(now),
+            "previous_day": shown - timedelta(days=1),
+            "next_day": shown + timedelta(days=1),
+            "refresh_seconds": DAY_SHEET_REFRESH_SECONDS,
+            "check_in_from": now + CHECK_IN_OPENS,
+            "can_change": request.user.has_perm("reservations.change_reservation"),
+        },
+    )
+
+
+@require_POST
+@staff_permission_required("reservations.change_reservation")
+def reservation_attendance(request: HttpRequest, pk: int) -> HttpResponse:
+    """
+    Check a paid booking's party in or mark it a no-show (``attendance``), back to its day.
+
+    A refusal (``reservation_attendance_set``) is shown as a message on the sheet.
+    """
+    reservation = get_object_or_404(Reservation.objects.select_related("time_slot"), pk=pk)
+    attendance = request.POST.get("attendance", "")
+    if attendance not in Reservation.Attendance.values:
+        return HttpResponseBadRequest("attendance: checked_in or no_show")
+    day = _venue_date(reservation.time_slot.starts_at)
+    try:
+        actor = request.user if isinstance(request.user, AbstractBaseUser) else None
+        reservation_attendance_set(reservation=reservation, attendance=attendance, actor=actor)
+    except errors.ReservationError as refused:
+        messages.error(request, f"{reservation.customer_name}: {refused.message}")
+    else:
+        name = reservation.customer_name
+        messages.success(request, ATTENDANCE_RECORDED[attendance].format(name=name))
+    return redirect("operations:day_sheet", day=day.isoformat())

@@ -179,6 +179,26 @@ class NotWaiting(ReservationError):
     default_message = "This place on the waiting list has ended; there is nothing to leave."
 
 
+class NotPaid(ReservationError):
+    code = "not_paid"
+    default_message = "Only a paid booking can be checked in or marked a no-show."
+
+
+class CheckInNotOpen(ReservationError):
+    code = "check_in_not_open"
+    default_message = "Check-in opens one hour before the game starts."
+
+
+class GameNotStarted(ReservationError):
+    code = "game_not_started"
+    default_message = "A party can be marked a no-show only once its game has started."
+
+
+class AttendanceUnchanged(ReservationError):
+    code = "attendance_unchanged"
+    default_message = "This booking is already marked so; nothing was changed."
+
+
 TOO_MANY_HOLDS = (
     "Too many reservations ({limit}) from this email address or network are waiting for "
     "payment: pay or cancel one, or wait for a hold to end."
