@@ -17,3 +17,9 @@ reservations_changed = Signal()
 # ``slot_booked`` (then also ``booking``, the paid reservation) or
 # ``slot_free`` (see ``apps.reservations.offers``).
 waiting_list_changed = Signal()
+
+# Sent by ``apps.reservations.changes.reservation_move`` inside the transaction
+# that moved a reservation to another time slot, after ``reservations_changed``.
+# Keyword arguments ``reservation``: the reservation on its new slot;
+# ``from_slot``: the ``TimeSlot`` it left.
+reservation_moved = Signal()
