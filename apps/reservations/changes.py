@@ -82,12 +82,8 @@ def reservation_move(
     refused: errors.ReservationError | None = None
     with transaction.atomic():
         old_slot_id = reservation.time_slot_id
-        for slot_id in sorted({old_slot_id, time_slot_id}):
-            locked = slot_lock(slot_id)
-            if slot_id == time_slot_id:
-                target = locked
-            else:
-                old = locked
+        locked = {pk: slot_lock(pk) for pk in sorted({old_slot_id, time_slot_id})}
+        old, target = locked[old_slot_id], locked[time_slot_id]
         Reservation.objects.select_for_update().filter(pk=reservation.pk).exists()
         now = now or timezone.now()  # read after the locks
         reservation.refresh_from_db()

@@ -242,6 +242,7 @@ def test_a_move_within_the_reschedule_hours_is_409_and_changes_nothing(api, sett
         ("closed", 409, "slot_unavailable"),
         ("venue_closed", 409, "slot_unavailable"),
         ("other_room", 400, "invalid"),
+        ("its_own", 400, "invalid"),
         ("unknown", 404, "slot_not_found"),
     ],
 )
@@ -267,6 +268,8 @@ def test_a_move_to_a_slot_that_cannot_be_had_is_refused_and_changes_nothing(
         )
     elif target == "other_room":
         new = TimeSlotFactory(room=RoomFactory(), starts_at=new.starts_at)
+    elif target == "its_own":
+        new = old
     slot_id = 999_999 if target == "unknown" else new.pk
     before = state(booking)
 
