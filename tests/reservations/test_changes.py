@@ -389,3 +389,30 @@ def test_change_time_to_a_slot_taken_meanwhile_says_so_and_keeps_the_booking(cli
     assert errors.SlotTaken.default_message in response.content.decode()
     booking.refresh_from_db()
     assert booking.time_slot_id == old.pk
+
+
+def test_a_hold_is_moved_from_its_page_and_stays_a_hold(client):
+    room = RoomFactory()
+    old, new = slots(room, 5, 6)
+    hold = reserve(old)
+    ends = hold.expires_at
+    assert "Change time" in client.get(f"/reservations/{hold.token}/").content.decode()
+
+    response = client.post(f"/reservations/{hold.token}/move/", {"slot": new.key}, follow=True)
+
+    assert "Your slot is held" in response.content.decode()
+    hold.refresh_from_db()
+    assert (hold.time_slot_id, hold.status, hold.expires_at) == (new.pk, Status.PENDING, ends)
+
+
+def test_change_time_too_close_to_the_game_offers_no_times(client, settings):
+    settings.CUSTOMER_RESCHEDULE_HOURS = 24
+    room = RoomFactory()
+    old, _ = slots(room, 0.5, 0.6)
+    booking = paid(old)
+
+    assert "Change time" not in client.get(f"/reservations/{booking.token}/").content.decode()
+    listing = client.get(f"/reservations/{booking.token}/move/").content.decode()
+
+    assert "It starts too soon to be moved online" in listing
+    assert "Move to" not in listing
