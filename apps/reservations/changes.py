@@ -91,7 +91,7 @@ def reservation_move(
             raise errors.ReservationError()  # moved meanwhile: the caller reads it again
         _check_movable(reservation, now=now)
         if target.room_id != old.room_id or target.pk == old.pk:
-            raise errors.InvalidReservation(fields={"slot_id": [OTHER_ROOM]})
+            raise errors.InvalidReservation(fields={"slot_id": [errors.MOVE_WITHIN_ROOM]})
         if now > move_deadline(old.starts_at):
             raise errors.TooLateToChange(
                 errors.TooLateToChange.default_message.format(
@@ -114,9 +114,6 @@ def reservation_move(
     if refused is not None:
         raise refused
     return reservation
-
-
-OTHER_ROOM = "Choose another time of the same room."
 
 
 def _check_movable(reservation: Reservation, *, now: datetime) -> None:

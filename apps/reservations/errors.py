@@ -201,3 +201,4 @@ OFFER_NOT_EXTENDABLE = (
 )
 HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."
+MOVE_WITHIN_ROOM = "Choose another time of the same room."

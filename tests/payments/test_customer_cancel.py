@@ -9,6 +9,7 @@ Until CUSTOMER_CANCEL_HOURS before the game; later, nothing changes.
 from datetime import timedelta
 
 import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.utils import timezone
 
 from apps.messaging import compose
@@ -157,3 +158,28 @@ def test_a_booking_paid_at_stripe_is_refunded_there(provider):
     assert (refund.payment_intent, refund.amount) == (row.provider_id, 8000)
     assert not refunds_due_to_staff().exists()
     assert "to the card you paid with" in cancelled_email(booking).body
+
+
+def listed(client, **query) -> list[Payment]:
+    response = client.get("/admin/payments/payment/", query)
+    assert response.status_code == 200
+    return list(response.context["cl"].result_list)
+
+
+def test_staff_find_the_refund_due_in_the_admin_and_mark_it_refunded(admin_client, admin_user):
+    booking = paid(slot_in(5))
+    booking_cancel_by_customer(reservation=booking)
+    payment = Payment.objects.get(reservation=booking)
+    assert listed(admin_client, refund="due") == [payment]
+    assert listed(admin_client, refund="requested") == []  # no provider is to make it
+
+    done = admin_client.post(
+        "/admin/payments/payment/",
+        {"action": "mark_refunded", ACTION_CHECKBOX_NAME: [payment.pk]},
+        follow=True,
+    )
+
+    assert [str(m) for m in done.context["messages"]] == ["1 payment(s) marked refunded."]
+    payment.refresh_from_db()
+    assert payment.refunded_by == admin_user
+    assert listed(admin_client, refund="due") == []
