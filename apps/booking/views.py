@@ -384,12 +384,15 @@ def move(request: HttpRequest, token: str) -> HttpResponse:
         messages.success(request, MOVED_MESSAGE.format(when=_venue_time(target.starts_at)))
         return redirect("booking:reservation", token=reservation.token)
     now = timezone.now()
+    if reservation.current_status(now) == Reservation.Status.CANCELLED:
+        return redirect("booking:reservation", token=reservation.token)  # nothing to move
     today = timezone.localdate(now)
     days = [today + timedelta(days=offset) for offset in range(DAYS_SHOWN)]
+    booked_day = timezone.localdate(reservation.time_slot.starts_at)
     try:
-        day = date.fromisoformat(request.GET["date"]) if "date" in request.GET else today
+        day = date.fromisoformat(request.GET["date"]) if "date" in request.GET else booked_day
     except ValueError:
-        day = today
+        day = booked_day
     if day not in days:
         day = today
     slots = [

@@ -416,3 +416,12 @@ def test_change_time_too_close_to_the_game_offers_no_times(client, settings):
 
     assert "It starts too soon to be moved online" in listing
     assert "Move to" not in listing
+
+
+def test_change_time_of_a_cancelled_reservation_goes_back_to_its_page(client):
+    hold = reserve(slots(RoomFactory(), 5)[0])
+    client.post(f"/reservations/{hold.token}/cancel/")
+
+    response = client.get(f"/reservations/{hold.token}/move/")
+
+    assert (response.status_code, response["Location"]) == (302, f"/reservations/{hold.token}/")
