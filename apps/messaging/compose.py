@@ -19,8 +19,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from apps.payments.models import Payment, ProviderPayment
 from apps.reservations import offers
 from apps.reservations.models import Reservation, ReservationEvent, WaitingEntry
+from apps.reservations.selectors import reservation_moves
 from apps.rooms.models import TimeSlot
 
 from .models import Message
@@ -44,6 +46,7 @@ SUBJECTS = {
     Kind.SLOT_BOOKED: "Booked by another party: {room}, {when}",
     Kind.SLOT_FREE: "Free now, first come first served: {room}, {when}",
     Kind.SLOT_CLOSED: "Closed at this time: {room}, {when}",
+    Kind.MOVED: "Moved to {when}: {room}",
 }
 OFFER_LAPSED_SUBJECT = "Offer ended, not booked: {room}, {when}"
 # A hold (or an offer) ended because the venue closed the room then.
@@ -106,7 +109,7 @@ def message_email(message: Message, now: datetime | None = None) -> EmailMultiAl
         subject = CLOSED_SUBJECT
     subject = subject.format(**context["subject"])
     email = _email(message, subject, reservation.customer_email, context)
-    if message.kind == Kind.CONFIRMED:
+    if message.kind in (Kind.CONFIRMED, Kind.MOVED):
         email.attach(ICS_NAME, booking_ics(reservation), "text/calendar; method=PUBLISH")
     return email
 
@@ -124,6 +127,10 @@ def _still_needed(message: Message, reservation: Reservation, now: datetime) -> 
     if message.kind == Kind.HOLD_LAPSED:
         # Paid late meanwhile: the confirmation says all there is to say.
         return reservation.status != Status.PAID
+    if message.kind == Kind.MOVED:
+        # Still on the time it was moved to: a later move has its own message.
+        on_it = reservation.time_slot_id == message.context.get("to_slot")
+        return on_it and (holding or reservation.status == Status.PAID)
     return True
 
 
@@ -162,6 +169,8 @@ def _reservation_context(
         "room_url": absolute(f"{reverse('booking:room', args=[room.slug])}?date={day}"),
         "refund": message.context,
         "closure_reason": _closure_reason(reservation),
+        "refund_payment": _refund_of(reservation),
+        "moved_from": _moved_from(message),
         "subject": {
             "room": room.name,
             "when": when(slot.starts_at),
@@ -177,6 +186,29 @@ def _closure_reason(reservation: Reservation) -> str:
         return ""
     event = reservation.events.filter(cause=ReservationEvent.Cause.CLOSURE).last()
     return event.detail if event is not None else ""
+
+
+def _refund_of(reservation: Reservation) -> dict[str, Any] | None:
+    """The refund of a paid booking that was cancelled: amount, and whether a provider makes it."""
+    if reservation.status != Status.CANCELLED or reservation.paid_at is None:
+        return None
+    payment = (
+        Payment.objects.filter(reservation=reservation, refund_requested_at__isnull=False)
+        .order_by("-refund_requested_at")
+        .first()
+    )
+    if payment is None:
+        return None
+    return {
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "by_provider": ProviderPayment.objects.filter(payment=payment).exists(),
+    }
+
+
+def _moved_from(message: Message) -> str:
+    at = parse_datetime(message.context.get("from", "")) if message.kind == Kind.MOVED else None
+    return when(at) if at is not None else ""
 
 
 def _waiting_email(
@@ -262,7 +294,8 @@ def booking_ics(reservation: Reservation) -> bytes:
     The booking as an iCalendar file: one event in the venue's zone, with its ``VTIMEZONE``.
 
     The UID is stable per reservation, so a calendar that imports it twice
-    keeps one event.
+    keeps one event; its ``SEQUENCE`` counts the moves to another time, so
+    the file of a move replaces the one before.
     """
     slot = reservation.time_slot
     calendar = icalendar.Calendar()
@@ -271,6 +304,8 @@ def booking_ics(reservation: Reservation) -> bytes:
     calendar.add("method", "PUBLISH")
     event = icalendar.Event()
     event.add("uid", f"reservation-{reservation.token}@{_uid_domain()}")
+    # Each move is a new version of the one event: calendars replace the older.
+    event.add("sequence", reservation_moves(reservation.pk))
     event.add("dtstamp", timezone.now())
     event.add("dtstart", ics_time(slot.starts_at))
     event.add("dtend", ics_time(slot.ends_at))

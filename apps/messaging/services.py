@@ -39,6 +39,8 @@ from django.utils import timezone
 from apps.payments.models import Payment
 from apps.reservations import offers
 from apps.reservations.models import Reservation, WaitingEntry
+from apps.reservations.selectors import reservation_moves
+from apps.rooms.models import TimeSlot
 from escape_rooms_backend import deadlines, timeline
 from escape_rooms_backend.db import advisory_xact_lock, chunks
 
@@ -152,6 +154,23 @@ def refund_due_for(payment: Payment) -> Outgoing | None:
             "currency": payment.currency,
             "reason": payment.reason,
         },
+    )
+
+
+def moved_message_for(reservation: Reservation, from_slot: TimeSlot) -> Outgoing:
+    """
+    The message a move to another time slot calls for: one per move.
+
+    Its context names the time it left (``from``, ISO 8601) and the slot it
+    moved to (``to_slot``): a message about a move that a later one
+    superseded is not sent.
+    """
+    moves = reservation_moves(reservation.pk)
+    return Outgoing(
+        key=f"{Kind.MOVED}:{reservation.pk}:{moves}",
+        kind=Kind.MOVED,
+        reservation_id=reservation.pk,
+        context={"from": from_slot.starts_at.isoformat(), "to_slot": reservation.time_slot_id},
     )
 
 

@@ -28,13 +28,14 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.reservations import errors
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.selectors import reservation_by_token
 from apps.reservations.services import (
+    reservation_cancel,
     reservation_cancel_paid,
     reservation_checkout,
     reservation_hold_for_payment,
@@ -223,11 +224,19 @@ def payment_raise_if_refused(payment: Payment) -> None:
 def payment_mark_refunded(
     *, payment: Payment, actor: AbstractBaseUser, now: datetime | None = None
 ) -> bool:
-    """Record that staff refunded a ``refund_due`` payment; False if it was not due or done."""
-    updated = Payment.objects.filter(
-        pk=payment.pk, outcome=Outcome.REFUND_DUE, refunded_at__isnull=True
-    ).update(
-        refunded_at=now or timezone.now(), refunded_by=actor if isinstance(actor, User) else None
+    """
+    Record that staff refunded a payment due back; False if it was not due or done.
+
+    Due back: a ``refund_due`` payment, or one whose refund was requested
+    for a payment no provider took (``refunds_due_to_staff``).
+    """
+    updated = (
+        refunds_due_to_staff()
+        .filter(pk=payment.pk)
+        .update(
+            refunded_at=now or timezone.now(),
+            refunded_by=actor if isinstance(actor, User) else None,
+        )
     )
     return bool(updated)
 
@@ -710,7 +719,75 @@ def payment_refund(payment: Payment) -> Payment:
 
 
 def refunds_requested() -> QuerySet[Payment]:
-    """Payments whose refund staff asked for and the provider has not made, nor refused."""
-    return Payment.objects.filter(refund_requested_at__isnull=False, refund_reference="").exclude(
-        flag=Payment.Flag.REFUND_REFUSED
+    """Payments taken by a provider whose refund was asked for and not made, nor refused."""
+    return Payment.objects.filter(
+        refund_requested_at__isnull=False, refund_reference="", provider_payment__isnull=False
+    ).exclude(flag=Payment.Flag.REFUND_REFUSED)
+
+
+def refunds_due_to_staff() -> QuerySet[Payment]:
+    """
+    Payments staff are to hand back and have not marked refunded.
+
+    Those refused on arrival (``refund_due``), and those of bookings the
+    customer cancelled that no provider took (the simulated provider, cash,
+    a transfer): no provider can refund them.
+    """
+    requested = Q(
+        refund_requested_at__isnull=False, refund_reference="", provider_payment__isnull=True
     )
+    return Payment.objects.filter(Q(outcome=Outcome.REFUND_DUE) | requested).filter(
+        refunded_at__isnull=True
+    )
+
+
+def booking_cancel_by_customer(
+    *, reservation: Reservation, now: datetime | None = None
+) -> Payment | None:
+    """
+    The customer cancels their booking: a hold, or a paid booking with its refund.
+
+    A pending reservation is cancelled as ``reservation_cancel`` does (no
+    money taken; returns ``None``). A paid booking may be cancelled until
+    ``CUSTOMER_CANCEL_HOURS`` before the game (``TooLateToCancel``): the
+    slot is released (to its waiting list first) and the refund requested
+    in the same transaction, cause and reason ``customer``. A payment the
+    provider took is then refunded through it (a provider down leaves the
+    refund requested: the payment deadline asks again; a refusal flags it
+    for staff); any other payment (the simulated provider, cash at the
+    desk) is left due to staff (``refunds_due_to_staff``). Returns the
+    payment. Raises as ``reservation_cancel`` and ``reservation_cancel_paid``.
+    """
+    reservation.refresh_from_db(fields=["status"])
+    if reservation.status != Reservation.Status.PAID:
+        reservation_cancel(
+            reservation=reservation, reason=Reservation.CancellationReason.CUSTOMER, now=now
+        )
+        return None
+    with transaction.atomic():
+        reservation_cancel_paid(
+            reservation=reservation, reason=Reservation.CancellationReason.CUSTOMER, now=now
+        )
+        payment = Payment.objects.filter(
+            reservation=reservation,
+            reference=reservation.payment_reference,
+            outcome__in=[Outcome.APPLIED, Outcome.APPLIED_LATE],
+        ).first()
+        if payment is None:
+            raise errors.NotRefundable()
+        requested_at = reservation.cancelled_at or timezone.now()
+        Payment.objects.filter(pk=payment.pk, refund_requested_at__isnull=True).update(
+            refund_requested_at=requested_at
+        )
+    payment.refresh_from_db()
+    if not refunds_requested().filter(pk=payment.pk).exists():
+        return payment  # due to staff
+    try:
+        return payment_refund(payment)
+    except ProviderUnavailable:
+        logger.warning("Refund of %s waits for the provider", payment.reference, exc_info=True)
+        _schedule(reservation.pk, timezone.now() + timedelta(seconds=10))
+    except ProviderRefused:
+        logger.error("The provider refused the refund of %s", payment.reference, exc_info=True)
+    payment.refresh_from_db()
+    return payment

@@ -10,11 +10,11 @@ from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from pydantic import AfterValidator, ConfigDict, StringConstraints
 
-from apps.payments.services import payment_confirm_price
+from apps.payments.services import booking_cancel_by_customer, payment_confirm_price
 from config.api_errors import ErrorOut
 from config.client_address import client_address
 
-from . import offers, services, waitlist
+from . import changes, offers, services, waitlist
 from .models import Reservation, WaitingEntry
 from .selectors import reservation_by_token, waiting_entry_by_token
 from .text import (
@@ -81,6 +81,10 @@ class ReservationIn(StrictIn):
     customer_email: Email
     customer_phone: Phone = ""
     party_size: int = Field(..., ge=1, le=100, description="Players; the room's limits apply.")
+
+
+class MoveIn(StrictIn):
+    slot_id: int = Field(..., ge=1, description="The time slot to move to, of the same room.")
 
 
 class PayIn(StrictIn):
@@ -209,11 +213,36 @@ def checkout_reservation(request, token: str):
 @router.post(
     "/reservations/{token}/cancel/",
     response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
-    summary="Cancel a pending reservation",
+    summary="Cancel a pending reservation, or a paid booking with a refund",
 )
 def cancel_reservation(request, token: str):
-    reservation = services.reservation_cancel(reservation=_get(token))
-    return reservation_out(reservation, now=timezone.now())
+    """
+    A paid booking may be cancelled until CUSTOMER_CANCEL_HOURS before the
+    game (409 ``too_late_to_cancel`` after): the payment is refunded through
+    the provider that took it, or, for one no provider took, is due back
+    from the venue's staff.
+    """
+    reservation = _get(token)
+    booking_cancel_by_customer(reservation=reservation)
+    return reservation_out(_get(token), now=timezone.now())
+
+
+@router.post(
+    "/reservations/{token}/move/",
+    response={200: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Move a pending or paid reservation to another free time slot of the same room",
+)
+def move_reservation(request, token: str, payload: MoveIn):
+    """
+    Until CUSTOMER_RESCHEDULE_HOURS before the game (409 ``too_late_to_change``
+    after). The new slot is the reservation's before the old one is released;
+    the price and, for a hold, its end stay (the end is cut to the new
+    slot's start if that is sooner). 409 ``slot_taken`` (someone holds it,
+    or it went to its waiting list), ``slot_unavailable`` (started, closed);
+    400 for a slot of another room; 404 for an unknown slot.
+    """
+    changes.reservation_move(reservation=_get(token), time_slot_id=payload.slot_id)
+    return reservation_out(_get(token), now=timezone.now())
 
 
 # ---------------------------------------------------------------------------

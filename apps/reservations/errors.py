@@ -147,6 +147,30 @@ class NotRefundable(ReservationError):
     default_message = "Only a paid booking can be cancelled with a refund."
 
 
+class TooLateToCancel(ReservationError):
+    code = "too_late_to_cancel"
+    default_message = (
+        "This booking can no longer be cancelled online: it starts within {hours} hours. "
+        "Please call the venue."
+    )
+
+
+class TooLateToChange(ReservationError):
+    code = "too_late_to_change"
+    default_message = (
+        "This booking can no longer be moved online: it starts within {hours} hours. "
+        "Please call the venue."
+    )
+
+
+class NotMovable(ReservationError):
+    code = "not_movable"
+    default_message = (
+        "An offer from the waiting list cannot be moved to another time: pay for it first, "
+        "or let it go to the next party."
+    )
+
+
 class SlotAvailable(ReservationError):
     code = "slot_available"
     default_message = "This time slot is free: reserve it instead of waiting for it."
@@ -209,3 +233,4 @@ OFFER_NOT_EXTENDABLE = (
 )
 HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."
+MOVE_WITHIN_ROOM = "Choose another time of the same room."

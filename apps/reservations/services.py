@@ -636,29 +636,54 @@ def reservation_cancel(
     return reservation
 
 
+def cancel_deadline(starts_at: datetime) -> datetime:
+    """Until when the customer may cancel a paid booking of a game starting at ``starts_at``."""
+    return starts_at - timedelta(hours=settings.CUSTOMER_CANCEL_HOURS)
+
+
 def reservation_cancel_paid(
     *,
     reservation: Reservation,
+    reason: str = Reason.STAFF,
     actor: AbstractBaseUser | None = None,
     now: datetime | None = None,
 ) -> Reservation:
     """
-    Cancel a paid booking (staff) and release its slot; the refund is the caller's.
+    Cancel a paid booking and release its slot; the refund is the caller's.
 
-    Raises ``NotRefundable`` unless the reservation is paid.
+    ``reason`` is ``staff`` or ``customer`` (``ValueError`` otherwise) and is
+    also the cause in the audit trail. The customer may cancel only until
+    ``CUSTOMER_CANCEL_HOURS`` before the game starts, judged by the clock
+    read after the lock (``TooLateToCancel``). Raises ``NotRefundable``
+    unless the reservation is paid.
     """
+    if reason not in (Reason.CUSTOMER, Reason.STAFF):
+        raise ValueError(f"Cancel with reason customer or staff, not {reason!r}.")
+    by_customer = reason == Reason.CUSTOMER
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
+        if by_customer:
+            starts_at = Reservation.objects.filter(pk=reservation.pk).values_list(
+                "time_slot__starts_at", flat=True
+            )
+            if now > cancel_deadline(starts_at.get()):
+                raise errors.TooLateToCancel(
+                    errors.TooLateToCancel.default_message.format(
+                        hours=settings.CUSTOMER_CANCEL_HOURS
+                    )
+                )
         cancelled = _transition(
             reservation,
             expect={"status": Status.PAID},
             at=now,
-            cause=Cause.STAFF,
+            cause=Cause.CUSTOMER if by_customer else Cause.STAFF,
             actor=actor,
-            detail="Paid booking cancelled by staff; refunded",
+            detail="Paid booking cancelled by the customer; refund due"
+            if by_customer
+            else "Paid booking cancelled by staff; refunded",
             status=Status.CANCELLED,
             cancelled_at=now,
-            cancellation_reason=Reason.STAFF,
+            cancellation_reason=reason,
         )
         if not cancelled:
             raise errors.NotRefundable()

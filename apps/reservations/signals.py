@@ -18,3 +18,9 @@ reservations_changed = Signal()
 # or ``slot_closed`` (then also ``reason``, the closure's) (see
 # ``apps.reservations.offers``).
 waiting_list_changed = Signal()
+
+# Sent by ``apps.reservations.changes.reservation_move`` inside the transaction
+# that moved a reservation to another time slot, after ``reservations_changed``.
+# Keyword arguments ``reservation``: the reservation on its new slot;
+# ``from_slot``: the ``TimeSlot`` it left.
+reservation_moved = Signal()

@@ -130,6 +130,10 @@ if not 0 <= HOLD_LIMIT_IPV6_PREFIX <= 128:
 # address, MAX_PENDING_HOLDS_PER_ADDRESS).
 WAITLIST_OFFER_SECONDS = env.int("WAITLIST_OFFER_SECONDS", default=900)
 MAX_WAITING_PER_EMAIL = env.int("MAX_WAITING_PER_EMAIL", default=3)
+# Customer changes: until how many hours before the game starts the customer
+# may cancel a paid booking (refunded) and move a booking to another time.
+CUSTOMER_CANCEL_HOURS = env.int("CUSTOMER_CANCEL_HOURS", default=48)
+CUSTOMER_RESCHEDULE_HOURS = env.int("CUSTOMER_RESCHEDULE_HOURS", default=24)
 # Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated).
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
 
