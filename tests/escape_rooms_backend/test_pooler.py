@@ -27,6 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from apps.reservations.models import Reservation, ReservationEvent
+from escape_rooms_backend.runner import AdvisoryLock
 
 from ..conftest import PROJECT_DIR, free_port, wait_for
 from ..factories import RoomFactory, TimeSlotFactory, reserve
@@ -103,6 +104,14 @@ class Pooler:
             rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         return sum(int(row["total_xact_count"]) for row in rows if row["database"] == "pooled")
 
+    def server_pids(self) -> set[int]:
+        """The PostgreSQL backends of pgbouncer's server connections."""
+        admin = self.url.replace("postgres://", "postgresql://").replace("/pooled", "/pgbouncer")
+        with psycopg.connect(admin, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+            cursor = conn.execute("SHOW SERVERS")
+            names = [column.name for column in cursor.description]
+            return {int(dict(zip(names, row, strict=True))["remote_pid"]) for row in cursor}
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -165,6 +174,21 @@ def call(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def runner_lock_holder(url: str) -> int | None:
+    """The PostgreSQL backend that holds the runner lock of the job store at ``url``."""
+    key = AdvisoryLock(url).key
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, classid::bigint, objid::bigint FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        for pid, high, low in cursor.fetchall():
+            if int.from_bytes(((high << 32) | low).to_bytes(8, "big"), "big", signed=True) == key:
+                return pid
+    return None
+
+
 def seconds_left(reservation: Reservation) -> float:
     return (reservation.expires_at - timezone.now()).total_seconds()
 
@@ -212,6 +236,9 @@ def test_behind_pgbouncer_in_transaction_mode_holds_lapse_on_time_and_the_runner
             pooler,
         )  # fmt: skip
         runner_since = time.monotonic()
+        holder = runner_lock_holder(pooler.direct_url)
+        assert holder is not None
+        assert holder not in pooler.server_pids()  # the lock's session is a direct one
         assert wait_for(lambda: answers(f"{api}/rooms/"), timeout=30), web_log.read_text()
         transactions_before = pooler.transactions()
 
