@@ -23,10 +23,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.reservations.models import Reservation, ReservationEvent
+from escape_rooms_backend.db import job_connection
 from escape_rooms_backend.runner import AdvisoryLock
 
 from ..conftest import PROJECT_DIR, free_port, wait_for
@@ -388,3 +389,28 @@ def test_transaction_pooling_refuses_to_start_with_what_a_pooler_breaks(environ,
 
     assert result.returncode != 0
     assert refusal in result.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_jobs_lock_timeout_is_set_per_transaction_never_on_the_session(settings):
+    # A session setting would stay on the server session, which a pooler in
+    # transaction mode hands to another client next.
+    if connection.vendor != "postgresql":
+        pytest.fail("run with DATABASE_URL=postgres://... (make test-postgres)")
+    settings.SCHEDULER_LOCK_TIMEOUT = 1.5
+
+    @job_connection
+    def job() -> tuple[str, str, str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            outside = cursor.fetchone()[0]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SHOW lock_timeout")
+            inside = cursor.fetchone()[0]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('lock_timeout')")
+            again = cursor.fetchone()[0]
+        return outside, inside, again
+
+    assert job() == ("0", "1500ms", "1500ms")
