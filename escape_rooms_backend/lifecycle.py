@@ -243,7 +243,7 @@ class SchedulerProcess:
                 )
                 if self.runner is None:
                     runner = Runner(
-                        lock_for(url),
+                        lock_for(url, settings.SCHEDULER_DIRECT_URL),
                         interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
                         on_runner=lambda: self._become_runner(scheduler),
                         on_standby=lambda: self._become_standby(scheduler),
@@ -252,7 +252,7 @@ class SchedulerProcess:
                     runner.start()
                     self.runner = runner  # only once it competes: a failed start tries again
                 if self.listener is None and make_url(url).get_backend_name() == "postgresql":
-                    self.listener = Listener(url, scheduler.wakeup)
+                    self.listener = Listener(settings.SCHEDULER_DIRECT_URL or url, scheduler.wakeup)
                     self.listener.start()
             except Exception:
                 logger.exception("Scheduler failed to start")
