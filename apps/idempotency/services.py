@@ -257,9 +257,13 @@ def idempotency_request_key(request: HttpRequest) -> uuid.UUID | None:
     """
     A key naming what this request creates, derived from its Idempotency-Key; None without one.
 
-    The same for every retry with the key, a take-over after a crash
-    included: passed as ``request_key`` to ``reservation_create``, it makes
-    the retry find the reservation the first request made.
+    A UUID 5 of the scope, the key and the request's fingerprint: the same
+    for every retry of the request, also one that runs again after a crash
+    (a take-over, or a server error that deleted the record). Passed as
+    ``request_key`` to ``reservation_create``, it makes such a retry find
+    the reservation the first request made instead of being refused by its
+    hold. The key used again for another body past IDEMPOTENCY_KEY_HOURS
+    names something else.
     """
     return getattr(request, "idempotency_request_key", None)
 
@@ -316,7 +320,7 @@ def idempotent(run: Callable[..., HttpResponseBase]) -> Callable[..., HttpRespon
             time.sleep(POLL_SECONDS)
 
         request.idempotency_request_key = uuid.uuid5(  # type: ignore[attr-defined]
-            REQUEST_KEY_NAMESPACE, f"{scope}\n{key}"
+            REQUEST_KEY_NAMESPACE, f"{scope}\n{key}\n{fingerprint}"
         )
         try:
             response = run(request, *args, **kwargs)
