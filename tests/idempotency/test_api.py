@@ -1,5 +1,5 @@
 """
-Retries with an Idempotency-Key: the first answer again, whatever happened since; never a second effect.
+Retries with an Idempotency-Key: the first answer again, whatever happened since; no second effect.
 
 A response "lost on the network" is simply one the test does not read
 before it retries.
@@ -255,9 +255,7 @@ def test_a_view_that_raises_stores_nothing_and_the_retry_runs_again(api, monkeyp
     assert Reservation.objects.count() == 1
 
 
-def test_a_crash_after_the_reservation_was_made_is_answered_with_that_reservation(
-    api, monkeypatch
-):
+def test_a_crash_after_the_reservation_was_made_is_answered_with_that_reservation(api, monkeypatch):
     slot = TimeSlotFactory()
     create = services.reservation_create
 
