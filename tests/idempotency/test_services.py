@@ -3,7 +3,8 @@
 from datetime import timedelta
 
 import pytest
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
+from django.test import RequestFactory
 from django.utils import timezone
 
 from apps.idempotency.models import IdempotencyRecord
@@ -11,6 +12,7 @@ from apps.idempotency.services import (
     PURGE_BATCH,
     idempotency_begin,
     idempotency_finish,
+    idempotent,
     request_fingerprint,
 )
 
@@ -97,3 +99,39 @@ def test_a_stale_run_is_taken_over_once_and_its_late_answer_is_not_stored(settin
     assert not idempotency_finish(record=dead.record, response=HttpResponse(status=500))
     assert idempotency_finish(record=retry.record, response=HttpResponse(status=200))
     assert IdempotencyRecord.objects.get().response_status == 200
+
+
+def keyed_post(key: str = "k"):
+    return RequestFactory().post(
+        "/api/x/", b'{"a": 1}', content_type="application/json", headers={"Idempotency-Key": key}
+    )
+
+
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_a_server_error_or_a_429_is_not_remembered_and_the_retry_runs_again(status):
+    answers = iter([JsonResponse({"error": {"code": "x", "message": "x"}}, status=status)])
+    view = idempotent(lambda request: next(answers, JsonResponse({"ok": True}, status=200)))
+
+    first = view(keyed_post())
+    retry = view(keyed_post())
+
+    assert (first.status_code, retry.status_code) == (status, 200)
+    assert not retry.has_header("Idempotent-Replayed")
+    assert view(keyed_post()).has_header("Idempotent-Replayed")
+
+
+def test_a_replay_repeats_retry_after_and_content_type():
+    def answer(request):
+        response = JsonResponse({"error": {"code": "slot_taken", "message": "x"}}, status=409)
+        response["Retry-After"] = "7"
+        response["X-Other"] = "of the moment"
+        return response
+
+    view = idempotent(answer)
+    view(keyed_post())
+
+    replay = view(keyed_post())
+
+    assert (replay.status_code, replay["Retry-After"]) == (409, "7")
+    assert replay["Content-Type"] == "application/json"
+    assert not replay.has_header("X-Other")
