@@ -8,8 +8,11 @@ from django.core.validators import validate_email
 from django.http import Http404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
+from ninja.decorators import decorate_view
 from pydantic import AfterValidator, ConfigDict, StringConstraints
 
+from apps.idempotency.services import OPENAPI_EXTRA as IDEMPOTENT
+from apps.idempotency.services import idempotency_request_key, idempotent
 from apps.payments.services import booking_cancel_by_customer, payment_confirm_price
 from config.api_errors import ErrorOut
 from config.client_address import client_address
@@ -165,10 +168,21 @@ def _get(token: str) -> Reservation:
     "/reservations/",
     response={201: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
     summary="Reserve a time slot and hold it for payment",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def create_reservation(request, payload: ReservationIn):
+    """
+    201 with the reservation and its token. With an ``Idempotency-Key``, a
+    retry (the 201 lost on the way) gets this 201 again, the same
+    reservation; without one, it finds the slot taken by its own hold: 409
+    ``slot_taken``.
+    """
     reservation = services.reservation_create(
-        time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
+        time_slot_id=payload.slot_id,
+        request_key=idempotency_request_key(request),
+        client_address=client_address(request),
+        **_party(payload),
     )
     return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
 
@@ -186,7 +200,9 @@ def get_reservation(request, token: str):
     "/reservations/{token}/pay/",
     response={200: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Confirm payment of a pending reservation",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def pay_reservation(request, token: str, payload: PayIn):
     """
     Stands in for a payment provider's confirmation of the reservation's price.
@@ -204,7 +220,9 @@ def pay_reservation(request, token: str, payload: PayIn):
     "/reservations/{token}/checkout/",
     response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
     summary="Start paying: the hold lasts at least PAYMENT_WINDOW_SECONDS more, once",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def checkout_reservation(request, token: str):
     reservation = services.reservation_checkout(reservation=_get(token))
     return reservation_out(reservation, now=timezone.now())
@@ -214,7 +232,9 @@ def checkout_reservation(request, token: str):
     "/reservations/{token}/cancel/",
     response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
     summary="Cancel a pending reservation, or a paid booking with a refund",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def cancel_reservation(request, token: str):
     """
     A paid booking may be cancelled until CUSTOMER_CANCEL_HOURS before the
@@ -231,7 +251,9 @@ def cancel_reservation(request, token: str):
     "/reservations/{token}/move/",
     response={200: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Move a pending or paid reservation to another free time slot of the same room",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def move_reservation(request, token: str, payload: MoveIn):
     """
     Until CUSTOMER_RESCHEDULE_HOURS before the game (409 ``too_late_to_change``
@@ -316,7 +338,9 @@ def _get_entry(token: str) -> WaitingEntry:
     "/waitlist/",
     response={201: WaitingOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
     summary="Join a held or booked time slot's waiting list",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def join_waitlist(request, payload: WaitingIn):
     """
     When the slot's hold lapses or its booking is cancelled, the first party
@@ -327,7 +351,10 @@ def join_waitlist(request, payload: WaitingIn):
     ``too_many_waiting`` past MAX_WAITING_PER_EMAIL places.
     """
     entry = waitlist.waiting_join(
-        time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
+        time_slot_id=payload.slot_id,
+        request_key=idempotency_request_key(request),
+        client_address=client_address(request),
+        **_party(payload),
     )
     return Status(201, waiting_out(_get_entry(str(entry.token)), now=timezone.now()))
 
@@ -345,7 +372,9 @@ def get_waiting(request, token: str):
     "/waitlist/{token}/leave/",
     response={200: WaitingOut, 404: ErrorOut, 409: ErrorOut},
     summary="Leave a waiting list; an offer not yet paid passes to the next party",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def leave_waitlist(request, token: str):
     entry = waitlist.waiting_leave(entry=_get_entry(token))
     return waiting_out(entry, now=timezone.now())

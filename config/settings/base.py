@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
+    "apps.idempotency",
     "apps.rooms",
     "apps.reservations",
     "apps.operations",
@@ -159,6 +160,19 @@ CUSTOMER_CANCEL_HOURS = env.int("CUSTOMER_CANCEL_HOURS", default=48)
 CUSTOMER_RESCHEDULE_HOURS = env.int("CUSTOMER_RESCHEDULE_HOURS", default=24)
 # Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated).
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+
+# IDEMPOTENCY
+# ------------------------------------------------------------------------------
+# An API client's Idempotency-Key is remembered this long from its first use
+# (hours): a retry within it gets the first answer.
+IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
+# A retry while the key's first request still runs waits this long for its
+# answer (seconds), then gets 409 idempotency_key_in_progress.
+IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=10.0)
+# A request in progress longer than this is taken to have died, and a retry
+# runs in its place (seconds; longer than any request, the payment provider's
+# timeout included).
+IDEMPOTENCY_STALE_SECONDS = env.int("IDEMPOTENCY_STALE_SECONDS", default=60)
 
 # PAYMENTS
 # ------------------------------------------------------------------------------

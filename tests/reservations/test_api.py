@@ -246,6 +246,7 @@ def test_the_openapi_document_describes_every_endpoint(api):
         "400",
         "404",
         "409",
+        "422",  # idempotency_key_reused
         "429",
     }
 
