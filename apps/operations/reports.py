@@ -26,6 +26,7 @@ class RoomWeek:
     offered: int = 0  # slots not closed
     closed: int = 0  # slots a closure overlaps
     booked: int = 0  # paid reservations
+    booked_closed: int = 0  # of those, on closed slots (still to be moved or refunded)
     lapsed: int = 0  # holds that ended unpaid
     revenue: dict[str, Decimal] = field(default_factory=dict)  # currency -> paid prices
     refunded: dict[str, Decimal] = field(default_factory=dict)  # currency -> money sent back
@@ -38,10 +39,14 @@ class RoomWeek:
 
     @property
     def occupancy(self) -> Decimal | None:
-        """Booked slots per hundred offered, to one decimal; ``None`` when none was offered."""
+        """
+        Booked slots per hundred offered, to one decimal; ``None`` when none was offered.
+
+        Bookings left on closed slots do not count: those slots are not offered.
+        """
         if not self.offered:
             return None
-        percent = Decimal(100 * self.booked) / self.offered
+        percent = Decimal(100 * (self.booked - self.booked_closed)) / self.offered
         return percent.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
 
 
@@ -112,15 +117,25 @@ def occupancy_report_get(*, start: date, end: date, now: datetime | None = None)
     games = Reservation.objects.filter(
         time_slot__starts_at__gte=since, time_slot__starts_at__lt=until
     ).annotate(week=TruncWeek("time_slot__starts_at", tzinfo=tz))
+    closing_game = Closure.objects.filter(
+        Q(room=OuterRef("time_slot__room")) | Q(room__isnull=True),
+        starts_at__lt=OuterRef("time_slot__ends_at"),
+        ends_at__gt=OuterRef("time_slot__starts_at"),
+    )
     paid = (
         games.filter(status=Reservation.Status.PAID)
         .values("time_slot__room_id", "week", "currency")
-        .annotate(booked=Count("pk"), revenue=Sum("price"))
+        .annotate(
+            booked=Count("pk"),
+            booked_closed=Count("pk", filter=Exists(closing_game)),
+            revenue=Sum("price"),
+        )
         .order_by()
     )
     for figures in paid:
         week = row(figures["time_slot__room_id"], figures["week"])
         week.booked += figures["booked"]
+        week.booked_closed += figures["booked_closed"]
         # SQLite drops the trailing zeros of a sum: back to cents.
         week.revenue[figures["currency"]] = Decimal(figures["revenue"]).quantize(CENT)
     lapsed = (

@@ -296,3 +296,21 @@ def test_a_year_of_bookings_is_reported_in_a_constant_number_of_queries(
     assert sum(week.offered for week in report.rows) == 2 * 730
     assert sum(week.booked for week in report.rows) == len(slots[::3])
     assert sum(week.revenue["EUR"] for week in report.rows) == 80 * len(slots[::3])
+
+
+def test_bookings_left_on_closed_slots_are_shown_but_not_counted_as_occupancy(settings):
+    """Closing a day with paid games on it: the slots are not offered, so nor are they occupied."""
+    settings.TIME_ZONE = "Europe/Berlin"
+    room = RoomFactory(name="Tomb")
+    games = [slot(room, local(W23, f"{hour}:00")) for hour in (10, 12, 14, 16)]
+    for game in games[:3]:
+        paid(game, "89.00")
+    Closure.objects.create(
+        room=room, starts_at=local(W23, "11:30"), ends_at=local(W23, "18:00"), reason="Floods"
+    )
+
+    (week,) = occupancy_report_get(start=W23, end=W23).rows
+
+    assert (week.offered, week.closed, week.booked, week.booked_closed) == (1, 3, 3, 2)
+    assert week.occupancy == Decimal("100.0")  # the one open game, booked
+    assert week.revenue == {"EUR": Decimal("267.00")}  # until the two are refunded
