@@ -12,7 +12,8 @@ import os
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
 wsgi_app = "config.wsgi:application"
-# Not preload_app: a scheduler's threads do not survive the fork into workers.
+# Not needed; with --preload (GUNICORN_CMD_ARGS) each worker starts its own
+# scheduler after the fork (apps.reservations.apps.start_background_scheduler).
 preload_app = False
 timeout = 30
 graceful_timeout = 30

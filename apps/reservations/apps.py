@@ -1,8 +1,12 @@
 import atexit
 import logging
+import os
+import sys
+from types import FrameType
 
 from django.apps import AppConfig
 from django.conf import settings
+from django.db import connections
 
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
@@ -34,7 +38,41 @@ def start_background_scheduler() -> bool:
     ``shell`` and every other management command start no scheduler, and
     under ``runserver`` only the reloader's child (the process that serves)
     starts one. Returns whether it started one.
+
+    Loaded in gunicorn's master (``--preload``), which then forks the
+    workers, it makes no thread and keeps no connection there: a worker
+    would share them with the master and its siblings. Each worker does this
+    itself, just after the fork.
     """
+    if _preloaded_by_gunicorn():
+        connections.close_all()  # the master's own, closed before any fork
+        os.register_at_fork(after_in_child=_start_after_fork)
+        logger.info("Loaded by gunicorn's master (--preload): each worker starts its scheduler")
+        return False
+    return _start()
+
+
+def _start_after_fork() -> None:
+    try:
+        _start()
+    except Exception:  # a fork hook's exception would only be printed
+        logger.exception("Could not start the scheduler in this worker")
+
+
+def _preloaded_by_gunicorn() -> bool:
+    """Whether gunicorn's arbiter (the master, which forks the workers) is loading the app."""
+    arbiter = sys.modules.get("gunicorn.arbiter")
+    if arbiter is None:
+        return False
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if isinstance(frame.f_locals.get("self"), arbiter.Arbiter):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _start() -> bool:
     if settings.SCHEDULER_WORKER_MODE:
         logger.info("SCHEDULER_WORKER_MODE is on: jobs run in `manage.py start_scheduler`")
         _open_job_store()
