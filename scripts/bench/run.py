@@ -23,6 +23,7 @@ gunicorn and Celery goes to ``--out/logs/<database>/``. ``make bench`` and
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -38,6 +39,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+# The ``bench`` extra (pyproject.toml): said plainly, not as an ImportError.
+BENCH_EXTRA = ("celery", "matplotlib", "tqdm")
+if missing := [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is None]:
+    sys.exit(
+        f"The benchmarks need the bench extra; not installed: {', '.join(missing)}. Run "
+        "`make bench` (or `make bench-quick`), which installs it, or "
+        "`.venv/bin/pip install -e '.[dev,bench]'`."
+    )
 
 from scripts.bench import report  # noqa: E402
 
