@@ -350,7 +350,7 @@ class SchedulerProcess:
             misfire_grace_time=None,
         )
         scheduler.resume()
-        record_heartbeat(started=True, role="runner")
+        record_heartbeat(started=True, role="runner", took_over=True)
         logger.info("This process is the runner: it runs the expiry jobs")
 
     def _become_standby(self, scheduler: Scheduler) -> None:

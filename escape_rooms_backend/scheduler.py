@@ -19,6 +19,7 @@ public APIs and stay importable here.
 """
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -107,14 +108,15 @@ def sweep() -> int:
     """
     Job ``cancel_expired_reservations``: run the sweep, then record a heartbeat.
 
-    The heartbeat tells ``scheduler_status`` and ``/healthz`` that a runner is
-    alive and what its last sweep did. Returns the number cancelled; never
-    raises.
+    The heartbeat tells ``scheduler_status``, ``/healthz`` and ``/metrics``
+    that a runner is alive, what its last sweep did and how long it took.
+    Returns the number cancelled; never raises.
     """
     if process.stopping.is_set():
         return 0  # the next runner sweeps at its start
+    started = time.monotonic()
     cancelled = cancel_expired_reservations()
-    record_heartbeat(sweep_cancelled=cancelled)
+    record_heartbeat(sweep_cancelled=cancelled, sweep_seconds=time.monotonic() - started)
     return cancelled
 
 

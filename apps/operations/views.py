@@ -1,12 +1,19 @@
+import hmac
+import ipaddress
+
+from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from apps.messaging.selectors import outbox_backlog
+from config.client_address import client_ip
 from escape_rooms_backend import timeline
 
+from .reports import metrics_exposition
 from .selectors import (
     heartbeat_age,
     heartbeat_stale_after,
@@ -78,3 +85,41 @@ def healthz(request: HttpRequest) -> JsonResponse:
         "messages": messages,
     }
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+METRICS_NOT_ALLOWED = "This address may not read the metrics.\n"
+METRICS_UNAUTHORIZED = "The metrics need the scraper's bearer token.\n"
+
+
+@require_GET
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    """
+    The venue's numbers in Prometheus' text format, for the operator's scraper only.
+
+    Off (404) unless ``METRICS_TOKEN`` or ``METRICS_ALLOWED_NETWORKS`` is set.
+    A client outside the allowed networks gets 403; a request without the
+    token (``Authorization: Bearer <METRICS_TOKEN>``), or with another, 401.
+    With both set, both are required. No number is read before the checks
+    pass.
+    """
+    token: str = settings.METRICS_TOKEN
+    networks = [
+        ipaddress.ip_network(network.strip(), strict=False)
+        for network in settings.METRICS_ALLOWED_NETWORKS
+    ]
+    if not token and not networks:
+        raise Http404
+    if networks:
+        address = client_ip(request)
+        if address is None or not any(address in network for network in networks):
+            return HttpResponse(METRICS_NOT_ALLOWED, status=403, content_type="text/plain")
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            response = HttpResponse(METRICS_UNAUTHORIZED, status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -7,13 +7,14 @@ from django.core.validators import validate_email
 from django.http import Http404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
+from prometheus_client import Counter
 from pydantic import AfterValidator, ConfigDict, StringConstraints
 
 from apps.payments.services import payment_confirm_price
 from config.api_errors import ErrorOut
 from config.client_address import client_address
 
-from . import offers, services, waitlist
+from . import errors, offers, services, waitlist
 from .models import Reservation, WaitingEntry
 from .selectors import reservation_by_token, waiting_entry_by_token
 from .text import (
@@ -26,6 +27,14 @@ from .text import (
 router = Router(tags=["reservations"])
 
 INVALID_EMAIL = "Enter a valid email address."
+
+# /metrics: "201", or the refusal's code (slot_taken, too_many_holds, ...).
+RESERVE_OUTCOMES = Counter(
+    "escape_rooms_reserve_requests",
+    "Reserve requests of the API (POST /api/reservations/) that reached the service, by "
+    "outcome: 201 or the refusal's code.",
+    ["code"],
+)
 
 
 def _printable(value: str) -> str:
@@ -156,9 +165,14 @@ def _get(token: str) -> Reservation:
     summary="Reserve a time slot and hold it for payment",
 )
 def create_reservation(request, payload: ReservationIn):
-    reservation = services.reservation_create(
-        time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
-    )
+    try:
+        reservation = services.reservation_create(
+            time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
+        )
+    except errors.ReservationError as refused:
+        RESERVE_OUTCOMES.labels(code=refused.code).inc()
+        raise
+    RESERVE_OUTCOMES.labels(code="201").inc()
     return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
 
 
