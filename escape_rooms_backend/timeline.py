@@ -345,17 +345,13 @@ def jobs_per_kind() -> dict[str, int]:
     """
     Every registered kind's name -> its jobs in the store, in one query (no unpickling).
 
-    A SQLite store whose file does not exist reads as empty (and is not
-    created). Raises what SQLAlchemy raises when the store is unreachable.
+    Raises ``JobStoreMissing`` rather than create a missing SQLite store, and
+    what SQLAlchemy raises when the store is unreachable.
     """
-    from .jobstore import JobStoreMissing, job_counts, require_file
+    from .jobstore import job_counts, require_file
 
-    prefixes = {kind.name: kind.job_prefix for kind in deadlines.kinds()}
-    try:
-        require_file(_store_url())
-    except JobStoreMissing:
-        return dict.fromkeys(prefixes, 0)
-    return job_counts(_store(), prefixes)
+    require_file(_store_url())
+    return job_counts(_store(), {kind.name: kind.job_prefix for kind in deadlines.kinds()})
 
 
 def job_store_next_run_time() -> datetime | None:

@@ -78,7 +78,9 @@ def test_a_missing_or_wrong_token_is_refused_without_numbers(client, token, auth
 
 
 @pytest.mark.django_db
-def test_the_right_token_gets_every_number_in_the_exposition_format(client, token):
+def test_the_right_token_gets_every_number_in_the_exposition_format(client, token, job_store):
+    job_store.create()
+
     response = client.get("/metrics", **BEARER)
 
     assert response.status_code == 200
@@ -318,21 +320,26 @@ def test_reserve_outcomes_are_counted_by_code(client, token, slot):
 
 
 @pytest.mark.django_db
-def test_an_unreachable_job_store_reads_as_down(client, token, settings, tmp_path):
-    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'x' / 'jobs.sqlite3'}"
-    settings.SCHEDULER_JOBSTORE_URL = url
+def test_an_unreachable_job_store_reads_as_down_and_the_rest_still_reads(
+    client, token, settings, tmp_path
+):
+    # The store's folder is a file: the store cannot be there.
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
     settings.SCHEDULER_CONFIG = {
         **settings.SCHEDULER_CONFIG,
         "apscheduler.jobstores.default": {
             "type": "sqlalchemy",
-            "url": "postgresql+psycopg://x@127.0.0.1:1/none",
+            "url": f"sqlite:///{not_a_folder}/jobs.sqlite3",
         },
     }
+    ReservationFactory()
 
     numbers = scrape(client)
 
     assert value(numbers, "escape_rooms_job_store_up") == 0
-    assert value(numbers, "escape_rooms_holds_pending") == 0
+    assert value(numbers, "escape_rooms_deadline_jobs", kind="expiry") is None
+    assert value(numbers, "escape_rooms_holds_pending") == 1
 
 
 # ---------------------------------------------------------------------------
