@@ -8,12 +8,11 @@ runner lock (``escape_rooms_backend.runner``) lets exactly one of them, or a
 
 The counters of ``/metrics`` that the web workers keep (the reserve
 outcomes) are shared through files in ``PROMETHEUS_MULTIPROC_DIR`` (default
-``var/prometheus``), emptied when gunicorn starts: any worker that answers a
-scrape then reports every worker's counts.
+``var/prometheus``; its ``*.db`` files are deleted when gunicorn starts): any
+worker that answers a scrape then reports every worker's counts.
 """
 
 import os
-import shutil
 from pathlib import Path
 
 PROMETHEUS_DIR = Path(
@@ -34,9 +33,11 @@ errorlog = "-"
 
 
 def on_starting(server) -> None:
-    # Counts of an earlier run would be added to this one's.
-    shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+    # Counts of an earlier run would be added to this one's. Only the
+    # library's own files: the folder may be shared with something else.
     PROMETHEUS_DIR.mkdir(parents=True, exist_ok=True)
+    for counts in PROMETHEUS_DIR.glob("*.db"):
+        counts.unlink(missing_ok=True)
 
 
 def child_exit(server, worker) -> None:

@@ -2,9 +2,13 @@
 
 import os
 import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
+import requests
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -14,11 +18,12 @@ from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from escape_rooms_backend import deadlines
 
-from ..conftest import wait_for
+from ..conftest import PROJECT_DIR, database_url, free_port, wait_for
 from ..factories import MessageFactory, ReservationFactory, TimeSlotFactory, reserve
 
 TOKEN = "scraper-secret"  # noqa: S105 (a test's token)
 BEARER = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
+BEARER_HEADER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def samples(response) -> dict[tuple[str, tuple], float]:
@@ -399,3 +404,77 @@ def test_holds_lapsing_without_a_runner_show_then_the_worker_catches_up(
         numbers, "escape_rooms_deadline_lateness_seconds_bucket", kind="expiry", le="1.0"
     )
     assert on_time == 0
+
+
+# ---------------------------------------------------------------------------
+# Under gunicorn: every worker's counts, whichever worker answers
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.integration
+def test_under_gunicorn_every_scrape_counts_every_workers_reserve_outcomes(job_store, tmp_path):
+    slots = [TimeSlotFactory() for _ in range(6)]
+    port = free_port()
+    counts_dir = tmp_path / "prometheus"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.local",
+        "DATABASE_URL": database_url(),
+        "SCHEDULER_JOBSTORE_URL": job_store.url,
+        "SCHEDULER_WORKER_MODE": "true",
+        "METRICS_TOKEN": TOKEN,
+        "PROMETHEUS_MULTIPROC_DIR": str(counts_dir),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
+    }
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return requests.get(f"{base}/metrics", timeout=2).status_code == 401
+            except requests.RequestException:
+                return False
+
+        assert wait_for(ready, timeout=30, interval=0.2), log.read_text()
+
+        def reserve_over_http(n: int, slot) -> int:
+            body = {
+                "slot_id": slot.pk,
+                "customer_name": f"Party {n}",
+                "customer_email": f"party{n}@example.com",
+                "party_size": 3,
+            }
+            return requests.post(f"{base}/api/reservations/", json=body, timeout=30).status_code
+
+        # At once, so that both workers answer some.
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            codes = list(pool.map(reserve_over_http, range(6), slots))
+        codes.append(reserve_over_http(6, slots[0]))
+        assert codes == [201] * 6 + [409]
+
+        for _ in range(8):
+            text = requests.get(f"{base}/metrics", headers=BEARER_HEADER, timeout=10).text
+            numbers = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+            assert value(numbers, "escape_rooms_reserve_requests_total", code="201") == 6
+            assert value(numbers, "escape_rooms_reserve_requests_total", code="slot_taken") == 1
+            assert value(numbers, "escape_rooms_holds_pending") == 6
+        # Both workers counted (one file each): the sums above were not one worker's.
+        assert len(list(counts_dir.glob("counter_*.db"))) == 2, log.read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
