@@ -35,7 +35,6 @@ from apps.messaging.selectors import outbox_backlog, outbox_due
 from escape_rooms_backend import deadlines, timeline
 
 from .selectors import (
-    heartbeat_age,
     holds_pending,
     lateness_histogram,
     overdue_holds,
@@ -65,10 +64,6 @@ LATENESS_BUCKETS = (
     1800.0,
 )
 ROLES = ("runner", "standby")
-
-
-def _seconds(moment: datetime) -> float:
-    return moment.timestamp()
 
 
 class VenueCollector(Collector):
@@ -160,7 +155,7 @@ class VenueCollector(Collector):
             yield GaugeMetricFamily(
                 "escape_rooms_sweep_last_success_timestamp_seconds",
                 "When the latest sweep finished (Unix time).",
-                value=_seconds(counters.last_sweep_at),
+                value=counters.last_sweep_at.timestamp(),
             )
         yield CounterMetricFamily(
             "escape_rooms_runner_takeovers",
@@ -174,24 +169,21 @@ class VenueCollector(Collector):
             "0 means none) or standby.",
             labels=["role"],
         )
-        runners: list = []
+        alive = {role: running_schedulers(now, role=role) for role in ROLES}
         for role in ROLES:
-            alive = running_schedulers(now, role=role)
-            processes.add_metric([role], float(len(alive)))
-            if role == "runner":
-                runners = alive
+            processes.add_metric([role], float(len(alive[role])))
         yield processes
+        runners = alive["runner"]
         yield GaugeMetricFamily(
             "escape_rooms_runner_up",
             "1 when a runner has sent a heartbeat within two sweep intervals, else 0.",
             value=1.0 if runners else 0.0,
         )
         if runners:
-            age = min(heartbeat_age(beat, now) or 0.0 for beat in runners)
             yield GaugeMetricFamily(
                 "escape_rooms_runner_heartbeat_age_seconds",
                 "Seconds since the runner's latest heartbeat.",
-                value=max(0.0, age),
+                value=max(0.0, min((now - beat.beat_at).total_seconds() for beat in runners)),
             )
 
     def _outbox(self, now: datetime) -> Iterator[Metric]:

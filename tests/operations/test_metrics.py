@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apps.messaging.models import Message
 from apps.operations.models import SchedulerHeartbeat
+from apps.operations.services import heartbeat_record
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from escape_rooms_backend import deadlines
@@ -234,6 +235,22 @@ def test_the_scrape_counts_holds_jobs_outbox_and_the_runner(
     assert value(numbers, "escape_rooms_runner_takeovers_total") == 3
     last_sweep = value(numbers, "escape_rooms_sweep_last_success_timestamp_seconds")
     assert last_sweep == pytest.approx((now - timedelta(seconds=40)).timestamp(), abs=0.001)
+
+
+@pytest.mark.django_db
+def test_each_sweep_and_takeover_the_runner_records_adds_to_the_counters(client, token):
+    heartbeat_record(started=True, role="runner", took_over=True)
+    heartbeat_record(sweep_cancelled=3, sweep_seconds=0.25)
+    heartbeat_record(role="runner")  # a beat between sweeps counts nothing
+    heartbeat_record(sweep_cancelled=0, sweep_seconds=0.5)
+
+    numbers = scrape(client)
+
+    assert value(numbers, "escape_rooms_sweep_duration_seconds_count") == 2
+    assert value(numbers, "escape_rooms_sweep_duration_seconds_sum") == 0.75
+    assert value(numbers, "escape_rooms_runner_takeovers_total") == 1
+    beat = SchedulerHeartbeat.objects.get()
+    assert (beat.last_sweep_cancelled, beat.last_sweep_seconds) == (0, 0.5)
 
 
 @pytest.mark.django_db
