@@ -116,7 +116,11 @@ def sweep() -> int:
         return 0  # the next runner sweeps at its start
     started = time.monotonic()
     cancelled = cancel_expired_reservations()
-    record_heartbeat(sweep_cancelled=cancelled, sweep_seconds=time.monotonic() - started)
+    record_heartbeat(
+        sweep_cancelled=cancelled,
+        sweep_seconds=time.monotonic() - started,
+        job_lateness=process.lateness.snapshot(),
+    )
     return cancelled
 
 

@@ -8,7 +8,8 @@ class SchedulerHeartbeat(models.Model):
 
     Written when the scheduler starts, after every sweep and when it stops
     cleanly; read by ``scheduler_status``, ``/healthz``, ``/metrics`` and the
-    admin banner. ``sweeps``, ``sweep_seconds`` and ``takeovers`` only grow:
+    admin banner. ``sweeps``, ``sweep_seconds``, ``takeovers`` and the counts
+    of ``job_lateness`` only grow:
     summed over every row they are the venue's counters, whichever process
     ran the sweeps or took the runner lock.
     """
@@ -30,6 +31,11 @@ class SchedulerHeartbeat(models.Model):
     sweep_seconds = models.FloatField(default=0.0, help_text="Their total duration, seconds.")
     takeovers = models.PositiveIntegerField(
         default=0, help_text="Times this process took the runner lock."
+    )
+    job_lateness = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per deadline kind, how late its jobs ran here: bucket counts, count, sum.",
     )
 
     class Meta:

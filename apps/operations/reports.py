@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeHistogramMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
@@ -33,36 +34,17 @@ from prometheus_client.utils import floatToGoString
 
 from apps.messaging.selectors import outbox_backlog, outbox_due
 from escape_rooms_backend import deadlines, timeline
+from escape_rooms_backend.lifecycle import LATENESS_BUCKETS
 
 from .selectors import (
     holds_pending,
+    job_lateness_totals,
     lateness_histogram,
     overdue_holds,
     running_schedulers,
     scheduler_counters,
 )
 
-# Upper bounds of the lateness buckets, seconds: milliseconds when the
-# runner is healthy, the poll interval when a job was written late, the
-# sweep interval when jobs were lost, longer when no runner ran.
-LATENESS_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-    600.0,
-    1800.0,
-)
 ROLES = ("runner", "standby")
 
 
@@ -103,6 +85,7 @@ class VenueCollector(Collector):
             [deadlines.EXPIRY], [*buckets, ("+Inf", float(histogram.count))], histogram.sum
         )
         yield lateness
+        yield self._job_lateness()
         jobs = GaugeMetricFamily(
             "escape_rooms_deadline_jobs",
             "Jobs in the job store, by deadline kind.",
@@ -120,6 +103,25 @@ class VenueCollector(Collector):
         yield GaugeMetricFamily(
             "escape_rooms_job_store_up", "1 when the job store answered, else 0.", value=up
         )
+
+    def _job_lateness(self) -> Metric:
+        family = HistogramMetricFamily(
+            "escape_rooms_deadline_job_lateness_seconds",
+            "Seconds from a deadline job's run time until it returned, by kind, counted by "
+            "the runners since they started (a job that folded others in counts once); "
+            "up to a minute behind.",
+            labels=["kind"],
+        )
+        width = len(LATENESS_BUCKETS) + 2
+        totals = job_lateness_totals(width)
+        for kind in deadlines.kinds():
+            counts = totals.get(kind.name, [0.0] * width)
+            buckets = [
+                (floatToGoString(bound), count)
+                for bound, count in zip(LATENESS_BUCKETS, counts, strict=False)
+            ]
+            family.add_metric([kind.name], [*buckets, ("+Inf", counts[-2])], counts[-1])
+        return family
 
     def _holds(self, now: datetime) -> Iterator[Metric]:
         grace = settings.METRICS_OVERDUE_SECONDS

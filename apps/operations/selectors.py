@@ -179,6 +179,26 @@ def scheduler_counters() -> SchedulerCounters:
     )
 
 
+def job_lateness_totals(width: int) -> dict[str, list[float]]:
+    """
+    Kind -> every process's deadline job lateness counts added up (``JobLateness.snapshot()``).
+
+    ``width`` is the length of a snapshot's list as this release counts:
+    one of another length (buckets changed since) is left out.
+    """
+    totals: dict[str, list[float]] = {}
+    for snapshot in SchedulerHeartbeat.objects.exclude(job_lateness={}).values_list(
+        "job_lateness", flat=True
+    ):
+        for kind, counts in (snapshot or {}).items():
+            if len(counts) != width:
+                continue
+            total = totals.setdefault(kind, [0.0] * width)
+            for index, count in enumerate(counts):
+                total[index] += count
+    return totals
+
+
 def outbox_state(backlog: Backlog, now: datetime) -> str:
     """
     ``"backlog"`` when the oldest pending message has waited past ``OUTBOX_BACKLOG_AFTER``.

@@ -19,6 +19,7 @@ def heartbeat_record(
     took_over: bool = False,
     sweep_cancelled: int | None = None,
     sweep_seconds: float | None = None,
+    job_lateness: dict[str, list[float]] | None = None,
     now: datetime | None = None,
 ) -> SchedulerHeartbeat:
     """
@@ -29,6 +30,8 @@ def heartbeat_record(
     that it has just taken the runner lock (counted in ``takeovers``), and
     ``sweep_cancelled`` the result of the sweep that just ran, which took
     ``sweep_seconds`` (counted in ``sweeps`` and ``sweep_seconds``).
+    ``job_lateness`` replaces the process's own cumulative counts of its
+    deadline jobs' lateness (``JobLateness.snapshot()``).
     """
     now = now or timezone.now()
     fields: dict = {"beat_at": now}
@@ -42,6 +45,8 @@ def heartbeat_record(
         fields |= {"last_sweep_at": now, "last_sweep_cancelled": sweep_cancelled}
     if sweep_seconds is not None:
         fields["last_sweep_seconds"] = sweep_seconds
+    if job_lateness is not None:
+        fields["job_lateness"] = job_lateness
     heartbeat, _ = SchedulerHeartbeat.objects.update_or_create(
         hostname=socket.gethostname(), pid=os.getpid(), defaults=fields
     )

@@ -5,19 +5,23 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.messaging.deadlines import DELIVERY
 from apps.messaging.models import Message
 from apps.operations.models import SchedulerHeartbeat
 from apps.operations.services import heartbeat_record
+from apps.reservations.deadlines import HOLD_END
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_create
 from escape_rooms_backend import deadlines
+from escape_rooms_backend.lifecycle import JobLateness
 
 from ..conftest import PROJECT_DIR, database_url, free_port, wait_for
 from ..factories import MessageFactory, ReservationFactory, TimeSlotFactory, reserve
@@ -25,6 +29,7 @@ from ..factories import MessageFactory, ReservationFactory, TimeSlotFactory, res
 TOKEN = "scraper-secret"  # noqa: S105 (a test's token)
 BEARER = {"HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}
 BEARER_HEADER = {"Authorization": f"Bearer {TOKEN}"}
+JOB_LATENESS = "escape_rooms_deadline_job_lateness_seconds"
 
 
 def samples(response) -> dict[tuple[str, tuple], float]:
@@ -254,6 +259,41 @@ def test_each_sweep_and_takeover_the_runner_records_adds_to_the_counters(client,
 
 
 @pytest.mark.django_db
+def test_the_runners_job_lateness_adds_up_by_kind(client, token):
+    lateness = JobLateness()
+    due = datetime.now(UTC)
+    for job_id, late in [
+        (HOLD_END.job_id(1), 0.002),
+        (HOLD_END.job_id(2), 3.0),
+        (DELIVERY.job_id(7), 0.2),
+        ("cancel_expired_reservations", 50.0),  # the sweep: not a deadline
+    ]:
+        lateness.record(
+            JobExecutionEvent(EVENT_JOB_EXECUTED, job_id, "default", due - timedelta(seconds=late))
+        )
+    heartbeat_record(role="runner", job_lateness=lateness.snapshot())
+    # Another process, since stopped, ran one more expiry job.
+    SchedulerHeartbeat.objects.create(
+        hostname="old-host", pid=2, stopped_at=timezone.now(), job_lateness=lateness.snapshot()
+    )
+
+    numbers = scrape(client)
+
+    def bucket(kind: str, le: str) -> float | None:
+        return value(numbers, JOB_LATENESS + "_bucket", kind=kind, le=le)
+
+    assert value(numbers, JOB_LATENESS + "_count", kind="expiry") == 4
+    assert bucket("expiry", "0.005") == 2
+    assert bucket("expiry", "2.5") == 2
+    assert bucket("expiry", "5.0") == 4
+    assert value(numbers, JOB_LATENESS + "_sum", kind="expiry") == pytest.approx(6.004, abs=0.01)
+    assert value(numbers, JOB_LATENESS + "_count", kind="delivery") == 2
+    assert bucket("delivery", "0.25") == 2
+    # Every kind has its series, run or not.
+    assert value(numbers, JOB_LATENESS + "_count", kind="reminder") == 0
+
+
+@pytest.mark.django_db
 def test_no_runner_reads_as_none(client, token):
     now = timezone.now()
     SchedulerHeartbeat.objects.create(hostname="other-host", pid=1, role="standby", beat_at=now)
@@ -397,13 +437,15 @@ def test_holds_lapsing_without_a_runner_show_then_the_worker_catches_up(
     assert value(stalled, "escape_rooms_deadline_jobs", kind="expiry") == 5
     assert value(stalled, "escape_rooms_sweep_duration_seconds_count") == 0
 
-    worker = start_worker(SCHEDULER_SWEEP_SECONDS="600")
+    # A sweep every 2 s, a heartbeat every second: the runner's counts reach the database soon.
+    worker = start_worker(SCHEDULER_SWEEP_SECONDS="2")
 
     def caught_up() -> dict | None:
         numbers = scrape(client)
         released = value(numbers, "escape_rooms_holds_overdue") == 0
         swept = value(numbers, "escape_rooms_sweep_duration_seconds_count") >= 1
-        return numbers if released and swept else None
+        jobs_ran = value(numbers, JOB_LATENESS + "_count", kind="expiry") >= 1
+        return numbers if released and swept and jobs_ran else None
 
     numbers = wait_for(caught_up, timeout=20, interval=0.2)
     assert numbers, worker.log()
@@ -421,6 +463,9 @@ def test_holds_lapsing_without_a_runner_show_then_the_worker_catches_up(
         numbers, "escape_rooms_deadline_lateness_seconds_bucket", kind="expiry", le="1.0"
     )
     assert on_time == 0
+    # The runner's own count of its expiry jobs: late too (folded into one run, or a few).
+    assert value(numbers, JOB_LATENESS + "_bucket", kind="expiry", le="1.0") == 0
+    assert value(numbers, JOB_LATENESS + "_sum", kind="expiry") > 1
 
 
 # ---------------------------------------------------------------------------
