@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
+PGBOUNCER := /usr/sbin/pgbouncer
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORT ?= 8000
 # The suite runs again on this PostgreSQL (a test database is created beside it).
@@ -44,6 +45,12 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
+# The pooler test runs the product behind Debian's pgbouncer (transaction mode).
+$(PGBOUNCER):
+	@echo "Installing Debian's pgbouncer for the pooler test (apt-get)..."
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer
+
 ## Serve the pages and the API on http://127.0.0.1:$(PORT) with the background scheduler.
 run: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
@@ -58,7 +65,7 @@ worker: $(STAMP)
 ## Run the whole test suite on SQLite (browser tests included), then on
 ## PostgreSQL; branch coverage of both runs must stay at 90 % or more on the
 ## services and on the scheduler package.
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(PGBOUNCER)
 	$(BIN)/python -m pytest -m "not postgres"
 	DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest -m "not browser" --cov-append
 	$(BIN)/coverage report --include='apps/*/services.py' --fail-under=90 --precision=1
@@ -68,7 +75,7 @@ test: $(STAMP) $(CHROMIUM)
 test-sqlite: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not postgres"
 
-test-postgres: $(STAMP)
+test-postgres: $(STAMP) $(PGBOUNCER)
 	DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest -m "not browser"
 
 ## Benchmarks of the expiry and the waiting list's hand-over on SQLite and PostgreSQL

@@ -1,9 +1,10 @@
 """Django database connections in the scheduler's own threads."""
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -57,13 +58,19 @@ def job_connection(func: Callable[P, R]) -> Callable[P, R]:
     Jobs run in the executor's threads (and heartbeats in the runner's), each
     with its own Django connection that no request cycle closes. Around the
     call, connections past ``CONN_MAX_AGE`` or broken are closed, as
-    django-apscheduler's ``close_old_connections`` does. Before it, the
-    connection waits at most ``SCHEDULER_LOCK_TIMEOUT`` seconds for a lock
+    django-apscheduler's ``close_old_connections`` does. During it, each
+    transaction waits at most ``SCHEDULER_LOCK_TIMEOUT`` seconds for a lock
     (PostgreSQL's ``lock_timeout``, SQLite's busy timeout), so that a row or
     database held by a long transaction elsewhere delays one job, which is
     tried again, instead of stalling the scheduler's threads, its sweep and
     its stop. A caller inside a transaction (a test, a shell's atomic block)
     owns its connection: it is left as it is.
+
+    On PostgreSQL the timeout is ``SET LOCAL`` at the start of each
+    transaction, never set on the session: behind a pooler in transaction
+    mode, a session setting would stay on a server session that other
+    clients get next. Statements in autocommit, outside any transaction,
+    wait as long as the server's own ``lock_timeout`` says.
     """
 
     @functools.wraps(func)
@@ -71,35 +78,55 @@ def job_connection(func: Callable[P, R]) -> Callable[P, R]:
         if connection.in_atomic_block:
             return func(*args, **kwargs)
         close_old_connections()
-        restore = _bound_lock_waits()
         try:
-            return func(*args, **kwargs)
+            with _bounded_lock_waits():
+                return func(*args, **kwargs)
         finally:
-            # The thread may serve requests too (a gunicorn worker's main
-            # thread records the first heartbeat): give it its waits back.
-            _run(restore)
             close_old_connections()
 
     return wrapper
 
 
-def _bound_lock_waits() -> str:
-    # Returns the statement that undoes it.
+@contextlib.contextmanager
+def _bounded_lock_waits() -> Iterator[None]:
     milliseconds = int(settings.SCHEDULER_LOCK_TIMEOUT * 1000)
     if connection.vendor == "postgresql":
-        _run(f"SET lock_timeout = {milliseconds}")
-        return "RESET lock_timeout"
-    if connection.vendor == "sqlite":
+        with connection.execute_wrapper(functools.partial(_lock_timeout_first, milliseconds)):
+            yield
+    elif connection.vendor == "sqlite":
         previous = _run("PRAGMA busy_timeout")
         _run(f"PRAGMA busy_timeout = {milliseconds}")
-        return f"PRAGMA busy_timeout = {previous}" if previous is not None else ""
-    return ""
+        try:
+            yield
+        finally:
+            # The thread may serve requests too (a gunicorn worker's main
+            # thread records the first heartbeat): give it its waits back.
+            if previous is not None:
+                _run(f"PRAGMA busy_timeout = {previous}")
+    else:
+        yield
+
+
+def _lock_timeout_first(
+    milliseconds: int, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict
+) -> Any:
+    # Before the first statement of a transaction (Django's connection out of
+    # autocommit, psycopg's idle), begin it with its lock timeout.
+    from psycopg.pq import TransactionStatus
+
+    wrapper = context["connection"]
+    raw = wrapper.connection
+    if (
+        raw is not None
+        and not wrapper.get_autocommit()
+        and raw.info.transaction_status == TransactionStatus.IDLE
+    ):
+        raw.execute(f"SET LOCAL lock_timeout = {milliseconds}", prepare=False)
+    return execute(sql, params, many, context)
 
 
 def _run(statement: str) -> int | None:
     """Run one statement on this thread's connection; return its first value, if any."""
-    if not statement:
-        return None
     try:
         with connection.cursor() as cursor:
             cursor.execute(statement)

@@ -8,7 +8,9 @@ the status. Imports no app.
 
 import contextlib
 import logging
+import os
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 from sqlalchemy import event, func, or_, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError, DisconnectionError
 
 from . import deadlines
 from .db import chunks
@@ -25,6 +28,12 @@ from .db import chunks
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
 JOB_STORE_BUSY_TIMEOUT = 2  # seconds a SQLite job store write waits for a lock
+# What SQLite says of a file it cannot read as a database.
+DAMAGE_MESSAGES = ("database disk image is malformed", "file is not a database")
+DAMAGED_LOG = (
+    "The job store %s is damaged (%s): moved it aside to %s and started an empty one;"
+    " every deadline's job is rebuilt from the database"
+)
 
 
 class FoldingJobStore(SQLAlchemyJobStore):
@@ -47,14 +56,87 @@ class FoldingJobStore(SQLAlchemyJobStore):
     fsync on the reserve path. A power cut may then lose the last job
     writes, never a reservation's state; the reconcile at start restores
     the jobs and the sweep covers the meantime.
+
+    A SQLite store is a cache of the reservations' deadlines. When the
+    runner finds its file damaged (``replace_damaged``), the file is moved
+    aside and an empty one takes its place; ``on_replaced`` then has every
+    job rebuilt. Every process's pooled connections notice that the file was
+    replaced and reconnect, so that no job is written into the one set aside.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Set while this process runs the store's jobs: only the runner
+        # replaces a damaged file, and then has the jobs rebuilt.
+        self.runs_here = False
+        self.on_replaced: Callable[[], None] | None = None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_synchronous_normal)
+            path = sqlite_path(self.engine.url.render_as_string(hide_password=False))
+            if path is not None:
+                event.listen(self.engine, "connect", _remember_file(path))
+                event.listen(self.engine, "checkout", _same_file(path))
+
+    def start(self, scheduler: Any, alias: str) -> None:
+        try:
+            super().start(scheduler, alias)  # creates the table if need be
+        except DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            # Started all the same: the runner replaces the file, and job
+            # writes fail (logged, the sweep covers them) until it has.
+            logger.error("The job store %s is damaged (%s)", self.path, exc.orig or exc)
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
+        try:
+            return self._get_due_jobs(now)
+        except DatabaseError as exc:
+            self._replace_if_damaged(exc)
+            return []
+
+    def get_next_run_time(self) -> datetime | None:
+        try:
+            return super().get_next_run_time()
+        except DatabaseError as exc:
+            self._replace_if_damaged(exc)
+            return None
+
+    def _replace_if_damaged(self, exc: DatabaseError) -> None:
+        """Replace the file if ``exc`` says it is damaged and this is the runner; else raise it."""
+        if not (self.runs_here and is_damage(exc) and self.path is not None):
+            raise exc
+        self.replace_damaged(str(exc.orig or exc))
+
+    @property
+    def path(self) -> Path | None:
+        """The file of a SQLite store, else ``None``."""
+        return sqlite_path(self.engine.url.render_as_string(hide_password=False))
+
+    def replace_damaged(self, detail: str) -> Path:
+        """
+        Move the damaged SQLite file (with its ``-wal`` and ``-shm``) aside; start an empty store.
+
+        The files keep their names with ``.damaged-<UTC time>`` added, for
+        inspection, and the log names both. Returns the new name of the
+        main file. Raises ``OSError`` when the files cannot be moved.
+        """
+        path = self.path
+        if path is None:
+            raise ValueError("only a SQLite job store's file can be replaced")
+        self.engine.dispose()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+        use_wal(path)
+        self.jobs_t.create(self.engine, checkfirst=True)
+        logger.error(DAMAGED_LOG, path, detail, aside)
+        if self.on_replaced is not None:
+            self.on_replaced()
+        return aside
+
+    def _get_due_jobs(self, now: datetime) -> list[Job]:
         table = self.jobs_t
         due = table.c.next_run_time <= datetime_to_utc_timestamp(now)
         folding = [kind for kind in deadlines.kinds() if kind.fold]
@@ -99,6 +181,66 @@ def _sqlite_synchronous_normal(dbapi_connection: Any, connection_record: Any) ->
     cursor.close()
 
 
+def _remember_file(path: Path) -> Callable[[Any, Any], None]:
+    def remember(dbapi_connection: Any, connection_record: Any) -> None:
+        with contextlib.suppress(OSError):
+            connection_record.info["inode"] = os.stat(path).st_ino
+
+    return remember
+
+
+def _same_file(path: Path) -> Callable[[Any, Any, Any], None]:
+    """A pool checkout check: a connection to a file since replaced is discarded, not used."""
+
+    def check(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            return  # deleted, not replaced: a new connection would only make an empty file
+        if connection_record.info.get("inode", inode) != inode:
+            raise DisconnectionError(f"the job store {path} was replaced")
+
+    return check
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite saying that the file is not (any more) a readable database."""
+    return isinstance(exc, DatabaseError) and any(
+        message in str(exc.orig or exc).lower() for message in DAMAGE_MESSAGES
+    )
+
+
+class JobStoreDamaged(RuntimeError):
+    """SQLite finds the job store's file damaged; ``detail`` says what it found."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"the job store {path} is damaged: {detail}")
+        self.path = path
+        self.detail = detail
+
+
+def check(store: SQLAlchemyJobStore) -> None:
+    """
+    Raise ``JobStoreDamaged`` when a SQLite store's file fails SQLite's quick check.
+
+    Reads every page of the file (milliseconds for thousands of jobs); a
+    store on another database, or a file not yet made, passes. Raises what
+    SQLAlchemy raises when the store cannot be opened for another reason.
+    """
+    path = sqlite_path(store.engine.url.render_as_string(hide_password=False))
+    if path is None or not path.exists():
+        return
+    try:
+        with store.engine.connect() as db:
+            found = [row[0] for row in db.exec_driver_sql("PRAGMA quick_check(3)")]
+    except DatabaseError as exc:
+        if is_damage(exc):
+            raise JobStoreDamaged(path, str(exc.orig or exc)) from exc
+        raise
+    if found != ["ok"]:
+        raise JobStoreDamaged(path, "; ".join(found))
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite job store URL, or ``None`` (another database, or in memory)."""
     parsed = make_url(url)
@@ -128,6 +270,16 @@ def store_options(options: dict[str, Any]) -> dict[str, Any]:
     path = sqlite_path(str(url))
     if path is None:
         return options
+    use_wal(path)
+    # Short: a job write happens after a customer's commit, inside the
+    # request; a store locked for longer is an error, logged, and the sweep
+    # or the next reconcile makes up for the missing job.
+    engine_options.setdefault("connect_args", {}).setdefault("timeout", JOB_STORE_BUSY_TIMEOUT)
+    return options
+
+
+def use_wal(path: Path) -> None:
+    """Make the SQLite file at ``path`` (created if missing) use the WAL journal."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # WAL persists in the file: set it once. Switching needs the file to
     # itself, so a busy store (another process starting) keeps its mode.
@@ -137,11 +289,6 @@ def store_options(options: dict[str, Any]) -> dict[str, Any]:
                 db.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError:
                 logger.warning("Could not switch the job store %s to WAL yet", path)
-    # Short: a job write happens after a customer's commit, inside the
-    # request; a store locked for longer is an error, logged, and the sweep
-    # or the next reconcile makes up for the missing job.
-    engine_options.setdefault("connect_args", {}).setdefault("timeout", JOB_STORE_BUSY_TIMEOUT)
-    return options
 
 
 class JobStoreMissing(RuntimeError):

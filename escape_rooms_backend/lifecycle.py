@@ -26,6 +26,8 @@ from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import BasePoolExecutor, ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.base import STATE_RUNNING, STATE_STOPPED
@@ -37,7 +39,7 @@ from sqlalchemy.engine import make_url
 from . import deadlines
 from .compat import Scheduler
 from .db import job_connection
-from .jobstore import store_options
+from .jobstore import FoldingJobStore, JobStoreDamaged, check, store_options
 from .runner import NOTIFY_CHANNEL, Listener, Runner, lock_for
 from .signals import scheduler_heartbeat
 
@@ -51,6 +53,10 @@ RECONCILE_JOB_FUNC = "escape_rooms_backend.scheduler:reconcile_at_start"
 # The sweep runs in a thread of its own, so that deadline jobs waiting for
 # locks never hold it back (a skipped sweep is a missed safety net).
 SWEEP_EXECUTOR = "sweep"
+# The runner's own jobs (the sweep, the reconcile at start) live in memory:
+# they run whatever state the persistent job store is in, and a runner adds
+# them afresh when it takes over.
+RUNNER_STORE = "runner"
 # Threads of each kind whose jobs wait on a service outside the database
 # (deadlines.OUTSIDE_EXECUTOR): however slow that is, the default pool's
 # threads stay free for the hold's end, and each other kind's for its own.
@@ -76,6 +82,7 @@ def build_scheduler(config: dict[str, Any]) -> Scheduler:
         }
     )
     scheduler.add_executor(ThreadPoolExecutor(max_workers=1), alias=SWEEP_EXECUTOR)
+    scheduler.add_jobstore(MemoryJobStore(), alias=RUNNER_STORE)
     # Jobs stored with it may outlive the kind that wrote them.
     outside_pool(scheduler, deadlines.OUTSIDE_EXECUTOR)
     for kind in deadlines.kinds():
@@ -285,7 +292,7 @@ class SchedulerProcess:
                 )
                 if self.runner is None:
                     runner = Runner(
-                        lock_for(url),
+                        lock_for(url, settings.SCHEDULER_DIRECT_URL),
                         interval=settings.SCHEDULER_FAILOVER_SECONDS / 3,
                         on_runner=lambda: self._become_runner(scheduler),
                         on_standby=lambda: self._become_standby(scheduler),
@@ -294,7 +301,7 @@ class SchedulerProcess:
                     runner.start()
                     self.runner = runner  # only once it competes: a failed start tries again
                 if self.listener is None and make_url(url).get_backend_name() == "postgresql":
-                    self.listener = Listener(url, scheduler.wakeup)
+                    self.listener = Listener(settings.SCHEDULER_DIRECT_URL or url, scheduler.wakeup)
                     self.listener.start()
             except Exception:
                 logger.exception("Scheduler failed to start")
@@ -375,7 +382,12 @@ class SchedulerProcess:
             logger.info("Scheduler stopped")
 
     def _become_runner(self, scheduler: Scheduler) -> None:
-        """This process took the runner lock: run the jobs, sweep now, reconcile once."""
+        """
+        This process took the runner lock: run the jobs, sweep now, reconcile once.
+
+        A SQLite job store whose file is damaged is replaced by an empty one
+        first (the reconcile rebuilds its jobs); the sweep runs either way.
+        """
         now = timezone.now()
         scheduler.add_job(
             SWEEP_JOB_FUNC,
@@ -383,6 +395,7 @@ class SchedulerProcess:
             seconds=settings.SCHEDULER_SWEEP_SECONDS,
             id=SWEEP_JOB_ID,
             name="Sweep overdue deadlines",
+            jobstore=RUNNER_STORE,
             replace_existing=True,
             next_run_time=now,
             max_instances=1,
@@ -390,20 +403,55 @@ class SchedulerProcess:
             misfire_grace_time=None,
             executor=SWEEP_EXECUTOR,
         )
-        scheduler.add_job(
-            RECONCILE_JOB_FUNC,
-            trigger=DateTrigger(run_date=now),
-            id=RECONCILE_JOB_ID,
-            name="Reconcile deadline jobs at start",
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
+        store = scheduler._lookup_jobstore("default")
+        try:
+            if isinstance(store, FoldingJobStore):
+                store.runs_here = True
+                store.on_replaced = lambda: self._reconcile_soon(scheduler)
+            self.job_store_check()
+            # A sweep job stored by an earlier release would run beside this one.
+            with contextlib.suppress(JobLookupError):
+                scheduler.remove_job(SWEEP_JOB_ID, jobstore="default")
+        except Exception:
+            # The sweep still runs, from memory; the jobs wait for the store.
+            logger.exception("The job store cannot be used; only the sweep expires holds")
+        self._reconcile_soon(scheduler)
         scheduler.resume()
         record_heartbeat(started=True, role="runner", took_over=True)
         logger.info("This process is the runner: it runs the expiry jobs")
 
+    def job_store_check(self) -> None:
+        """
+        As the runner, replace the job store if SQLite finds its file damaged.
+
+        At the runner's start and before each sweep: a damaged page that the
+        jobs' own queries do not touch is found within a sweep interval.
+        Raises ``OSError`` when the damaged file cannot be moved aside.
+        """
+        store = self.job_store()
+        if not (isinstance(store, FoldingJobStore) and store.runs_here):
+            return
+        try:
+            check(store)
+        except JobStoreDamaged as damaged:
+            store.replace_damaged(damaged.detail)
+
+    def _reconcile_soon(self, scheduler: Scheduler) -> None:
+        scheduler.add_job(
+            RECONCILE_JOB_FUNC,
+            trigger=DateTrigger(run_date=timezone.now()),
+            id=RECONCILE_JOB_ID,
+            name="Reconcile deadline jobs at start",
+            jobstore=RUNNER_STORE,
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
     def _become_standby(self, scheduler: Scheduler) -> None:
         scheduler.pause()
+        store = scheduler._lookup_jobstore("default")
+        if isinstance(store, FoldingJobStore):
+            store.runs_here = False
         record_heartbeat(role="standby")
 
     def _tick_heartbeat(self, is_runner: bool) -> None:

@@ -19,6 +19,11 @@ connection broke) pauses at once.
 On PostgreSQL the runner also LISTENs on ``escape_rooms_jobs``; every
 process NOTIFYs it after writing a job, so a job added anywhere fires on
 time. On SQLite the poller looks every ``SCHEDULER_POLL_SECONDS`` instead.
+
+The advisory lock and LISTEN belong to a server session: behind a pooler in
+transaction mode they connect to ``SCHEDULER_DIRECT_URL`` (the server
+itself), while the job store and its NOTIFY, plain transactions, go through
+the pooler.
 """
 
 import contextlib
@@ -168,10 +173,17 @@ class AlwaysLock:
         pass
 
 
-def lock_for(jobstore_url: str) -> RunnerLock:
-    """The runner lock of a job store: advisory on PostgreSQL, a file beside a SQLite file."""
+def lock_for(jobstore_url: str, direct_url: str = "") -> RunnerLock:
+    """
+    Return the runner lock of a job store: advisory on PostgreSQL, a file beside a SQLite file.
+
+    On PostgreSQL the lock's session connects to ``direct_url`` when given
+    (the server itself, when ``jobstore_url`` goes through a pooler in
+    transaction mode, which gives no session of one's own), to the store's
+    own URL otherwise.
+    """
     if make_url(jobstore_url).get_backend_name() == "postgresql":
-        return AdvisoryLock(jobstore_url)
+        return AdvisoryLock(direct_url or jobstore_url)
     path = sqlite_path(jobstore_url)
     if path is not None:
         return FileLock(Path(f"{path}.runner.lock"))

@@ -27,7 +27,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import timeline
+from . import housekeeping, timeline
 from .db import job_connection
 from .deadlines import EXPIRY
 from .lifecycle import process, record_heartbeat
@@ -108,19 +108,27 @@ def sweep() -> int:
     """
     Job ``cancel_expired_reservations``: run the sweep, then record a heartbeat.
 
-    The heartbeat tells ``scheduler_status``, ``/healthz`` and ``/metrics``
-    that a runner is alive, what its last sweep did and how long it took.
-    Returns the number cancelled; never raises.
+    First a damaged SQLite job store is replaced (``job_store_check``). The
+    heartbeat tells ``scheduler_status``, ``/healthz`` and ``/metrics`` that a
+    runner is alive, what its last sweep did and how long it took. Then, at
+    the first pass and once every ``HOUSEKEEPING_SECONDS``, the daily chores
+    (``housekeeping``: expired sessions). Returns the number cancelled; never
+    raises.
     """
     if process.stopping.is_set():
         return 0  # the next runner sweeps at its start
     started = time.monotonic()
+    try:
+        process.job_store_check()
+    except Exception:  # the sweep runs whatever state the store is in
+        logger.exception("Could not check the job store; sweeping anyway")
     cancelled = cancel_expired_reservations()
     record_heartbeat(
         sweep_cancelled=cancelled,
         sweep_seconds=time.monotonic() - started,
         job_lateness=process.lateness.snapshot(),
     )
+    housekeeping.run_if_due()
     return cancelled
 
 

@@ -356,15 +356,19 @@ def jobs_per_kind() -> dict[str, int]:
 
 def job_store_next_run_time() -> datetime | None:
     """
-    The earliest run time of any job in the store (one indexed query).
+    The earliest run time of any job in the store, once the store is checked.
 
-    Raises ``JobStoreMissing`` rather than create a missing SQLite store, and
+    Raises ``JobStoreMissing`` rather than create a missing SQLite store,
+    ``JobStoreDamaged`` when SQLite's quick check finds a SQLite store's file
+    damaged (it reads every page: milliseconds for thousands of jobs), and
     what SQLAlchemy raises when the store is unreachable.
     """
-    from .jobstore import require_file
+    from .jobstore import check, require_file
 
     require_file(_store_url())
-    return _store().get_next_run_time()
+    store = _store()
+    check(store)
+    return store.get_next_run_time()
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from html.parser import HTMLParser
 from io import StringIO
 from pathlib import Path
 
@@ -550,3 +551,61 @@ def closed_url():
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
         yield f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+
+
+class _FormFields(HTMLParser):
+    """The named fields of one ``<form id=...>`` and the values a browser would submit."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__()
+        self.form_id = form_id
+        self.data: dict[str, list[str]] = {}
+        self._inside = False
+        self._select: str | None = None
+        self._textarea: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = {key: value or "" for key, value in attrs}
+        if tag == "form":
+            self._inside = attr.get("id") == self.form_id
+        name = attr.get("name")
+        if not self._inside:
+            return
+        if tag == "input" and name and attr.get("type") not in ("submit", "button", "file"):
+            if attr.get("type") not in ("checkbox", "radio") or "checked" in attr:
+                self.data.setdefault(name, []).append(attr.get("value", "on"))
+        elif tag == "select" and name:
+            self._select = name
+            self.data.setdefault(name, [])
+        elif tag == "option" and self._select and "selected" in attr:
+            self.data[self._select].append(attr.get("value", ""))
+        elif tag == "textarea" and name:
+            self._textarea, self._text = name, []
+
+    def handle_data(self, data: str) -> None:
+        if self._textarea is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._inside = False
+        elif tag == "select":
+            self._select = None
+        elif tag == "textarea" and self._textarea is not None:
+            # A browser drops the newline that follows the opening tag.
+            self.data[self._textarea] = ["".join(self._text).removeprefix("\n")]
+            self._textarea = None
+
+
+def form_fields(html: str, form_id: str) -> dict[str, list[str]]:
+    """
+    What a browser would submit, unchanged, from the page's form ``form_id``.
+
+    Change some fields, then post them back: an admin change page saved as
+    staff would save it (its inlines' management forms included), whatever
+    fields the page has.
+    """
+    parser = _FormFields(form_id)
+    parser.feed(html)
+    return parser.data

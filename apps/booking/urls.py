@@ -16,4 +16,5 @@ urlpatterns = [
     path("reservations/<str:token>/pay/", views.pay, name="pay"),
     path("reservations/<str:token>/cancel/", views.cancel, name="cancel"),
     path("reservations/<str:token>/keep/", views.keep, name="keep"),
+    path("reservations/<str:token>/move/", views.move, name="move"),
 ]

@@ -23,8 +23,13 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.messaging.services import FIND_BOOKING_SENT, TooManyRequests, bookings_link_request
-from apps.payments.services import payment_confirm_price, provider_authorises
-from apps.reservations import errors, offers, services, waitlist
+from apps.payments.models import ProviderPayment
+from apps.payments.services import (
+    booking_cancel_by_customer,
+    payment_confirm_price,
+    provider_authorises,
+)
+from apps.reservations import changes, errors, offers, services, waitlist
 from apps.reservations.models import Reservation, WaitingEntry
 from apps.reservations.selectors import reservation_by_token, waiting_entry_by_token
 from apps.rooms.models import SLOT_KEY_FORMAT, Room, TimeSlot
@@ -40,10 +45,13 @@ ISSUED_KEYS = "booking_form_keys"
 REMEMBERED = 10
 REMEMBERED_KEYS = 20
 SLOT_PASSED_MESSAGE = "This time has already started or can no longer be booked; pick another."
+SLOT_CLOSED_MESSAGE = "The venue is closed at this time; pick another."
 OUT_OF_RANGE_MESSAGE = "Pick a day within the next two weeks."
 SLOT_TAKEN_MESSAGE = "Sorry, this slot was just taken by someone else. Here are the current slots."
 SLOT_FREE_MESSAGE = "Good news: no one holds this time any more. Reserve it now."
 LEFT_MESSAGE = "You have left the waiting list."
+MOVED_MESSAGE = "Your booking is moved to {when}. We have emailed you the new time."
+CANCELLED_PAID_MESSAGE = "Your booking is cancelled. Your payment will be refunded in full."
 WAITING_KEY = "booking_waiting"
 PARTY_FIELDS = ("customer_name", "customer_email", "customer_phone", "party_size")
 
@@ -121,6 +129,8 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
             state = "available"
         elif slot.starts_at <= now:
             state = "started"
+        elif slot.closed:  # type: ignore[attr-defined]  # annotated by with_availability
+            state = "closed"
         elif holder is None or holder.is_offer and holder.status == Reservation.Status.PENDING:
             state = "offered"  # or about to be: a lapsed hold that parties wait for
         elif holder.status == Reservation.Status.PENDING:
@@ -170,6 +180,9 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 _add_errors(form, invalid)
             except errors.SlotNotFound:
                 raise Http404 from None
+            except errors.SlotClosed:
+                messages.error(request, SLOT_CLOSED_MESSAGE)
+                return redirect(_room_url(room, local_day))
             except errors.TooManyHolds as refused:
                 form.add_error(None, refused.message)
                 response = render(
@@ -193,7 +206,11 @@ def reserve(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         if slot.starts_at <= now:
             messages.error(request, SLOT_PASSED_MESSAGE)
             return redirect(_room_url(room, local_day))
-        if not TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+        shown = TimeSlot.objects.with_availability(now).get(pk=slot.pk)
+        if shown.closed:  # annotated by with_availability
+            messages.error(request, SLOT_CLOSED_MESSAGE)
+            return redirect(_room_url(room, local_day))
+        if not shown.available:
             return _taken(request, room, slot)
         form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
     return render(
@@ -272,8 +289,23 @@ def reservation(request: HttpRequest, token: str) -> HttpResponse:
             "hold_length": _duration(settings.RESERVATION_HOLD_SECONDS),
             "room_url": _room_url(slot.room, timezone.localdate(slot.starts_at)),
             "card_payment": _card_payment() if status == Reservation.Status.PENDING else None,
+            "cancel_until": services.cancel_deadline(slot.starts_at),
+            "move_until": changes.move_deadline(slot.starts_at),
+            "can_cancel_paid": status == Reservation.Status.PAID
+            and now <= services.cancel_deadline(slot.starts_at),
+            "can_move": status in (Reservation.Status.PENDING, Reservation.Status.PAID)
+            and not (status == Reservation.Status.PENDING and reservation.is_offer)
+            and now <= changes.move_deadline(slot.starts_at),
+            "refund_by_provider": reservation.paid_at is not None
+            and _taken_by_provider(reservation),
         },
     )
+
+
+def _taken_by_provider(reservation: Reservation) -> bool:
+    """Whether a provider took the booking's money (and so refunds it), not the venue's staff."""
+    captured = ProviderPayment.Outcome.CAPTURED
+    return ProviderPayment.objects.filter(reservation=reservation, outcome=captured).exists()
 
 
 def _card_payment() -> dict | None:
@@ -321,7 +353,84 @@ def pay(request: HttpRequest, token: str) -> HttpResponse:
 
 @require_POST
 def cancel(request: HttpRequest, token: str) -> HttpResponse:
-    return _act(request, token, lambda r: services.reservation_cancel(reservation=r), "")
+    # A hold, or a paid booking with its refund: the service tells them apart.
+    paid = _reservation(token).status == Reservation.Status.PAID
+    return _act(
+        request,
+        token,
+        lambda r: booking_cancel_by_customer(reservation=r),
+        CANCELLED_PAID_MESSAGE if paid else "",
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@never_cache
+def move(request: HttpRequest, token: str) -> HttpResponse:
+    """
+    Change time: the room's free slots of a day (GET), then move to the one chosen (POST).
+
+    The POST names the slot by its key (``slot``); the rules are
+    ``changes.reservation_move``'s.
+    """
+    reservation = _reservation(token)
+    room = reservation.time_slot.room
+    if request.method == "POST":
+        key = request.POST.get("slot", "")
+        try:
+            target = _slot_from_key(room, key)
+        except Http404:
+            messages.error(request, SLOT_PASSED_MESSAGE)
+            return redirect("booking:move", token=reservation.token)
+        try:
+            changes.reservation_move(reservation=reservation, time_slot_id=target.pk)
+        except (errors.SlotTaken, errors.SlotUnavailable) as refused:
+            messages.error(request, refused.message)
+            target_day = timezone.localdate(target.starts_at).isoformat()
+            url = reverse("booking:move", args=[reservation.token])
+            return redirect(f"{url}?date={target_day}")
+        except errors.ReservationError as refused:
+            messages.error(request, refused.message)
+            return redirect("booking:reservation", token=reservation.token)
+        messages.success(request, MOVED_MESSAGE.format(when=_venue_time(target.starts_at)))
+        return redirect("booking:reservation", token=reservation.token)
+    now = timezone.now()
+    if reservation.current_status(now) == Reservation.Status.CANCELLED:
+        return redirect("booking:reservation", token=reservation.token)  # nothing to move
+    today = timezone.localdate(now)
+    days = [today + timedelta(days=offset) for offset in range(DAYS_SHOWN)]
+    booked_day = timezone.localdate(reservation.time_slot.starts_at)
+    try:
+        day = date.fromisoformat(request.GET["date"]) if "date" in request.GET else booked_day
+    except ValueError:
+        day = booked_day
+    if day not in days:
+        day = today
+    slots = [
+        slot
+        for slot in timeslot_list_for_day(room=room, day=day, now=now)
+        # Available: not started, not held, not closed (with_availability).
+        if slot.available  # type: ignore[attr-defined]
+        and slot.pk != reservation.time_slot_id
+    ]
+    return render(
+        request,
+        "booking/move.html",
+        {
+            "reservation": reservation,
+            "room": room,
+            "slot": reservation.time_slot,
+            "days": days,
+            "day": day,
+            "slots": slots,
+            "move_until": changes.move_deadline(reservation.time_slot.starts_at),
+            "too_late": now > changes.move_deadline(reservation.time_slot.starts_at),
+        },
+    )
+
+
+def _venue_time(at: datetime) -> str:
+    at = timezone.localtime(at)
+    return f"{at:%A} {at.day} {at:%B %Y}, {at:%H:%M} {at.tzname()}"
 
 
 @require_POST
@@ -390,6 +499,9 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
                 _add_errors(form, invalid)
             except errors.SlotNotFound:
                 raise Http404 from None
+            except errors.SlotClosed:
+                messages.error(request, SLOT_CLOSED_MESSAGE)
+                return redirect(_room_url(room, local_day))
             except errors.SlotUnavailable:
                 messages.error(request, SLOT_PASSED_MESSAGE)
                 return redirect(_room_url(room, local_day))
@@ -408,7 +520,11 @@ def wait(request: HttpRequest, slug: str, key: str) -> HttpResponse:
         if slot.starts_at <= now:
             messages.error(request, SLOT_PASSED_MESSAGE)
             return redirect(_room_url(room, local_day))
-        if TimeSlot.objects.with_availability(now).get(pk=slot.pk).available:
+        shown = TimeSlot.objects.with_availability(now).get(pk=slot.pk)
+        if shown.closed:  # annotated by with_availability
+            messages.error(request, SLOT_CLOSED_MESSAGE)
+            return redirect(_room_url(room, local_day))
+        if shown.available:
             messages.success(request, SLOT_FREE_MESSAGE)
             return redirect("booking:reserve", slug=room.slug, key=slot.key)
         form = ReserveForm(room=room, initial={"request_key": _issue_key(request)})
@@ -456,6 +572,7 @@ def waiting(request: HttpRequest, token: str) -> HttpResponse:
             "slot_offered": offers.slot_gone_to_waiting_list(
                 slot.pk, now=timezone.now(), other_than=entry.offer_id
             ),
+            "slot_closed": TimeSlot.objects.filter(pk=slot.pk).closed().exists(),
         },
     )
 

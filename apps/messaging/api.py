@@ -10,6 +10,8 @@ from django.views.decorators.cache import never_cache
 from ninja import Router, Schema, Status
 from ninja.decorators import decorate_view
 
+from apps.idempotency.services import OPENAPI_EXTRA as IDEMPOTENT
+from apps.idempotency.services import idempotent
 from apps.reservations.api import Email, StrictIn
 from config.api_errors import ErrorOut
 from config.client_address import client_address
@@ -31,8 +33,9 @@ class AcceptedOut(Schema):
     "/bookings/find/",
     response={202: AcceptedOut, 400: ErrorOut, 429: ErrorOut},
     summary="Send an email address the links to its current bookings",
+    openapi_extra=IDEMPOTENT,
 )
-@decorate_view(never_cache)
+@decorate_view(idempotent, never_cache)
 def find_bookings(request, payload: FindBookingIn):
     """
     Queue a message to ``email`` with the links to its current bookings.

@@ -11,7 +11,11 @@ class MessagingConfig(AppConfig):
 
         from apps.payments.models import Payment
         from apps.reservations.models import Reservation, WaitingEntry
-        from apps.reservations.signals import reservations_changed, waiting_list_changed
+        from apps.reservations.signals import (
+            reservation_moved,
+            reservations_changed,
+            waiting_list_changed,
+        )
 
         from . import deadlines, receivers
 
@@ -25,6 +29,9 @@ class MessagingConfig(AppConfig):
             receivers.messages_for_waiting_list,
             sender=WaitingEntry,
             dispatch_uid="waiting_list_messages",
+        )
+        reservation_moved.connect(
+            receivers.messages_for_move, sender=Reservation, dispatch_uid="reservation_moved"
         )
         post_save.connect(
             receivers.messages_for_payment, sender=Payment, dispatch_uid="payment_messages"

@@ -19,14 +19,17 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from apps.payments.models import Payment, ProviderPayment
 from apps.reservations import offers
-from apps.reservations.models import Reservation, WaitingEntry
+from apps.reservations.models import Reservation, ReservationEvent, WaitingEntry
+from apps.reservations.selectors import reservation_moves
 from apps.rooms.models import TimeSlot
 
 from .models import Message
 
 Kind = Message.Kind
 Status = Reservation.Status
+Reason = Reservation.CancellationReason
 Entry = WaitingEntry.Status
 
 # Short subjects that name the room and the time: "{room}, {when}".
@@ -42,8 +45,12 @@ SUBJECTS = {
     Kind.OFFER: "Yours if you pay by {ends}: {room}, {when}",
     Kind.SLOT_BOOKED: "Booked by another party: {room}, {when}",
     Kind.SLOT_FREE: "Free now, first come first served: {room}, {when}",
+    Kind.SLOT_CLOSED: "Closed at this time: {room}, {when}",
+    Kind.MOVED: "Moved to {when}: {room}",
 }
 OFFER_LAPSED_SUBJECT = "Offer ended, not booked: {room}, {when}"
+# A hold (or an offer) ended because the venue closed the room then.
+CLOSED_SUBJECT = "Closed at this time, not booked: {room}, {when}"
 ICS_NAME = "booking.ics"
 
 
@@ -98,9 +105,11 @@ def message_email(message: Message, now: datetime | None = None) -> EmailMultiAl
     subject = SUBJECTS[Kind(message.kind)]
     if message.kind == Kind.HOLD_LAPSED and reservation.is_offer:
         subject = OFFER_LAPSED_SUBJECT
+    if message.kind == Kind.CANCELLED and reservation.cancellation_reason == Reason.CLOSED:
+        subject = CLOSED_SUBJECT
     subject = subject.format(**context["subject"])
     email = _email(message, subject, reservation.customer_email, context)
-    if message.kind == Kind.CONFIRMED:
+    if message.kind in (Kind.CONFIRMED, Kind.MOVED):
         email.attach(ICS_NAME, booking_ics(reservation), "text/calendar; method=PUBLISH")
     return email
 
@@ -118,6 +127,10 @@ def _still_needed(message: Message, reservation: Reservation, now: datetime) -> 
     if message.kind == Kind.HOLD_LAPSED:
         # Paid late meanwhile: the confirmation says all there is to say.
         return reservation.status != Status.PAID
+    if message.kind == Kind.MOVED:
+        # Still on the time it was moved to: a later move has its own message.
+        on_it = reservation.time_slot_id == message.context.get("to_slot")
+        return on_it and (holding or reservation.status == Status.PAID)
     return True
 
 
@@ -135,6 +148,8 @@ def _reservation_context(
     return {
         "message": message,
         "reservation": reservation,
+        # Frozen when the slot was held: what the customer pays, whatever the room's price now.
+        "price": f"{reservation.price} {reservation.currency}",
         "room": room,
         "slot": slot,
         "venue_name": settings.VENUE_NAME,
@@ -153,6 +168,9 @@ def _reservation_context(
         "rebook_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
         "room_url": absolute(f"{reverse('booking:room', args=[room.slug])}?date={day}"),
         "refund": message.context,
+        "closure_reason": _closure_reason(reservation),
+        "refund_payment": _refund_of(reservation),
+        "moved_from": _moved_from(message),
         "subject": {
             "room": room.name,
             "when": when(slot.starts_at),
@@ -162,13 +180,44 @@ def _reservation_context(
     }
 
 
+def _closure_reason(reservation: Reservation) -> str:
+    """Why the venue closed the slot, for a hold a closure ended: its event's detail."""
+    if reservation.cancellation_reason != Reason.CLOSED:
+        return ""
+    event = reservation.events.filter(cause=ReservationEvent.Cause.CLOSURE).last()
+    return event.detail if event is not None else ""
+
+
+def _refund_of(reservation: Reservation) -> dict[str, Any] | None:
+    """The refund of a paid booking that was cancelled: amount, and whether a provider makes it."""
+    if reservation.status != Status.CANCELLED or reservation.paid_at is None:
+        return None
+    payment = (
+        Payment.objects.filter(reservation=reservation, refund_requested_at__isnull=False)
+        .order_by("-refund_requested_at")
+        .first()
+    )
+    if payment is None:
+        return None
+    return {
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "by_provider": ProviderPayment.objects.filter(payment=payment).exists(),
+    }
+
+
+def _moved_from(message: Message) -> str:
+    at = parse_datetime(message.context.get("from", "")) if message.kind == Kind.MOVED else None
+    return when(at) if at is not None else ""
+
+
 def _waiting_email(
     message: Message, entry: WaitingEntry, now: datetime
 ) -> EmailMultiAlternatives | None:
     slot = entry.time_slot
     if message.kind in (Kind.WAITING, Kind.SLOT_BOOKED) and entry.status != Entry.WAITING:
         return None  # offered since, or left: what they were to be told has passed
-    if message.kind == Kind.SLOT_FREE and slot.starts_at <= now:
+    if message.kind in (Kind.SLOT_FREE, Kind.SLOT_CLOSED) and slot.starts_at <= now:
         return None
     room = slot.room
     context = {
@@ -178,6 +227,8 @@ def _waiting_email(
         "room": room,
         "slot": slot,
         "reservation": entry,  # the slot's table reads the party size from it
+        # Not held yet: the room's price for the party now; an offer freezes it.
+        "price": f"{room.price_for(entry.party_size)} {room.currency}",
         "venue_name": settings.VENUE_NAME,
         "venue_address": settings.VENUE_ADDRESS,
         "zone": timezone.get_current_timezone_name(),
@@ -186,6 +237,10 @@ def _waiting_email(
         "offer_length": duration(settings.WAITLIST_OFFER_SECONDS),
         "entry_url": absolute(reverse("booking:waiting", args=[entry.token])),
         "reserve_url": absolute(reverse("booking:reserve", args=[room.slug, slot.key])),
+        "room_url": absolute(
+            f"{reverse('booking:room', args=[room.slug])}?date={local(slot.starts_at).date()}"
+        ),
+        "closure_reason": message.context.get("reason", ""),
     }
     subject = SUBJECTS[Kind(message.kind)].format(room=room.name, when=when(slot.starts_at))
     return _email(message, subject, entry.customer_email, context)
@@ -239,7 +294,8 @@ def booking_ics(reservation: Reservation) -> bytes:
     The booking as an iCalendar file: one event in the venue's zone, with its ``VTIMEZONE``.
 
     The UID is stable per reservation, so a calendar that imports it twice
-    keeps one event.
+    keeps one event; its ``SEQUENCE`` counts the moves to another time, so
+    the file of a move replaces the one before.
     """
     slot = reservation.time_slot
     calendar = icalendar.Calendar()
@@ -248,6 +304,8 @@ def booking_ics(reservation: Reservation) -> bytes:
     calendar.add("method", "PUBLISH")
     event = icalendar.Event()
     event.add("uid", f"reservation-{reservation.token}@{_uid_domain()}")
+    # Each move is a new version of the one event: calendars replace the older.
+    event.add("sequence", reservation_moves(reservation.pk))
     event.add("dtstamp", timezone.now())
     event.add("dtstart", ics_time(slot.starts_at))
     event.add("dtend", ics_time(slot.ends_at))

@@ -29,6 +29,7 @@ class Message(models.Model):
         SLOT_BOOKED = "slot_booked", "Waited-for slot booked"
         SLOT_FREE = "slot_free", "Waited-for slot free"
         MOVED = "moved", "Booking moved"
+        SLOT_CLOSED = "slot_closed", "Waited-for slot closed"
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"

@@ -10,6 +10,7 @@ from typing import Any
 
 from apps.payments.models import Payment
 from apps.reservations.models import Reservation, WaitingEntry
+from apps.rooms.models import TimeSlot
 
 from . import services
 
@@ -32,7 +33,15 @@ def messages_for_waiting_list(
     entries: Sequence[WaitingEntry],
     notice: str,
     booking: Reservation | None = None,
+    reason: str = "",
     **kwargs: Any,
 ) -> None:
     """Receiver of ``waiting_list_changed``: tell each party what the notice says."""
-    services.messages_enqueue(services.waiting_messages_for(entries, notice, booking))
+    services.messages_enqueue(services.waiting_messages_for(entries, notice, booking, reason))
+
+
+def messages_for_move(
+    sender: Any, reservation: Reservation, from_slot: TimeSlot, **kwargs: Any
+) -> None:
+    """Receiver of ``reservation_moved``: tell the customer the new time, with a calendar file."""
+    services.messages_enqueue([services.moved_message_for(reservation, from_slot)])

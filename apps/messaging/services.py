@@ -39,6 +39,8 @@ from django.utils import timezone
 from apps.payments.models import Payment
 from apps.reservations import offers
 from apps.reservations.models import Reservation, WaitingEntry
+from apps.reservations.selectors import reservation_moves
+from apps.rooms.models import TimeSlot
 from escape_rooms_backend import deadlines, timeline
 from escape_rooms_backend.db import advisory_xact_lock, chunks
 
@@ -111,8 +113,9 @@ def message_for_state(reservation: Reservation) -> Outgoing | None:
     sends instances with little else loaded; ``is_offer`` when pending).
     Pending: the hold was placed, or a waiting party was offered the slot;
     paid: confirmed (on time or late); cancelled: lapsed, or cancelled by the
-    customer or staff. Each is keyed by the reservation, so a reservation
-    changed again (a hold kept longer) queues nothing new.
+    customer, staff or a closure (``cancelled``, which says which). Each is
+    keyed by the reservation, so a reservation changed again (a hold kept
+    longer) queues nothing new.
     """
     if reservation.status == Reservation.Status.PENDING:
         kind = Kind.OFFER if reservation.is_offer else Kind.HOLD_PLACED
@@ -154,23 +157,44 @@ def refund_due_for(payment: Payment) -> Outgoing | None:
     )
 
 
+def moved_message_for(reservation: Reservation, from_slot: TimeSlot) -> Outgoing:
+    """
+    The message a move to another time slot calls for: one per move.
+
+    Its context names the time it left (``from``, ISO 8601) and the slot it
+    moved to (``to_slot``): a message about a move that a later one
+    superseded is not sent.
+    """
+    moves = reservation_moves(reservation.pk)
+    return Outgoing(
+        key=f"{Kind.MOVED}:{reservation.pk}:{moves}",
+        kind=Kind.MOVED,
+        reservation_id=reservation.pk,
+        context={"from": from_slot.starts_at.isoformat(), "to_slot": reservation.time_slot_id},
+    )
+
+
 # What each notice of ``waiting_list_changed`` tells the parties.
 WAITING_NOTICES = {
     offers.JOINED: Kind.WAITING,
     offers.SLOT_BOOKED: Kind.SLOT_BOOKED,
     offers.SLOT_FREE: Kind.SLOT_FREE,
+    offers.SLOT_CLOSED: Kind.SLOT_CLOSED,
 }
 
 
 def waiting_messages_for(
-    entries: Sequence[WaitingEntry], notice: str, booking: Reservation | None = None
+    entries: Sequence[WaitingEntry],
+    notice: str,
+    booking: Reservation | None = None,
+    reason: str = "",
 ) -> list[Outgoing]:
     """
     The messages a waiting-list notice calls for: one per party.
 
     Keyed by the place on the list (and, for ``slot_booked``, by the booking),
-    so that a notice seen twice queues nothing new. Raises ``KeyError`` for
-    an unknown notice.
+    so that a notice seen twice queues nothing new. ``reason``: a closure's,
+    for ``slot_closed``. Raises ``KeyError`` for an unknown notice.
     """
     kind = WAITING_NOTICES[notice]
     suffix = f":{booking.pk}" if booking is not None else ""
@@ -180,6 +204,7 @@ def waiting_messages_for(
             kind=kind,
             to_email=entry.customer_email,
             waiting_entry_id=entry.pk,
+            context={"reason": reason} if reason else {},
         )
         for entry in entries
     ]

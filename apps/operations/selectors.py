@@ -1,10 +1,14 @@
-"""Reads about expiry and the outbox for scheduler_status, /healthz, /metrics and the admin."""
+"""
+Reads about expiry and the outbox, shared by scheduler_status, /healthz, /metrics
+and the admin; and the staff's day sheet.
+"""
 
+import enum
 import math
 import os
 import socket
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, Max, Min, Q, Sum
@@ -12,6 +16,8 @@ from django.utils import timezone
 
 from apps.messaging.selectors import Backlog, outbox_backlog
 from apps.reservations.models import Reservation, ReservationEvent
+from apps.rooms.models import Closure, Room, TimeSlot
+from apps.rooms.selectors import venue_day_bounds
 from escape_rooms_backend import deadlines, timeline
 
 from .models import SchedulerHeartbeat
@@ -235,6 +241,7 @@ def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
     expiry_jobs = next_run_time = jobs_per_kind = None
     job_store_error = ""
     try:
+        timeline.job_store_next_run_time()  # missing or damaged: say so
         jobs_per_kind = {}
         for kind in deadlines.kinds():
             jobs = timeline.stored_jobs(kind)
@@ -257,4 +264,123 @@ def scheduler_status_get(*, now: datetime | None = None) -> SchedulerStatus:
         jobs_per_kind=jobs_per_kind,
         next_run_time=next_run_time,
         job_store_error=job_store_error,
+    )
+
+
+class SlotState(enum.StrEnum):
+    """What the day sheet shows for a time slot."""
+
+    FREE = "free"
+    HELD = "held"
+    OFFERED = "offered"
+    PAID = "paid"
+    CHECKED_IN = "checked_in"
+    NO_SHOW = "no_show"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class SheetCell:
+    """One room's slot at one time; ``slot`` is None where the room has no slot then."""
+
+    slot: TimeSlot | None = None
+    state: SlotState | None = None
+    reservation: Reservation | None = None
+    closure: Closure | None = None  # the first closure over the slot, even if it is booked
+    seconds_left: int = 0  # a hold's (held, offered)
+    started: bool = False
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    starts_at: datetime
+    cells: list[SheetCell]
+
+
+@dataclass(frozen=True)
+class DaySheet:
+    day: date
+    now: datetime
+    rooms: list[Room]
+    rows: list[SheetRow]
+    closures: list[Closure]
+    counts: dict[str, int] = field(default_factory=dict)  # SlotState value -> slots
+
+
+def _slot_state(reservation: Reservation | None, closure: Closure | None) -> SlotState:
+    if reservation is None:
+        return SlotState.CLOSED if closure is not None else SlotState.FREE
+    if reservation.status == Reservation.Status.PENDING:
+        return SlotState.OFFERED if reservation.is_offer else SlotState.HELD
+    if reservation.attendance:
+        return SlotState(reservation.attendance)
+    return SlotState.PAID
+
+
+def day_sheet_get(*, day: date, now: datetime) -> DaySheet:
+    """
+    The staff's sheet of ``day`` (venue time): every room's slots by start, as of ``now``.
+
+    A slot reads as held or offered only while its hold runs (a lapsed hold
+    reads as free before any job has expired it), as paid, checked in or no-show
+    once paid, as closed when a closure of its room or of the whole venue
+    overlaps it and nobody holds it, and as free otherwise. Columns are the
+    active rooms and any other room with slots that day. Four queries,
+    whatever the number of days stored: the rooms, the day's slots (served by
+    the index on room and start), their holders and the day's closures.
+    """
+    start, end = venue_day_bounds(day)
+    rooms_all = list(Room.objects.order_by("name", "pk"))
+    slots = list(
+        TimeSlot.objects.filter(
+            room__in=[room.pk for room in rooms_all], starts_at__gte=start, starts_at__lt=end
+        ).order_by("starts_at", "room_id")
+    )
+    holders = {
+        reservation.time_slot_id: reservation
+        for reservation in Reservation.objects.holding(now)
+        .filter(time_slot_id__in=[slot.pk for slot in slots])
+        .order_by()
+    }
+    last_end = max((slot.ends_at for slot in slots), default=end)
+    closures = list(
+        Closure.objects.filter(starts_at__lt=max(end, last_end), ends_at__gt=start)
+        .select_related("room")
+        .order_by("starts_at", "pk")
+    )
+    with_slots = {slot.room_id for slot in slots}
+    rooms = [room for room in rooms_all if room.is_active or room.pk in with_slots]
+    column = {room.pk: index for index, room in enumerate(rooms)}
+    rows: dict[datetime, list[SheetCell]] = {}
+    counts = dict.fromkeys(SlotState, 0)
+    for slot in slots:
+        reservation = holders.get(slot.pk)
+        closure = next(
+            (
+                closure
+                for closure in closures
+                if closure.room_id in (None, slot.room_id)
+                and closure.starts_at < slot.ends_at
+                and closure.ends_at > slot.starts_at
+            ),
+            None,
+        )
+        state = _slot_state(reservation, closure)
+        counts[state] += 1
+        cells = rows.setdefault(slot.starts_at, [SheetCell() for _ in rooms])
+        cells[column[slot.room_id]] = SheetCell(
+            slot=slot,
+            state=state,
+            reservation=reservation,
+            closure=closure,
+            seconds_left=reservation.seconds_left(now) if reservation is not None else 0,
+            started=slot.starts_at <= now,
+        )
+    return DaySheet(
+        day=day,
+        now=now,
+        rooms=rooms,
+        rows=[SheetRow(starts_at, cells) for starts_at, cells in rows.items()],
+        closures=closures,
+        counts={state.value: count for state, count in counts.items()},
     )

@@ -6,7 +6,7 @@ from config.admin_actions import ChangedOnlyByActions
 
 from .models import Payment, ProviderPayment
 from .providers import ProviderRefused, ProviderUnavailable
-from .services import payment_mark_refunded, payment_settle
+from .services import payment_mark_refunded, payment_settle, refunds_due_to_staff
 
 
 class RefundFilter(admin.SimpleListFilter):
@@ -22,9 +22,14 @@ class RefundFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "due":
-            return queryset.filter(outcome=Payment.Outcome.REFUND_DUE, refunded_at__isnull=True)
+            return queryset.filter(pk__in=refunds_due_to_staff().values("pk"))
         if self.value() == "requested":
-            return queryset.filter(refund_requested_at__isnull=False, refund_reference="")
+            # Those a provider is to make, refused ones included.
+            return queryset.filter(
+                refund_requested_at__isnull=False,
+                refund_reference="",
+                provider_payment__isnull=False,
+            )
         if self.value() == "done":
             return queryset.filter(refunded_at__isnull=False)
         return queryset

@@ -15,8 +15,11 @@ from django.conf import settings
 from django.http import Http404
 from django.utils import timezone
 from ninja import Field, Router, Schema
+from ninja.decorators import decorate_view
 from pydantic import ConfigDict, StringConstraints
 
+from apps.idempotency.services import OPENAPI_EXTRA as IDEMPOTENT
+from apps.idempotency.services import idempotent
 from apps.reservations.errors import PaymentNotStarted
 from apps.reservations.models import Reservation
 from apps.reservations.selectors import reservation_by_token
@@ -72,7 +75,9 @@ def _get(token: str) -> Reservation:
     "/reservations/{token}/payment/",
     response={200: PaymentOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut},
     summary="Start paying at the provider: the PaymentIntent's client secret, made once",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def start_payment(request, token: str):
     """
     Make the reservation's PaymentIntent (manual capture) or return the one made before.
@@ -105,7 +110,9 @@ class AuthoriseIn(Schema):
         503: ErrorOut,
     },
     summary="Confirm the PaymentIntent with a card on the server, then settle it",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def authorise_payment(request, token: str, payload: AuthoriseIn):
     """
     Confirm the reservation's PaymentIntent with ``payment_method``; authorised, it is captured.
@@ -125,7 +132,9 @@ def authorise_payment(request, token: str, payload: AuthoriseIn):
     "/reservations/{token}/payment/check/",
     response={200: PaymentOut, 404: ErrorOut, 409: ErrorOut},
     summary="Ask the provider about the payment and settle it: captured, voided or still open",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def check_payment(request, token: str):
     """
     Read the PaymentIntent back from the provider and act on it; idempotent.

@@ -28,13 +28,14 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.reservations import errors
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.selectors import reservation_by_token
 from apps.reservations.services import (
+    reservation_cancel,
     reservation_cancel_paid,
     reservation_checkout,
     reservation_hold_for_payment,
@@ -78,12 +79,14 @@ def payment_confirm(
     Record a payment confirmation and apply it if it can be; never raises for its outcome.
 
     ``amount`` is a Decimal in ``currency`` (ISO 4217); it must equal the
-    room's price. ``source`` is ``webhook``, ``customer``, ``staff`` or
-    ``provider`` (a capture of ours; the audit trail's cause is ``staff``,
-    ``payment`` or ``customer``). ``late``: the hold had lapsed when the
-    payment was authorised and was taken again for it, so an applied payment
-    is ``applied_late``. ``price`` (amount, currency): the price the customer
-    was asked for when they started paying, instead of the room's price now.
+    reservation's price, frozen when the slot was held: a later change of
+    the room's price does not touch it. ``source`` is ``webhook``,
+    ``customer``, ``staff`` or ``provider`` (a capture of ours; the audit
+    trail's cause is ``staff``, ``payment`` or ``customer``). ``late``: the
+    hold had lapsed when the payment was authorised and was taken again for
+    it, so an applied payment is ``applied_late``. ``price`` (amount,
+    currency): the amount the provider was asked for when the customer
+    started paying, instead of the reservation's price.
     """
     earlier = Payment.objects.filter(reference=reference).first()
     if earlier is not None:
@@ -146,8 +149,7 @@ def _apply(
 ) -> tuple[str, str]:
     if reservation is None:
         return Outcome.REFUND_DUE, Reason.UNKNOWN_RESERVATION
-    room = reservation.time_slot.room
-    expected, expected_currency = price or (room.price, room.currency)
+    expected, expected_currency = price or (reservation.price, reservation.currency)
     if amount != expected or currency.upper() != expected_currency.upper():
         return Outcome.REFUND_DUE, Reason.AMOUNT_MISMATCH
     if reservation.status == Reservation.Status.PAID:
@@ -169,7 +171,8 @@ def _apply(
         reservation_pay_late(
             reservation=reservation, payment_reference=reference, now=now, cause=cause, actor=actor
         )
-    except errors.SlotTaken:
+    except (errors.SlotTaken, errors.SlotClosed):
+        # Closed by the venue: the slot is no one's to pay for.
         return Outcome.REFUND_DUE, Reason.SLOT_TAKEN
     return Outcome.APPLIED_LATE, Reason.NONE
 
@@ -182,7 +185,7 @@ def payment_confirm_price(
     actor: AbstractBaseUser | None = None,
 ) -> Payment:
     """
-    Confirm a payment of the room's price, for interfaces that answer a person.
+    Confirm a payment of the reservation's price, for interfaces that answer a person.
 
     The API's ``pay``, the *Pay* button and the admin's *mark paid*: recorded
     by ``payment_confirm`` like a webhook's, then a ``refund_due`` outcome is
@@ -194,12 +197,11 @@ def payment_confirm_price(
     if source == "customer" and provider_authorises():
         # The customer's word is no payment when a provider takes the money.
         raise errors.PayAtProvider()
-    room = reservation.time_slot.room
     confirmation = payment_confirm(
         reservation_token=str(reservation.token),
         reference=reference,
-        amount=room.price,
-        currency=room.currency,
+        amount=reservation.price,
+        currency=reservation.currency,
         source=source,
         actor=actor,
     )
@@ -222,11 +224,19 @@ def payment_raise_if_refused(payment: Payment) -> None:
 def payment_mark_refunded(
     *, payment: Payment, actor: AbstractBaseUser, now: datetime | None = None
 ) -> bool:
-    """Record that staff refunded a ``refund_due`` payment; False if it was not due or done."""
-    updated = Payment.objects.filter(
-        pk=payment.pk, outcome=Outcome.REFUND_DUE, refunded_at__isnull=True
-    ).update(
-        refunded_at=now or timezone.now(), refunded_by=actor if isinstance(actor, User) else None
+    """
+    Record that staff refunded a payment due back; False if it was not due or done.
+
+    Due back: a ``refund_due`` payment, or one whose refund was requested
+    for a payment no provider took (``refunds_due_to_staff``).
+    """
+    updated = (
+        refunds_due_to_staff()
+        .filter(pk=payment.pk)
+        .update(
+            refunded_at=now or timezone.now(),
+            refunded_by=actor if isinstance(actor, User) else None,
+        )
     )
     return bool(updated)
 
@@ -251,7 +261,7 @@ def payment_start(*, reservation: Reservation, now: datetime | None = None) -> P
     Start paying at the provider: the reservation's PaymentIntent, made once.
 
     Starts the checkout (the hold lasts at least ``PAYMENT_WINDOW_SECONDS``
-    more), then creates a PaymentIntent for the room's price, manual
+    more), then creates a PaymentIntent for the reservation's price, manual
     capture, the reservation's token in its metadata, with an idempotency
     key derived from the reservation. Called again, it returns the same one:
     a concurrent call that got a second one from a provider that ignores
@@ -263,13 +273,12 @@ def payment_start(*, reservation: Reservation, now: datetime | None = None) -> P
     if not provider.authorises:
         raise errors.PaymentsConfirmedAtOnce()
     reservation_checkout(reservation=reservation, now=now)
-    room = reservation.time_slot.room
     row, _ = ProviderPayment.objects.get_or_create(
         reservation=reservation,
         defaults={
             "provider": provider.name,
-            "amount": room.price,
-            "currency": room.currency.upper(),
+            "amount": reservation.price,
+            "currency": reservation.currency.upper(),
             "created_at": now or timezone.now(),
         },
     )
@@ -440,15 +449,14 @@ def _hold(
 def _capture(
     row: ProviderPayment, reservation: Reservation, state: providers.IntentState, now: datetime
 ) -> ProviderPayment:
-    # The price the customer was asked for when they started paying, even
-    # if the room's price changed since.
+    # The amount the intent was made for: the reservation's price.
     if state.amount != row.amount or state.currency != row.currency:
         return _void(row, reservation, Void.AMOUNT_MISMATCH, now)
     late = not (reservation.status == Reservation.Status.PENDING and reservation.expires_at > now)
     # The slot first: captured money must have a slot to go with.
     try:
         _hold(reservation, row, now, "Payment authorised: slot kept for the capture", since=now)
-    except errors.SlotTaken:
+    except (errors.SlotTaken, errors.SlotClosed):  # closed: the slot is no one's
         return _void(row, reservation, Void.SLOT_TAKEN, now)
     except errors.SlotUnavailable:
         return _void(row, reservation, Void.SLOT_STARTED, now)
@@ -711,7 +719,75 @@ def payment_refund(payment: Payment) -> Payment:
 
 
 def refunds_requested() -> QuerySet[Payment]:
-    """Payments whose refund staff asked for and the provider has not made, nor refused."""
-    return Payment.objects.filter(refund_requested_at__isnull=False, refund_reference="").exclude(
-        flag=Payment.Flag.REFUND_REFUSED
+    """Payments taken by a provider whose refund was asked for and not made, nor refused."""
+    return Payment.objects.filter(
+        refund_requested_at__isnull=False, refund_reference="", provider_payment__isnull=False
+    ).exclude(flag=Payment.Flag.REFUND_REFUSED)
+
+
+def refunds_due_to_staff() -> QuerySet[Payment]:
+    """
+    Payments staff are to hand back and have not marked refunded.
+
+    Those refused on arrival (``refund_due``), and those of bookings the
+    customer cancelled that no provider took (the simulated provider, cash,
+    a transfer): no provider can refund them.
+    """
+    requested = Q(
+        refund_requested_at__isnull=False, refund_reference="", provider_payment__isnull=True
     )
+    return Payment.objects.filter(Q(outcome=Outcome.REFUND_DUE) | requested).filter(
+        refunded_at__isnull=True
+    )
+
+
+def booking_cancel_by_customer(
+    *, reservation: Reservation, now: datetime | None = None
+) -> Payment | None:
+    """
+    The customer cancels their booking: a hold, or a paid booking with its refund.
+
+    A pending reservation is cancelled as ``reservation_cancel`` does (no
+    money taken; returns ``None``). A paid booking may be cancelled until
+    ``CUSTOMER_CANCEL_HOURS`` before the game (``TooLateToCancel``): the
+    slot is released (to its waiting list first) and the refund requested
+    in the same transaction, cause and reason ``customer``. A payment the
+    provider took is then refunded through it (a provider down leaves the
+    refund requested: the payment deadline asks again; a refusal flags it
+    for staff); any other payment (the simulated provider, cash at the
+    desk) is left due to staff (``refunds_due_to_staff``). Returns the
+    payment. Raises as ``reservation_cancel`` and ``reservation_cancel_paid``.
+    """
+    reservation.refresh_from_db(fields=["status"])
+    if reservation.status != Reservation.Status.PAID:
+        reservation_cancel(
+            reservation=reservation, reason=Reservation.CancellationReason.CUSTOMER, now=now
+        )
+        return None
+    with transaction.atomic():
+        reservation_cancel_paid(
+            reservation=reservation, reason=Reservation.CancellationReason.CUSTOMER, now=now
+        )
+        payment = Payment.objects.filter(
+            reservation=reservation,
+            reference=reservation.payment_reference,
+            outcome__in=[Outcome.APPLIED, Outcome.APPLIED_LATE],
+        ).first()
+        if payment is None:
+            raise errors.NotRefundable()
+        requested_at = reservation.cancelled_at or timezone.now()
+        Payment.objects.filter(pk=payment.pk, refund_requested_at__isnull=True).update(
+            refund_requested_at=requested_at
+        )
+    payment.refresh_from_db()
+    if not refunds_requested().filter(pk=payment.pk).exists():
+        return payment  # due to staff
+    try:
+        return payment_refund(payment)
+    except ProviderUnavailable:
+        logger.warning("Refund of %s waits for the provider", payment.reference, exc_info=True)
+        _schedule(reservation.pk, timezone.now() + timedelta(seconds=10))
+    except ProviderRefused:
+        logger.error("The provider refused the refund of %s", payment.reference, exc_info=True)
+    payment.refresh_from_db()
+    return payment

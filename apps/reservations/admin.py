@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.timesince import timesince, timeuntil
 
 from apps.payments.services import (
@@ -14,12 +14,13 @@ from apps.payments.services import (
     payment_confirm_price,
 )
 from apps.rooms import admin as rooms_admin
-from apps.rooms.models import TimeSlot
+from apps.rooms.models import Closure, TimeSlot
 from config.admin_actions import ChangedOnlyByActions, action_input
 
 from . import offers, services, waitlist
+from .closures import ClosureResult, closure_bookings, closure_create
 from .errors import NotRefundable, ReservationError
-from .forms import ExtendHoldForm, MarkPaidForm
+from .forms import ClosureForm, ExtendHoldForm, MarkPaidForm
 from .models import Reservation, ReservationEvent, WaitingEntry
 
 CANCEL_AND_REFUND_INTRO = (
@@ -71,6 +72,7 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "room",
         "slot_time",
         "current_status",
+        "price_shown",
         "expires_at",
         "time_left",
         "is_offer",
@@ -91,6 +93,8 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
         "customer_email",
         "customer_phone",
         "party_size",
+        "price",
+        "currency",
         "status",
         "expires_at",
         "created_at",
@@ -115,6 +119,11 @@ class ReservationAdmin(ChangedOnlyByActions, admin.ModelAdmin):
     @admin.display(description="slot", ordering="time_slot__starts_at")
     def slot_time(self, obj: Reservation) -> str:
         return f"{timezone.localtime(obj.time_slot.starts_at):%Y-%m-%d %H:%M %Z}"
+
+    @admin.display(description="price", ordering="price")
+    def price_shown(self, obj: Reservation) -> str:
+        """Frozen when the slot was held: what is charged, whatever the room's price now."""
+        return f"{obj.price} {obj.currency}"
 
     @admin.display(description="status", ordering="status")
     def current_status(self, obj: Reservation) -> str:
@@ -458,3 +467,122 @@ class TimeSlotWithWaitingListAdmin(rooms_admin.TimeSlotAdmin):
         url = reverse("admin:reservations_waitingentry_changelist")
         label = f"{waiting} waiting" + (f", {offered} offered" if offered else "")
         return format_html('<a href="{}?time_slot__id__exact={}">{}</a>', url, obj.pk, label)
+
+
+@admin.register(Closure)
+class ClosureAdmin(admin.ModelAdmin):
+    """
+    Closing a room or the venue goes through ``closure_create``: its holds end, its lists close.
+
+    A closure is never edited, only deleted, which reopens its slots (what it
+    ended stays ended). Its page lists the paid bookings on its slots, for
+    staff to move or refund.
+    """
+
+    list_display = ["where", "starts_at", "ends_at", "reason", "created_by"]
+    list_filter = ["room"]
+    date_hierarchy = "starts_at"
+    list_select_related = ["room", "created_by"]
+    form = ClosureForm
+    add_fields = ["room", "first_day", "from_time", "last_day", "until_time", "reason"]
+    shown_fields = [
+        "where",
+        "starts_at",
+        "ends_at",
+        "reason",
+        "created_at",
+        "created_by",
+        "paid_bookings",
+    ]
+
+    @admin.display(description="closed", ordering="room__name")
+    def where(self, obj: Closure) -> str:
+        return obj.room.name if obj.room is not None else "The whole venue"
+
+    @admin.display(description="paid bookings to move or refund")
+    def paid_bookings(self, obj: Closure) -> str:
+        bookings = closure_bookings(obj)
+        if not bookings:
+            return "None"
+        items = format_html_join(
+            "",
+            '<li><a href="{}">{}</a>: {}, party of {}, {} {}</li>',
+            (
+                (
+                    reverse("admin:reservations_reservation_change", args=[booking.pk]),
+                    _slot_time(booking.time_slot),
+                    booking.customer_name,
+                    booking.party_size,
+                    booking.customer_email,
+                    booking.customer_phone,
+                )
+                for booking in bookings
+            ),
+        )
+        return format_html(
+            '<ul>{}</ul><p><a href="{}">All {} in the reservations list</a> '
+            "(select them there to cancel and refund).</p>",
+            items,
+            _bookings_url(bookings),
+            len(bookings),
+        )
+
+    def get_fields(self, request, obj=None):
+        return self.add_fields if obj is None else self.shown_fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else self.shown_fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Existing closures are shown, not edited: delete one to reopen its slots.
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request, obj: Closure, form, change: bool) -> None:
+        result = closure_create(
+            room=obj.room,
+            starts_at=obj.starts_at,
+            ends_at=obj.ends_at,
+            reason=obj.reason,
+            actor=request.user,
+        )
+        obj.pk, obj.created_at, obj.created_by = (
+            result.closure.pk,
+            result.closure.created_at,
+            result.closure.created_by,
+        )
+        setattr(request, CLOSURE_RESULT, result)  # for response_add's message
+
+    def response_add(self, request, obj, post_url_continue=None):
+        result: ClosureResult | None = getattr(request, CLOSURE_RESULT, None)
+        if result is not None:
+            self.message_user(request, closure_summary(result), messages.SUCCESS)
+            if result.bookings:
+                self.message_user(
+                    request,
+                    format_html(
+                        '{} paid booking(s) on the closed slots: <a href="{}">move or refund '
+                        "them</a>.",
+                        len(result.bookings),
+                        _bookings_url(result.bookings),
+                    ),
+                    messages.WARNING,
+                )
+        return super().response_add(request, obj, post_url_continue)
+
+
+CLOSURE_RESULT = "closure_result"
+
+
+def closure_summary(result: ClosureResult) -> str:
+    """What a closure did, in a line for staff."""
+    return (
+        f"{result.closure}: {len(result.slot_ids)} slot(s) closed, "
+        f"{len(result.holds_ended)} hold(s) ended, "
+        f"{len(result.waiting_told)} waiting part{'y' if len(result.waiting_told) == 1 else 'ies'}"
+        " told."
+    )
+
+
+def _bookings_url(bookings: list[Reservation]) -> str:
+    ids = ",".join(str(booking.pk) for booking in bookings)
+    return f"{reverse('admin:reservations_reservation_changelist')}?id__in={ids}"

@@ -1,4 +1,5 @@
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
@@ -7,14 +8,17 @@ from django.core.validators import validate_email
 from django.http import Http404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
+from ninja.decorators import decorate_view
 from prometheus_client import Counter
 from pydantic import AfterValidator, ConfigDict, StringConstraints
 
-from apps.payments.services import payment_confirm_price
+from apps.idempotency.services import OPENAPI_EXTRA as IDEMPOTENT
+from apps.idempotency.services import idempotency_request_key, idempotent
+from apps.payments.services import booking_cancel_by_customer, payment_confirm_price
 from config.api_errors import ErrorOut
 from config.client_address import client_address
 
-from . import errors, offers, services, waitlist
+from . import changes, errors, offers, services, waitlist
 from .models import Reservation, WaitingEntry
 from .selectors import reservation_by_token, waiting_entry_by_token
 from .text import (
@@ -91,6 +95,10 @@ class ReservationIn(StrictIn):
     party_size: int = Field(..., ge=1, le=100, description="Players; the room's limits apply.")
 
 
+class MoveIn(StrictIn):
+    slot_id: int = Field(..., ge=1, description="The time slot to move to, of the same room.")
+
+
 class PayIn(StrictIn):
     payment_reference: PaymentReference
 
@@ -114,6 +122,10 @@ class ReservationOut(Schema):
     expires_at: datetime
     seconds_left: int = Field(..., description="Whole seconds left on the hold; 0 unless pending.")
     party_size: int
+    price: Decimal = Field(
+        ..., description="The price of the game, frozen when the slot was held: what is charged."
+    )
+    currency: str
     customer_name: str
     customer_email: str
     slot: SlotRef
@@ -139,6 +151,8 @@ def reservation_out(reservation: Reservation, *, now: datetime) -> dict:
         "expires_at": reservation.expires_at,
         "seconds_left": reservation.seconds_left(now),
         "party_size": reservation.party_size,
+        "price": reservation.price,
+        "currency": reservation.currency,
         "customer_name": reservation.customer_name,
         "customer_email": reservation.customer_email,
         "slot": _slot_ref(slot),
@@ -163,11 +177,22 @@ def _get(token: str) -> Reservation:
     "/reservations/",
     response={201: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
     summary="Reserve a time slot and hold it for payment",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def create_reservation(request, payload: ReservationIn):
+    """
+    201 with the reservation and its token. With an ``Idempotency-Key``, a
+    retry (the 201 lost on the way) gets this 201 again, the same
+    reservation; without one, it finds the slot taken by its own hold: 409
+    ``slot_taken``.
+    """
     try:
         reservation = services.reservation_create(
-            time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
+            time_slot_id=payload.slot_id,
+            request_key=idempotency_request_key(request),
+            client_address=client_address(request),
+            **_party(payload),
         )
     except errors.ReservationError as refused:
         RESERVE_OUTCOMES.labels(code=refused.code).inc()
@@ -189,10 +214,12 @@ def get_reservation(request, token: str):
     "/reservations/{token}/pay/",
     response={200: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="Confirm payment of a pending reservation",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def pay_reservation(request, token: str, payload: PayIn):
     """
-    Stands in for a payment provider's confirmation of the room's price.
+    Stands in for a payment provider's confirmation of the reservation's price.
 
     Recorded as a payment like a webhook's: a hold that lapsed is still paid
     if its slot is free (``applied_late``); otherwise 409 and a refund is due.
@@ -207,7 +234,9 @@ def pay_reservation(request, token: str, payload: PayIn):
     "/reservations/{token}/checkout/",
     response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
     summary="Start paying: the hold lasts at least PAYMENT_WINDOW_SECONDS more, once",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def checkout_reservation(request, token: str):
     reservation = services.reservation_checkout(reservation=_get(token))
     return reservation_out(reservation, now=timezone.now())
@@ -216,11 +245,40 @@ def checkout_reservation(request, token: str):
 @router.post(
     "/reservations/{token}/cancel/",
     response={200: ReservationOut, 404: ErrorOut, 409: ErrorOut},
-    summary="Cancel a pending reservation",
+    summary="Cancel a pending reservation, or a paid booking with a refund",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def cancel_reservation(request, token: str):
-    reservation = services.reservation_cancel(reservation=_get(token))
-    return reservation_out(reservation, now=timezone.now())
+    """
+    A paid booking may be cancelled until CUSTOMER_CANCEL_HOURS before the
+    game (409 ``too_late_to_cancel`` after): the payment is refunded through
+    the provider that took it, or, for one no provider took, is due back
+    from the venue's staff.
+    """
+    reservation = _get(token)
+    booking_cancel_by_customer(reservation=reservation)
+    return reservation_out(_get(token), now=timezone.now())
+
+
+@router.post(
+    "/reservations/{token}/move/",
+    response={200: ReservationOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+    summary="Move a pending or paid reservation to another free time slot of the same room",
+    openapi_extra=IDEMPOTENT,
+)
+@decorate_view(idempotent)
+def move_reservation(request, token: str, payload: MoveIn):
+    """
+    Until CUSTOMER_RESCHEDULE_HOURS before the game (409 ``too_late_to_change``
+    after). The new slot is the reservation's before the old one is released;
+    the price and, for a hold, its end stay (the end is cut to the new
+    slot's start if that is sooner). 409 ``slot_taken`` (someone holds it,
+    or it went to its waiting list), ``slot_unavailable`` (started, closed);
+    400 for a slot of another room; 404 for an unknown slot.
+    """
+    changes.reservation_move(reservation=_get(token), time_slot_id=payload.slot_id)
+    return reservation_out(_get(token), now=timezone.now())
 
 
 # ---------------------------------------------------------------------------
@@ -237,6 +295,8 @@ class OfferRef(Schema):
     status: Reservation.Status
     expires_at: datetime
     seconds_left: int
+    price: Decimal = Field(..., description="The price for the party when it was offered.")
+    currency: str
 
 
 class WaitingOut(Schema):
@@ -272,6 +332,8 @@ def waiting_out(entry: WaitingEntry, *, now: datetime) -> dict:
             "status": offer.current_status(now),
             "expires_at": offer.expires_at,
             "seconds_left": offer.seconds_left(now),
+            "price": offer.price,
+            "currency": offer.currency,
         },
     }
 
@@ -290,7 +352,9 @@ def _get_entry(token: str) -> WaitingEntry:
     "/waitlist/",
     response={201: WaitingOut, 400: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut},
     summary="Join a held or booked time slot's waiting list",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def join_waitlist(request, payload: WaitingIn):
     """
     When the slot's hold lapses or its booking is cancelled, the first party
@@ -301,7 +365,10 @@ def join_waitlist(request, payload: WaitingIn):
     ``too_many_waiting`` past MAX_WAITING_PER_EMAIL places.
     """
     entry = waitlist.waiting_join(
-        time_slot_id=payload.slot_id, client_address=client_address(request), **_party(payload)
+        time_slot_id=payload.slot_id,
+        request_key=idempotency_request_key(request),
+        client_address=client_address(request),
+        **_party(payload),
     )
     return Status(201, waiting_out(_get_entry(str(entry.token)), now=timezone.now()))
 
@@ -319,7 +386,9 @@ def get_waiting(request, token: str):
     "/waitlist/{token}/leave/",
     response={200: WaitingOut, 404: ErrorOut, 409: ErrorOut},
     summary="Leave a waiting list; an offer not yet paid passes to the next party",
+    openapi_extra=IDEMPOTENT,
 )
+@decorate_view(idempotent)
 def leave_waitlist(request, token: str):
     entry = waitlist.waiting_leave(entry=_get_entry(token))
     return waiting_out(entry, now=timezone.now())

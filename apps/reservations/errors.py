@@ -35,6 +35,18 @@ class SlotUnavailable(ReservationError):
     )
 
 
+class SlotClosed(SlotUnavailable):
+    """
+    The venue closed the room (or itself) at the slot's time (``Closure``).
+
+    A ``SlotUnavailable`` with a code of its own, so that an interface that
+    knows only the one refuses it the same way.
+    """
+
+    code = "slot_closed"
+    default_message = "The venue is closed at this time: this time slot cannot be booked."
+
+
 class SlotTaken(ReservationError):
     code = "slot_taken"
     default_message = "This time slot was just taken by someone else."
@@ -135,6 +147,30 @@ class NotRefundable(ReservationError):
     default_message = "Only a paid booking can be cancelled with a refund."
 
 
+class TooLateToCancel(ReservationError):
+    code = "too_late_to_cancel"
+    default_message = (
+        "This booking can no longer be cancelled online: it starts within {hours} hours. "
+        "Please call the venue."
+    )
+
+
+class TooLateToChange(ReservationError):
+    code = "too_late_to_change"
+    default_message = (
+        "This booking can no longer be moved online: it starts within {hours} hours. "
+        "Please call the venue."
+    )
+
+
+class NotMovable(ReservationError):
+    code = "not_movable"
+    default_message = (
+        "An offer from the waiting list cannot be moved to another time: pay for it first, "
+        "or let it go to the next party."
+    )
+
+
 class SlotAvailable(ReservationError):
     code = "slot_available"
     default_message = "This time slot is free: reserve it instead of waiting for it."
@@ -167,6 +203,26 @@ class NotWaiting(ReservationError):
     default_message = "This place on the waiting list has ended; there is nothing to leave."
 
 
+class NotPaid(ReservationError):
+    code = "not_paid"
+    default_message = "Only a paid booking can be checked in or marked a no-show."
+
+
+class CheckInNotOpen(ReservationError):
+    code = "check_in_not_open"
+    default_message = "Check-in opens one hour before the game starts."
+
+
+class GameNotStarted(ReservationError):
+    code = "game_not_started"
+    default_message = "A party can be marked a no-show only once its game has started."
+
+
+class AttendanceUnchanged(ReservationError):
+    code = "attendance_unchanged"
+    default_message = "This booking is already marked so; nothing was changed."
+
+
 TOO_MANY_HOLDS = (
     "Too many reservations ({limit}) from this email address or network are waiting for "
     "payment: pay or cancel one, or wait for a hold to end."
@@ -177,3 +233,4 @@ OFFER_NOT_EXTENDABLE = (
 )
 HOLD_ENDS_AT_START = "The hold already lasts until the game starts; it cannot be extended."
 PARTY_SIZE_OUT_OF_RANGE = "This room takes {min} to {max} players."
+MOVE_WITHIN_ROOM = "Choose another time of the same room."

@@ -207,7 +207,7 @@ class WaitingEntry(models.Model):
         BOOKED = "booked", "Booked the slot"
         LAPSED = "lapsed", "Let the offer lapse"
         LEFT = "left", "Left the list"
-        CLOSED = "closed", "List closed: the slot went free to everyone"
+        CLOSED = "closed", "List closed: the slot went free to everyone, or was closed"
 
     LIVE = (Status.WAITING, Status.OFFERED)
 

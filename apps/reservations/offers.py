@@ -38,10 +38,12 @@ OFFERED_LOG = "Offered %s to waiting party %s (entry %s) until %s"
 
 # What ``waiting_list_changed`` tells the parties: they joined; the slot was
 # booked (they stay on the list: a booking may be cancelled); the slot went
-# free for everyone (it starts too soon for an offer, and the list is closed).
+# free for everyone (it starts too soon for an offer, and the list is closed);
+# the venue closed the slot (and the list).
 JOINED = "joined"
 SLOT_BOOKED = "slot_booked"
 SLOT_FREE = "slot_free"
+SLOT_CLOSED = "slot_closed"
 
 
 def offer_seconds() -> timedelta:
@@ -106,6 +108,37 @@ def slots_released(
             status=Entry.LAPSED if expired else Entry.LEFT, ended_at=now
         )
     return offers_make(slot_ids, now=now)
+
+
+def slots_closed(
+    slot_ids: Iterable[int], *, offers_ended: Sequence[int] = (), now: datetime, reason: str
+) -> list[WaitingEntry]:
+    """
+    Close the waiting lists of slots the venue just closed: no one is offered them.
+
+    Call in the closure's transaction, with the slots locked, after their
+    holds ended. The places of ``offers_ended`` (offers ended by the
+    closure, whose parties hear of it with their reservation) and of every
+    party still waiting end (``closed``); the waiting parties are told
+    (``slot_closed``, with the closure's ``reason``). Returns the entries
+    of those told.
+    """
+    now_closed = {"status": Entry.CLOSED, "ended_at": now}
+    if offers_ended:
+        WaitingEntry.objects.filter(offer_id__in=offers_ended, status=Entry.OFFERED).update(
+            **now_closed
+        )
+    waiting = list(
+        WaitingEntry.objects.filter(time_slot_id__in=list(slot_ids), status=Entry.WAITING)
+    )
+    if waiting:
+        WaitingEntry.objects.filter(pk__in=[entry.pk for entry in waiting]).update(**now_closed)
+        for entry in waiting:
+            entry.status, entry.ended_at = Entry.CLOSED, now
+        waiting_list_changed.send(
+            sender=WaitingEntry, entries=waiting, notice=SLOT_CLOSED, reason=reason
+        )
+    return waiting
 
 
 def offers_make(slot_ids: Iterable[int], *, now: datetime) -> list[Reservation]:

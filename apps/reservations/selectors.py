@@ -1,6 +1,6 @@
 import uuid
 
-from .models import Reservation, WaitingEntry
+from .models import Reservation, ReservationEvent, WaitingEntry
 
 
 def _canonical(token: str) -> uuid.UUID | None:
@@ -27,3 +27,14 @@ def waiting_entry_by_token(token: str) -> WaitingEntry | None:
     return (
         WaitingEntry.objects.select_related("time_slot__room", "offer").filter(token=parsed).first()
     )
+
+
+# How the audit trail words a move to another time slot (``changes.reservation_move``).
+MOVED_PREFIX = "Moved from "
+
+
+def reservation_moves(reservation_id: int) -> int:
+    """How many times the reservation was moved to another time slot."""
+    return ReservationEvent.objects.filter(
+        reservation_id=reservation_id, detail__startswith=MOVED_PREFIX
+    ).count()

@@ -32,7 +32,7 @@ from apps.rooms.models import Room, TimeSlot
 from escape_rooms_backend.db import advisory_xact_lock
 
 from . import errors, offers
-from .models import Reservation, ReservationEvent
+from .models import Reservation, ReservationEvent, WaitingEntry
 from .signals import reservations_changed
 
 logger = logging.getLogger(__name__)
@@ -202,6 +202,65 @@ def slot_lapsed_holds_expire(*, time_slot_id: int, now: datetime, cause: str) ->
     return expired
 
 
+def slot_closure_check(time_slot_id: int) -> None:
+    """
+    Refuse a slot that a closure of its room, or of the whole venue, overlaps: ``SlotClosed``.
+
+    Call with the slot locked (``slot_lock``), after the lock: a closure
+    being made locks the slots it closes, so that it either commits before
+    this read, and is seen, or ends what this transaction makes.
+    """
+    if TimeSlot.objects.filter(pk=time_slot_id).closed().exists():
+        raise errors.SlotClosed()
+
+
+def slots_close(
+    *,
+    time_slot_ids: Sequence[int],
+    reason: str,
+    now: datetime,
+    actor: AbstractBaseUser | None = None,
+) -> tuple[list[Reservation], list[WaitingEntry]]:
+    """
+    End every pending hold on slots the venue just closed, and close their waiting lists.
+
+    For ``apps.reservations.closures``, in its transaction, with the slots
+    locked. Each hold (an offer too) is cancelled at once by its own
+    conditional UPDATE (reason ``closed``, cause ``closure``), lapsed or
+    not; paid bookings stay. ``reason``, the closure's, is the events'
+    detail. A closed slot goes to no one: unlike ``_release_slot``
+    it is not handed to its waiting list, whose parties' places end
+    (``closed``; an offer's with it) and who are told
+    (``offers.slots_closed``). Returns the holds it ended and the waiting
+    parties it told.
+    """
+    ended = []
+    holds = Reservation.objects.filter(time_slot_id__in=list(time_slot_ids), status=Status.PENDING)
+    for hold in holds.order_by("time_slot_id"):
+        if _transition(
+            hold,
+            expect={"status": Status.PENDING, "expires_at": hold.expires_at},
+            at=now,
+            cause=Cause.CLOSURE,
+            actor=actor,
+            detail=reason[:200],
+            status=Status.CANCELLED,
+            cancelled_at=now,
+            cancellation_reason=Reason.CLOSED,
+        ):
+            ended.append(hold)
+    TimeSlot.objects.filter(
+        pk__in=[hold.time_slot_id for hold in ended], status=TimeSlot.Status.RESERVED
+    ).update(status=TimeSlot.Status.ACTIVE)
+    told = offers.slots_closed(
+        time_slot_ids,
+        offers_ended=[hold.pk for hold in ended if hold.is_offer],
+        now=now,
+        reason=reason,
+    )
+    return ended, told
+
+
 def party_size_problem(room: Room, party_size: int) -> str | None:
     """Why ``party_size`` does not fit ``room`` (its min and max players), or ``None``."""
     if room.min_players <= party_size <= room.max_players:
@@ -240,8 +299,9 @@ def reservation_create(
     only keys they issued themselves (a key names a reservation).
 
     Raises ``SlotNotFound`` (no such slot), ``SlotUnavailable`` (started, or its
-    room is inactive), ``InvalidReservation`` (party size outside the room's
-    limits; ``fields`` says so) and ``SlotTaken`` (someone holds it).
+    room is inactive), ``SlotClosed`` (a closure overlaps it),
+    ``InvalidReservation`` (party size outside the room's limits; ``fields``
+    says so) and ``SlotTaken`` (someone holds it).
     """
     if hold_seconds is None:
         hold_seconds = settings.RESERVATION_HOLD_SECONDS
@@ -255,6 +315,7 @@ def reservation_create(
         room = slot.room
         if slot.starts_at <= now or not room.is_active:
             raise errors.SlotUnavailable()
+        slot_closure_check(slot.pk)
         if (problem := party_size_problem(room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         holds_limit_check(customer_email=customer_email, client_address=client_address, now=now)
@@ -347,9 +408,10 @@ def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
     Another hold on the slot that lapsed too (its job not run yet) is no
     claim on it: it is expired first, as a new reservation would. A party
     waiting for the slot comes first: a hold that lapsed goes to the
-    waiting list, not back to its holder. Call with the slot locked
-    (``reservation_lock``).
+    waiting list, not back to its holder. A closed slot goes to no one
+    (``SlotClosed``). Call with the slot locked (``reservation_lock``).
     """
+    slot_closure_check(reservation.time_slot_id)
     lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot_id=reservation.time_slot_id)
     for stale in lapsed.exclude(pk=reservation.pk):
         _expire(stale, now=now, cause=Cause.RECLAIM)
@@ -397,9 +459,9 @@ def reservation_pay_late(
     The reservation may still be pending past ``expires_at`` or already
     expired by a job; either way it becomes paid and takes its slot again, in
     one transaction, and the audit trail says it came late. Raises
-    ``SlotTaken`` when another reservation holds the slot now, and
-    ``ReservationError`` when the reservation's hold has not lapsed or it was
-    cancelled for another reason.
+    ``SlotTaken`` when another reservation holds the slot now, ``SlotClosed``
+    when the venue closed it, and ``ReservationError`` when the reservation's
+    hold has not lapsed or it was cancelled for another reason.
     """
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
@@ -448,7 +510,8 @@ def reservation_hold_for_payment(
     ``now``, so that the payment may complete within it.
 
     Raises ``SlotTaken`` (another reservation holds the slot),
-    ``SlotUnavailable`` (the game has started), ``AlreadyPaid`` and
+    ``SlotUnavailable`` (the game has started; ``SlotClosed``, the venue
+    closed it: a lapsed hold takes it no more), ``AlreadyPaid`` and
     ``AlreadyCancelled`` (cancelled by the customer or staff).
     """
     with transaction.atomic():
@@ -573,29 +636,54 @@ def reservation_cancel(
     return reservation
 
 
+def cancel_deadline(starts_at: datetime) -> datetime:
+    """Until when the customer may cancel a paid booking of a game starting at ``starts_at``."""
+    return starts_at - timedelta(hours=settings.CUSTOMER_CANCEL_HOURS)
+
+
 def reservation_cancel_paid(
     *,
     reservation: Reservation,
+    reason: str = Reason.STAFF,
     actor: AbstractBaseUser | None = None,
     now: datetime | None = None,
 ) -> Reservation:
     """
-    Cancel a paid booking (staff) and release its slot; the refund is the caller's.
+    Cancel a paid booking and release its slot; the refund is the caller's.
 
-    Raises ``NotRefundable`` unless the reservation is paid.
+    ``reason`` is ``staff`` or ``customer`` (``ValueError`` otherwise) and is
+    also the cause in the audit trail. The customer may cancel only until
+    ``CUSTOMER_CANCEL_HOURS`` before the game starts, judged by the clock
+    read after the lock (``TooLateToCancel``). Raises ``NotRefundable``
+    unless the reservation is paid.
     """
+    if reason not in (Reason.CUSTOMER, Reason.STAFF):
+        raise ValueError(f"Cancel with reason customer or staff, not {reason!r}.")
+    by_customer = reason == Reason.CUSTOMER
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
+        if by_customer:
+            starts_at = Reservation.objects.filter(pk=reservation.pk).values_list(
+                "time_slot__starts_at", flat=True
+            )
+            if now > cancel_deadline(starts_at.get()):
+                raise errors.TooLateToCancel(
+                    errors.TooLateToCancel.default_message.format(
+                        hours=settings.CUSTOMER_CANCEL_HOURS
+                    )
+                )
         cancelled = _transition(
             reservation,
             expect={"status": Status.PAID},
             at=now,
-            cause=Cause.STAFF,
+            cause=Cause.CUSTOMER if by_customer else Cause.STAFF,
             actor=actor,
-            detail="Paid booking cancelled by staff; refunded",
+            detail="Paid booking cancelled by the customer; refund due"
+            if by_customer
+            else "Paid booking cancelled by staff; refunded",
             status=Status.CANCELLED,
             cancelled_at=now,
-            cancellation_reason=Reason.STAFF,
+            cancellation_reason=reason,
         )
         if not cancelled:
             raise errors.NotRefundable()
@@ -617,6 +705,67 @@ def reservation_note(*, reservation: Reservation, detail: str, now: datetime | N
         cause=Cause.PAYMENT,
         detail=detail[:200],
     )
+
+
+# Staff check a party in from this long before its game starts.
+CHECK_IN_OPENS = timedelta(hours=1)
+Attendance = Reservation.Attendance
+
+
+def reservation_attendance_set(
+    *,
+    reservation: Reservation,
+    attendance: str,
+    actor: AbstractBaseUser | None,
+    now: datetime | None = None,
+) -> Reservation:
+    """
+    Record that a paid booking's party came (``checked_in``) or did not (``no_show``).
+
+    Check-in opens ``CHECK_IN_OPENS`` before the game starts; a no-show can
+    be recorded only once it has started. Either may replace the other (a
+    party late for its game), never itself. One conditional UPDATE decides,
+    on the booking as it stands (paid, on the slot it holds now); the audit
+    trail records an event from paid to paid, cause ``staff``. No status or
+    deadline changes, so ``reservations_changed`` is not sent. Raises
+    ``NotPaid``, ``CheckInNotOpen``, ``GameNotStarted`` or
+    ``AttendanceUnchanged``; ``ValueError`` for another ``attendance``.
+    """
+    if attendance not in Attendance.values:
+        raise ValueError(f"Attendance is checked_in or no_show, not {attendance!r}.")
+    now = now or timezone.now()
+    opens = CHECK_IN_OPENS if attendance == Attendance.CHECKED_IN else timedelta(0)
+    with transaction.atomic():
+        updated = (
+            Reservation.objects.filter(
+                pk=reservation.pk, status=Status.PAID, time_slot__starts_at__lte=now + opens
+            )
+            .exclude(attendance=attendance)
+            .update(attendance=attendance, attendance_at=now)
+        )
+        if updated:
+            reservation.attendance, reservation.attendance_at = attendance, now
+            reservation.status = Status.PAID
+            _record(
+                reservation,
+                from_status=Status.PAID,
+                at=now,
+                cause=Cause.STAFF,
+                actor=actor,
+                detail=Attendance(attendance).label,
+            )
+            return reservation
+    # Refused: say why, from the row as it stands.
+    reservation.refresh_from_db()
+    if reservation.status != Status.PAID:
+        raise errors.NotPaid()
+    if reservation.attendance == attendance:
+        raise errors.AttendanceUnchanged(
+            f"This booking is already marked {Attendance(attendance).label.lower()}."
+        )
+    if attendance == Attendance.CHECKED_IN:
+        raise errors.CheckInNotOpen()
+    raise errors.GameNotStarted()
 
 
 def reservation_extend_hold(

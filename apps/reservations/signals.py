@@ -14,6 +14,13 @@ reservations_changed = Signal()
 # Sent by the waiting list's services inside the transaction that changed the
 # list, for what its parties are to be told. Keyword arguments ``entries``:
 # the ``WaitingEntry`` instances concerned; ``notice``: ``joined``,
-# ``slot_booked`` (then also ``booking``, the paid reservation) or
-# ``slot_free`` (see ``apps.reservations.offers``).
+# ``slot_booked`` (then also ``booking``, the paid reservation), ``slot_free``
+# or ``slot_closed`` (then also ``reason``, the closure's) (see
+# ``apps.reservations.offers``).
 waiting_list_changed = Signal()
+
+# Sent by ``apps.reservations.changes.reservation_move`` inside the transaction
+# that moved a reservation to another time slot, after ``reservations_changed``.
+# Keyword arguments ``reservation``: the reservation on its new slot;
+# ``from_slot``: the ``TimeSlot`` it left.
+reservation_moved = Signal()

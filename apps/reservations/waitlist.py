@@ -48,10 +48,11 @@ def waiting_join(
     makes a submission idempotent, as for ``reservation_create``.
 
     Raises ``SlotNotFound``, ``SlotUnavailable`` (started, or its room is
-    closed), ``InvalidReservation`` (party size outside the room's limits),
-    ``SlotAvailable`` (no one holds it: reserve it), ``AlreadyWaiting`` (this
-    email address has a live place on the list), ``AlreadyHolding`` (it holds
-    or booked the slot) and ``TooManyWaiting`` (past
+    closed), ``SlotClosed`` (a closure overlaps it), ``InvalidReservation``
+    (party size outside the room's limits), ``SlotAvailable`` (no one holds
+    it: reserve it), ``AlreadyWaiting`` (this email address has a live place
+    on the list), ``AlreadyHolding`` (it holds or booked the slot) and
+    ``TooManyWaiting`` (past
     ``MAX_WAITING_PER_EMAIL`` live places for the address, or
     ``MAX_PENDING_HOLDS_PER_ADDRESS`` for the client address).
     """
@@ -64,6 +65,7 @@ def waiting_join(
                 return earlier
         if slot.starts_at <= now or not slot.room.is_active:
             raise errors.SlotUnavailable()
+        services.slot_closure_check(slot.pk)
         if (problem := services.party_size_problem(slot.room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         services.slot_lapsed_holds_expire(

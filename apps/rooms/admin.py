@@ -1,23 +1,26 @@
+from urllib.parse import urlencode
+
 from django.contrib import admin
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from config.admin_actions import action_input
 
-from .forms import SlotGenerationForm
-from .models import Room, TimeSlot
+from .forms import PriceTierFormSet, SlotGenerationForm, TimeSlotForm
+from .models import PriceTier, Room, TimeSlot
 from .services import timeslots_generate
 
+# The room's page lists this many of its next slots; the rest are a link away.
+UPCOMING_SHOWN = 5
 
-class UpcomingTimeSlotInline(admin.TabularInline):
-    model = TimeSlot
-    verbose_name_plural = "Upcoming time slots"
+
+class PriceTierInline(admin.TabularInline):
+    model = PriceTier
+    formset = PriceTierFormSet
+    verbose_name_plural = "Price tiers (the rate from a party size up; per game or per player)"
     extra = 0
-    fields = ["starts_at", "ends_at", "status"]
-    readonly_fields = ["status"]
-    show_change_link = True
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).filter(starts_at__gte=timezone.now())
+    fields = ["min_party_size", "price"]
 
 
 @admin.register(Room)
@@ -30,13 +33,48 @@ class RoomAdmin(admin.ModelAdmin):
         "max_players",
         "price",
         "currency",
+        "pricing",
+        "reset_minutes",
         "is_active",
     ]
     list_filter = ["is_active"]
     prepopulated_fields = {"slug": ["name"]}
     search_fields = ["name", "slug"]
-    inlines = [UpcomingTimeSlotInline]
+    inlines = [PriceTierInline]
+    # A summary, not an inline: a form field per slot would pass
+    # DATA_UPLOAD_MAX_NUMBER_FIELDS (an HTTP 400 on save) with a few months of slots.
+    readonly_fields = ["upcoming_slots"]
     actions = ["generate_slots"]
+
+    @admin.display(description="Upcoming time slots")
+    def upcoming_slots(self, room: Room) -> str:
+        if room.pk is None:
+            return "Generate them once the room is saved."
+        now = timezone.now()
+        upcoming = TimeSlot.objects.filter(room=room, starts_at__gte=now).order_by("starts_at")
+        count = upcoming.count()
+        if not count:
+            return "None."
+        listed = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> ({})</li>',
+            (
+                (
+                    reverse("admin:rooms_timeslot_change", args=[slot.pk]),
+                    f"{timezone.localtime(slot.starts_at):%a %Y-%m-%d %H:%M}",
+                    slot.get_status_display(),
+                )
+                for slot in upcoming[:UPCOMING_SHOWN]
+            ),
+        )
+        query = urlencode({"room__id__exact": room.pk, "starts_at__gte": now.isoformat()})
+        return format_html(
+            '{} upcoming, the next:<ul>{}</ul><a href="{}?{}">All upcoming time slots</a>',
+            count,
+            listed,
+            reverse("admin:rooms_timeslot_changelist"),
+            query,
+        )
 
     @admin.action(description="Generate time slots…", permissions=["add_slots"])
     def generate_slots(self, request, queryset):
@@ -75,6 +113,7 @@ class TimeSlotAdmin(admin.ModelAdmin):
     waiting list is added from there: ``apps.reservations.admin``.
     """
 
+    form = TimeSlotForm
     list_display = ["room", "starts_at", "ends_at", "status"]
     list_filter = ["room", "status", ("starts_at", admin.DateFieldListFilter)]
     date_hierarchy = "starts_at"

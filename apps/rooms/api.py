@@ -5,17 +5,23 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from ninja import Router, Schema
+from ninja import Field, Router, Schema
 
 from apps.reservations.errors import InvalidReservation
 from config.api_errors import ErrorOut
 
+from .models import Room
 from .selectors import room_list_active, timeslot_list_for_day, timeslot_list_fresh_for
 
 router = Router(tags=["rooms"])
 
 MAX_DAYS_AWAY = 3660
 DATE_OUT_OF_RANGE = "Pick a date within ten years of today."
+
+
+class PriceTierOut(Schema):
+    min_party_size: int = Field(..., description="The rate applies from this party size up.")
+    price: Decimal
 
 
 class RoomOut(Schema):
@@ -25,8 +31,18 @@ class RoomOut(Schema):
     duration_minutes: int
     min_players: int
     max_players: int
-    price: Decimal
+    price: Decimal = Field(..., description="The rate below the first tier.")
     currency: str
+    pricing: Room.Pricing = Field(
+        ..., description="`room`: a rate is for the game; `player`: for each player."
+    )
+    price_tiers: list[PriceTierOut] = Field(
+        ..., description="The rates from a party size up, by size; empty for one rate."
+    )
+
+    @staticmethod
+    def resolve_price_tiers(room: Room) -> list:
+        return list(room.price_tiers.all())
 
 
 class SlotOut(Schema):
@@ -34,6 +50,7 @@ class SlotOut(Schema):
     starts_at: datetime
     ends_at: datetime
     available: bool
+    closed: bool
 
 
 @router.get("/rooms/", response=list[RoomOut], summary="List the active rooms")
@@ -53,6 +70,8 @@ def list_slots(request, response: HttpResponse, slug: str, date: date | None = N
     The slots starting on ``date`` (``YYYY-MM-DD``, the venue's time zone;
     default today there). ``available`` is computed from the holds themselves:
     a hold that lapsed is free even if its expiry job has not run yet.
+    ``closed``: the venue closed the room (or itself) at the slot's time; a
+    closed slot is never available.
 
     Public: may be cached for ``PUBLIC_LIST_MAX_AGE`` seconds, or less, so
     that no copy outlives the next hold's end or slot's start.

@@ -62,15 +62,38 @@ class Room(models.Model):
         player, as ``pricing`` says. ``tiers`` saves a query when the caller
         has them (in any order).
         """
-        if tiers is None:
-            tiers = list(self.price_tiers.all()) if self.pk is not None else []
-        rate = self.price
-        fitting = [tier for tier in tiers if tier.min_party_size <= party_size]
-        if fitting:
-            rate = max(fitting, key=lambda tier: tier.min_party_size).price
+        rate = self._rate(party_size, self._tiers(tiers))
         if self.pricing == self.Pricing.PLAYER:
             return rate * party_size
         return rate
+
+    def price_table(self, tiers: "list[PriceTier] | None" = None) -> list[tuple[int, Decimal]]:
+        """
+        The rates for the party sizes the room takes: ``(from_size, rate)`` pairs.
+
+        The first pair starts at ``min_players``; each next one is where the
+        rate changes, up to ``max_players``. A rate is for the game or for
+        each player, as ``pricing`` says.
+        """
+        tiers = self._tiers(tiers)
+        table: list[tuple[int, Decimal]] = []
+        for size in range(self.min_players, self.max_players + 1):
+            rate = self._rate(size, tiers)
+            if not table or table[-1][1] != rate:
+                table.append((size, rate))
+        return table
+
+    def _tiers(self, tiers: "list[PriceTier] | None") -> "list[PriceTier]":
+        if tiers is not None:
+            return tiers
+        # ``all()`` uses a prefetch_related("price_tiers") when there is one.
+        return list(self.price_tiers.all()) if self.pk is not None else []
+
+    def _rate(self, party_size: int, tiers: "list[PriceTier]") -> Decimal:
+        fitting = [tier for tier in tiers if tier.min_party_size <= party_size]
+        if fitting:
+            return max(fitting, key=lambda tier: tier.min_party_size).price
+        return self.price
 
 
 class PriceTier(models.Model):
@@ -95,6 +118,19 @@ class PriceTier(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room}: from {self.min_party_size} players, {self.price} {self.room.currency}"
+
+
+class ClosureQuerySet(models.QuerySet):
+    def over(self, *, room_id, starts_at, ends_at):
+        """
+        Closures of room ``room_id``, or of the venue, overlapping ``starts_at`` to ``ends_at``.
+
+        The arguments may be ``OuterRef`` expressions: a slot's closures in a
+        subquery. A closure ending when a game starts does not overlap it.
+        """
+        return self.filter(
+            Q(room_id=room_id) | Q(room__isnull=True), starts_at__lt=ends_at, ends_at__gt=starts_at
+        )
 
 
 class Closure(models.Model):
@@ -126,6 +162,8 @@ class Closure(models.Model):
         related_name="+",
     )
 
+    objects = ClosureQuerySet.as_manager()
+
     class Meta:
         ordering = ["starts_at"]
         constraints = [
@@ -140,15 +178,33 @@ class Closure(models.Model):
         return f"{where} closed from {start:%Y-%m-%d %H:%M}: {self.reason}"
 
 
+def _closures_of_slot():
+    """The closures over the slot of the outer query (``OuterRef``)."""
+    return Closure.objects.over(
+        room_id=OuterRef("room_id"), starts_at=OuterRef("starts_at"), ends_at=OuterRef("ends_at")
+    )
+
+
 class TimeSlotQuerySet(models.QuerySet):
+    def closed(self):
+        """The slots a closure of their room, or of the whole venue, overlaps."""
+        return self.filter(Exists(_closures_of_slot()))
+
+    def closed_by(self, closure: "Closure"):
+        """The slots ``closure`` overlaps: of its room, or of every room when it has none."""
+        slots = self.filter(starts_at__lt=closure.ends_at, ends_at__gt=closure.starts_at)
+        return slots if closure.room_id is None else slots.filter(room_id=closure.room_id)
+
     def with_availability(self, now):
         """
-        Annotate ``available``: bookable at ``now`` (an aware datetime).
+        Annotate ``available``: bookable at ``now`` (an aware datetime); and ``closed``.
 
-        A slot is available when it starts after ``now``, its room is active and
-        no reservation holds it. Only a paid reservation, or a pending one whose
-        hold has not lapsed, holds a slot: a lapsed hold counts as free whether
-        or not its expiry job has run yet (correctness never waits for the
+        ``closed``: a closure of the room, or of the whole venue, overlaps the
+        slot (``Closure``). A slot is available when it starts after ``now``,
+        its room is active, it is not closed and no reservation holds it.
+        Only a paid reservation, or a pending one whose hold has not lapsed,
+        holds a slot: a lapsed hold counts as free whether or not its expiry
+        job has run yet (correctness never waits for the
         scheduler), so the stored ``status`` is not consulted. Unless a party
         the room takes waits for the slot: a lapsed hold then goes to the
         waiting list's first such party (an offer, if the slot starts later
@@ -167,13 +223,15 @@ class TimeSlotQuerySet(models.QuerySet):
         )
         offer_from = now + timedelta(seconds=settings.WAITLIST_OFFER_SECONDS)
         return self.annotate(
+            closed=Exists(_closures_of_slot()),
             available=models.ExpressionWrapper(
                 Q(starts_at__gt=now)
                 & Q(room__is_active=True)
+                & ~Exists(_closures_of_slot())
                 & ~Exists(holders)
                 & ~(Q(starts_at__gt=offer_from) & Exists(lapsed) & Exists(waiting)),
                 output_field=models.BooleanField(),
-            )
+            ),
         )
 
 

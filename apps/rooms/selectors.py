@@ -8,7 +8,8 @@ from .models import Room, TimeSlot
 
 
 def room_list_active() -> QuerySet[Room]:
-    return Room.objects.filter(is_active=True)
+    """Rooms open for booking, with their price tiers."""
+    return Room.objects.filter(is_active=True).prefetch_related("price_tiers")
 
 
 def venue_day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -51,3 +52,23 @@ def timeslot_list_for_day(*, room: Room, day: date, now: datetime) -> QuerySet[T
         .with_availability(now)
         .order_by("starts_at")
     )
+
+
+def timeslot_list_conflicting(
+    *, room: Room, starts_at: datetime, ends_at: datetime, exclude_pk: int | None = None
+) -> QuerySet[TimeSlot]:
+    """
+    The room's slots that a game from ``starts_at`` to ``ends_at`` would collide with.
+
+    One room runs one game at a time and needs ``reset_minutes`` after each:
+    two slots collide when they overlap once each is extended by the reset
+    time, so a slot may start exactly when the previous one's reset ends.
+    ``exclude_pk`` leaves out the slot being changed.
+    """
+    reset = timedelta(minutes=room.reset_minutes)
+    slots = TimeSlot.objects.filter(
+        room=room, starts_at__lt=ends_at + reset, ends_at__gt=starts_at - reset
+    )
+    if exclude_pk is not None:
+        slots = slots.exclude(pk=exclude_pk)
+    return slots.order_by("starts_at")

@@ -52,6 +52,29 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+# Behind a transaction-mode pooler (pgbouncer's pool_mode = transaction),
+# consecutive transactions of one connection may run on different server
+# sessions: "transaction" keeps Django to what survives that (no server-side
+# cursors, no prepared statements, no startup options). What needs a session
+# of its own (the runner lock, LISTEN) goes to DATABASE_DIRECT_URL, the server
+# itself. Empty: no pooler, or one in session mode. See docs/deployment.md.
+DATABASE_POOLER = env("DATABASE_POOLER", default="")
+if DATABASE_POOLER not in ("", "transaction"):
+    raise ImproperlyConfigured('DATABASE_POOLER must be "transaction" or empty.')
+DATABASE_DIRECT_URL = env("DATABASE_DIRECT_URL", default="")
+if DATABASE_POOLER:
+    # A pooler in transaction mode refuses the startup parameter "options"
+    # (or, told to ignore it, drops it silently): never send one through it.
+    if "options" in DATABASES["default"].get("OPTIONS", {}):
+        raise ImproperlyConfigured(
+            'DATABASE_URL sends a startup "options" parameter, which a transaction pooler '
+            "refuses: set these on the role or the database instead (ALTER ROLE ... SET)."
+        )
+    # A named cursor lives in one server session; its next FETCH may reach another.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    # psycopg prepares a query run five times on its server session; the next
+    # run may land on a session that never saw it.
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
 
 # APPS
 # ------------------------------------------------------------------------------
@@ -63,6 +86,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "ninja",
+    "apps.idempotency",
     "apps.rooms",
     "apps.reservations",
     "apps.operations",
@@ -131,8 +155,25 @@ if not 0 <= HOLD_LIMIT_IPV6_PREFIX <= 128:
 # address, MAX_PENDING_HOLDS_PER_ADDRESS).
 WAITLIST_OFFER_SECONDS = env.int("WAITLIST_OFFER_SECONDS", default=900)
 MAX_WAITING_PER_EMAIL = env.int("MAX_WAITING_PER_EMAIL", default=3)
+# Customer changes: until how many hours before the game starts the customer
+# may cancel a paid booking (refunded) and move a booking to another time.
+CUSTOMER_CANCEL_HOURS = env.int("CUSTOMER_CANCEL_HOURS", default=48)
+CUSTOMER_RESCHEDULE_HOURS = env.int("CUSTOMER_RESCHEDULE_HOURS", default=24)
 # Proxies whose X-Forwarded-For is believed (addresses or networks, comma-separated).
 TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+
+# IDEMPOTENCY
+# ------------------------------------------------------------------------------
+# An API client's Idempotency-Key is remembered this long from its first use
+# (hours): a retry within it gets the first answer.
+IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
+# A retry while the key's first request still runs waits this long for its
+# answer (seconds), then gets 409 idempotency_key_in_progress.
+IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=10.0)
+# A request in progress longer than this is taken to have died, and a retry
+# runs in its place (seconds; longer than any request, the payment provider's
+# timeout included).
+IDEMPOTENCY_STALE_SECONDS = env.int("IDEMPOTENCY_STALE_SECONDS", default=60)
 
 # PAYMENTS
 # ------------------------------------------------------------------------------
@@ -203,28 +244,51 @@ FIND_BOOKING_PER_HOUR = env.int("FIND_BOOKING_PER_HOUR", default=5)
 # so every process finds the same store whatever its working directory.
 # On PostgreSQL the default is Django's own database (its own table), so that
 # the runner lock, LISTEN/NOTIFY and the jobs share one server.
+# Behind a pooler, the runner lock and LISTEN take DATABASE_DIRECT_URL: two
+# session connections per scheduler process, straight to the server.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     from urllib.parse import quote, urlencode
 
-    # Spelled out rather than built with SQLAlchemy's URL: settings load in
-    # every process (migrate, shell), which must not import SQLAlchemy for it.
-    # Escapes the user and password; keeps options such as sslmode.
-    _db = DATABASES["default"]
-    _user = quote(_db["USER"] or "", safe="")
-    _password = quote(str(_db["PASSWORD"] or ""), safe="")
-    _login = f"{_user}:{_password}@" if _user and _password else (f"{_user}@" if _user else "")
-    _host = _db["HOST"] or "localhost"
-    _host = f"[{_host}]" if ":" in _host else _host
-    _options = urlencode(sorted((k, str(v)) for k, v in _db.get("OPTIONS", {}).items()))
-    _default_jobstore = (
-        f"postgresql+psycopg://{_login}{_host}:{int(_db['PORT'] or 5432)}"
-        f"/{quote(_db['NAME'], safe='')}" + (f"?{_options}" if _options else "")
+    def _sqlalchemy_url(db: dict) -> str:
+        # Spelled out rather than built with SQLAlchemy's URL: settings load in
+        # every process (migrate, shell), which must not import SQLAlchemy for it.
+        # Escapes the user and password; keeps options such as sslmode (psycopg
+        # connection arguments such as prepare_threshold are no URL options).
+        user = quote(db["USER"] or "", safe="")
+        password = quote(str(db["PASSWORD"] or ""), safe="")
+        login = f"{user}:{password}@" if user and password else (f"{user}@" if user else "")
+        host = db["HOST"] or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        options = {k: v for k, v in db.get("OPTIONS", {}).items() if k != "prepare_threshold"}
+        query = urlencode(sorted((k, str(v)) for k, v in options.items()))
+        return (
+            f"postgresql+psycopg://{login}{host}:{int(db['PORT'] or 5432)}"
+            f"/{quote(db['NAME'], safe='')}" + (f"?{query}" if query else "")
+        )
+
+    _default_jobstore = _sqlalchemy_url(DATABASES["default"])
+    _default_direct = (
+        _sqlalchemy_url(env.db_url_config(DATABASE_DIRECT_URL)) if DATABASE_DIRECT_URL else ""
     )
 else:
     _default_jobstore = f"sqlite:///{VAR_DIR / 'jobs.sqlite3'}"
+    _default_direct = ""
 SCHEDULER_JOBSTORE_URL = env("SCHEDULER_JOBSTORE_URL", default=_default_jobstore)
+# The session connections (runner lock, LISTEN) of a PostgreSQL job store;
+# empty: the job store's own URL.
+SCHEDULER_DIRECT_URL = env(
+    "SCHEDULER_DIRECT_URL",
+    default=_default_direct if _default_jobstore == SCHEDULER_JOBSTORE_URL else "",
+)
+if DATABASE_POOLER and SCHEDULER_JOBSTORE_URL.startswith("postgresql") and not SCHEDULER_DIRECT_URL:
+    raise ImproperlyConfigured(
+        'DATABASE_POOLER = "transaction" needs DATABASE_DIRECT_URL (or SCHEDULER_DIRECT_URL): '
+        "the runner lock and LISTEN need a session of their own, straight to PostgreSQL."
+    )
 # The safety net: how often the sweep expires holds whose job was missed.
 SCHEDULER_SWEEP_SECONDS = env.int("SCHEDULER_SWEEP_SECONDS", default=600)
+# How often the runner's sweep also purges rows that only grow (expired sessions).
+HOUSEKEEPING_SECONDS = env.int("HOUSEKEEPING_SECONDS", default=86400)
 # How often a running scheduler looks for jobs that other processes wrote.
 SCHEDULER_POLL_SECONDS = env.float("SCHEDULER_POLL_SECONDS", default=5.0)
 # True: the web process only writes jobs; `manage.py start_scheduler` runs them.
@@ -244,6 +308,12 @@ SCHEDULER_CONFIG = {
     "apscheduler.jobstores.default": {
         "type": "sqlalchemy",
         "url": SCHEDULER_JOBSTORE_URL,
+        # Through a transaction pooler, as Django's connections: no prepared statements.
+        **(
+            {"engine_options": {"connect_args": {"prepare_threshold": None}}}
+            if DATABASE_POOLER and SCHEDULER_JOBSTORE_URL.startswith("postgresql")
+            else {}
+        ),
     },
     "apscheduler.executors.default": {
         "type": "threadpool",

@@ -141,6 +141,7 @@ def test_requests_past_the_limit_from_one_client_address_are_429_with_retry_afte
 def test_the_openapi_document_shows_the_operation(client):
     operation = client.get("/api/openapi.json").json()["paths"][FIND]["post"]
 
-    assert set(operation["responses"]) == {"202", "400", "429"}
+    # 409 and 422: a retry with an Idempotency-Key in progress, or with another body.
+    assert set(operation["responses"]) == {"202", "400", "409", "422", "429"}
     body = operation["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/FindBookingIn")

@@ -147,7 +147,7 @@ def test_status_and_health_never_create_a_missing_job_store(client, job_store):
 
     assert response.status_code == 503
     assert response.json()["checks"]["job_store"] == "error: JobStoreMissing"
-    assert "job store unreachable: JobStoreMissing" in out.getvalue()
+    assert "job store failing: JobStoreMissing" in out.getvalue()
     assert not job_store.path.exists()
 
 

@@ -38,6 +38,8 @@ def test_rooms_lists_the_active_rooms(api):
             "max_players": 6,
             "price": "89.50",
             "currency": "EUR",
+            "pricing": "room",
+            "price_tiers": [],
         }
     ]
 

@@ -2,7 +2,7 @@
 The simulated provider: a payment is confirmed at once, nothing is authorised.
 
 The default, so that ``make run`` works with no account: the *Pay* button
-and the API's ``pay`` record a payment of the room's price straight away
+and the API's ``pay`` record a payment of the reservation's price straight away
 (``payment_confirm_price``). It holds no money, so there is nothing to
 capture or void, and a refund is only recorded.
 """

@@ -59,7 +59,7 @@ class Command(BaseCommand):
                 f"(stale after {_ago(heartbeat_stale_after())})"
             )
         if status.job_store_error:
-            jobs = f"job store unreachable: {status.job_store_error}"
+            jobs = f"job store failing: {status.job_store_error}"
         else:
             per_kind = status.jobs_per_kind or {}
             jobs = ", ".join(f"{count} {kind}" for kind, count in per_kind.items()) or "0"

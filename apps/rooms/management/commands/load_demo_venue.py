@@ -5,9 +5,10 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from django.utils import timezone
 
-from apps.rooms.models import Room
+from apps.rooms.models import PriceTier, Room
 from apps.rooms.services import timeslots_generate
 
+DEMO_RESET_MINUTES = 15
 DEMO_ROOMS = [
     {
         "slug": "the-lost-tomb",
@@ -16,6 +17,7 @@ DEMO_ROOMS = [
         "duration_minutes": 60,
         "min_players": 2,
         "max_players": 6,
+        "reset_minutes": DEMO_RESET_MINUTES,
         "price": Decimal("89.00"),
     },
     {
@@ -25,7 +27,10 @@ DEMO_ROOMS = [
         "duration_minutes": 75,
         "min_players": 3,
         "max_players": 8,
-        "price": Decimal("119.00"),
+        "reset_minutes": DEMO_RESET_MINUTES,
+        # Per player, less from six players up: the demo of a price table.
+        "pricing": Room.Pricing.PLAYER,
+        "price": Decimal("28.00"),
     },
     {
         "slug": "the-clockmakers-study",
@@ -34,9 +39,12 @@ DEMO_ROOMS = [
         "duration_minutes": 45,
         "min_players": 1,
         "max_players": 4,
+        "reset_minutes": DEMO_RESET_MINUTES,
         "price": Decimal("59.00"),
     },
 ]
+# The rate from a party size up, by room.
+DEMO_TIERS = {"submarine-k7": {6: Decimal("24.00")}}
 DEMO_TIMES = [time(10), time(12), time(14), time(16), time(18), time(20)]
 DEMO_DAYS = 14
 
@@ -54,6 +62,11 @@ class Command(BaseCommand):
             room, created = Room.objects.get_or_create(
                 slug=fields["slug"], defaults={**fields, "currency": "EUR"}
             )
+            if created:
+                PriceTier.objects.bulk_create(
+                    PriceTier(room=room, min_party_size=size, price=price)
+                    for size, price in DEMO_TIERS.get(room.slug, {}).items()
+                )
             slots = timeslots_generate(
                 room=room,
                 start=today,
