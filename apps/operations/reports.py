@@ -3,13 +3,14 @@ Reports: the owner's occupancy and revenue per room and week, in the venue's
 time zone; and the operator's numbers for ``/metrics``, in Prometheus' text
 format.
 
-Most numbers are state, and the state is in the database: every web worker
-and every scheduler process writes there, so ``VenueCollector`` reads it at
-scrape time (a handful of small queries, each served by an index, however
-long the audit trail) and any web worker answers the same. Counters that
-only grow are kept in the database too (the heartbeats' sweeps and
-takeovers). The reserve outcomes are counted in the web processes that see
-them: with ``PROMETHEUS_MULTIPROC_DIR`` set (several gunicorn workers),
+Most of ``/metrics`` is state, and the state is in the database: every web
+worker and every scheduler process writes there, so ``VenueCollector`` reads
+it at scrape time (a handful of small queries, each served by an index,
+however long the audit trail) and any web worker answers the same. Counters
+that only grow are kept in the database too: the heartbeats' sweeps,
+takeovers and the runners' counts of their jobs' lateness. The reserve
+outcomes are counted in the web processes that see them: with
+``PROMETHEUS_MULTIPROC_DIR`` set (several gunicorn workers),
 ``prometheus_client`` keeps them in files there and adds up every worker's;
 without it, in this process's default registry.
 """
