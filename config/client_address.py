@@ -22,30 +22,43 @@ def client_address(request: HttpRequest) -> str | None:
     An IPv4 address mapped into IPv6 (``::ffff:192.0.2.1``) is the IPv4 one.
     ``None`` when the connection has no address.
     """
+    address = client_ip(request)
+    return None if address is None else _counted_as(address)
+
+
+def client_ip(request: HttpRequest) -> Address | None:
+    """
+    The client's own address: the connection's, or behind ``TRUSTED_PROXIES`` the forwarded one.
+
+    The nearest address in ``X-Forwarded-For`` that is not a trusted proxy,
+    when the connection comes from one; a forwarded header from anyone else
+    is ignored. An IPv4 address mapped into IPv6 is the IPv4 one. ``None``
+    when the connection has no address.
+    """
     trusted = [ipaddress.ip_network(proxy, strict=False) for proxy in settings.TRUSTED_PROXIES]
 
     def parse(value: str) -> Address | None:
         try:
-            return ipaddress.ip_address(value.strip())
+            address = ipaddress.ip_address(value.strip())
         except ValueError:
             return None
+        mapped = getattr(address, "ipv4_mapped", None)
+        return address if mapped is None else mapped
 
     def is_trusted(address: Address) -> bool:
         return any(address in network for network in trusted)
 
     peer = parse(request.META.get("REMOTE_ADDR", ""))
-    if peer is None:
-        return None
-    if not is_trusted(peer):
-        return _counted_as(peer)
+    if peer is None or not is_trusted(peer):
+        return peer
     forwarded = request.headers.get("X-Forwarded-For", "").split(",")
     for hop in reversed(forwarded):
         address = parse(hop)
         if address is None:
-            return _counted_as(peer)
+            return peer
         if not is_trusted(address):
-            return _counted_as(address)
-    return _counted_as(peer)
+            return address
+    return peer
 
 
 def _counted_as(address: Address) -> str:

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from apps.operations.views import healthz, occupancy_report
+from apps.operations.views import healthz, metrics, occupancy_report
 from apps.payments.webhook import payment_webhook, stripe_webhook
 from config.api import api
 
@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/payments/stripe/webhook/", stripe_webhook, name="stripe_webhook"),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("staff/", include("apps.operations.urls")),
     path("", include("apps.booking.urls")),
 ]

@@ -18,7 +18,7 @@ from typing import Any
 from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
-from sqlalchemy import event, or_, select
+from sqlalchemy import event, func, or_, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DisconnectionError
 
@@ -309,6 +309,20 @@ def run_times(store: SQLAlchemyJobStore, prefix: str) -> dict[str, datetime | No
     with store.engine.begin() as db:
         rows = db.execute(query).all()
     return {job_id: None if ts is None else datetime.fromtimestamp(ts, UTC) for job_id, ts in rows}
+
+
+def job_counts(store: SQLAlchemyJobStore, prefixes: dict[str, str]) -> dict[str, int]:
+    """Name -> how many jobs have that name's id prefix, counted in one query."""
+    table = store.jobs_t
+    if not prefixes:
+        return {}
+    columns = [
+        func.count().filter(table.c.id.startswith(prefix, autoescape=True)).label(f"c{index}")
+        for index, prefix in enumerate(prefixes.values())
+    ]
+    with store.engine.begin() as db:
+        row = db.execute(select(*columns)).one()
+    return {name: int(count or 0) for name, count in zip(prefixes, row, strict=True)}
 
 
 def delete_not_due(store: SQLAlchemyJobStore, job_ids: list[str], now: float) -> None:

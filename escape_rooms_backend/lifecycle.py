@@ -21,8 +21,10 @@ import logging
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.executors.pool import BasePoolExecutor, ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
@@ -62,6 +64,10 @@ OUTSIDE_WORKERS = 2
 # A job due later than this is not announced with NOTIFY: the runner looks at
 # the store at least this often (SCHEDULER_POLL_SECONDS is capped at it).
 NOTIFY_HORIZON_SECONDS = 60.0
+# Upper bounds of the deadline jobs' lateness buckets, seconds (JobLateness).
+LATENESS_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
 
 
 def build_scheduler(config: dict[str, Any]) -> Scheduler:
@@ -125,6 +131,43 @@ def outside_pools(scheduler: Scheduler) -> dict[str, OutsidePool]:
     return pools
 
 
+class JobLateness:
+    """
+    How late this process ran each deadline kind's jobs: from the run time to the job's return.
+
+    Counted from APScheduler's job events in the process that runs the jobs,
+    cumulative since it started: per kind, the count of jobs at or below each
+    of ``LATENESS_BUCKETS``, then the count of all of them, then the sum of
+    their seconds. The heartbeat carries ``snapshot()`` to the database, so
+    that ``/metrics`` adds up every runner's, whichever process answers.
+    A job that folded others in counts once; a retry counts from its own
+    run time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kinds: dict[str, list[float]] = {}
+
+    def record(self, event: JobExecutionEvent) -> None:
+        """APScheduler listener: count a deadline job that has just returned (or raised)."""
+        kind = next((k for k in deadlines.kinds() if event.job_id.startswith(k.job_prefix)), None)
+        if kind is None or event.scheduled_run_time is None:
+            return  # the sweep, the reconcile: not deadlines
+        seconds = max(0.0, (datetime.now(UTC) - event.scheduled_run_time).total_seconds())
+        with self._lock:
+            counts = self._kinds.setdefault(kind.name, [0.0] * (len(LATENESS_BUCKETS) + 2))
+            for index, bound in enumerate(LATENESS_BUCKETS):
+                if seconds <= bound:
+                    counts[index] += 1
+            counts[-2] += 1
+            counts[-1] += seconds
+
+    def snapshot(self) -> dict[str, list[float]]:
+        """Kind -> [count at or below each bound..., count, sum of seconds], a copy."""
+        with self._lock:
+            return {kind: list(counts) for kind, counts in self._kinds.items()}
+
+
 @job_connection
 def record_heartbeat(**fields: Any) -> None:
     """Send ``scheduler_heartbeat`` with ``fields``; log what its receivers raise."""
@@ -170,6 +213,7 @@ class SchedulerProcess:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.lateness = JobLateness()
         self.scheduler: Scheduler | None = None
         self.runner: Runner | None = None
         self.listener: Listener | None = None
@@ -187,8 +231,13 @@ class SchedulerProcess:
         """Return this process's scheduler, building it if need be; starts nothing."""
         with self.lock:
             if self.scheduler is None:
-                self.scheduler = build_scheduler(settings.SCHEDULER_CONFIG)
+                self.scheduler = self._build(settings.SCHEDULER_CONFIG)
             return self.scheduler
+
+    def _build(self, config: dict[str, Any]) -> Scheduler:
+        scheduler = build_scheduler(config)
+        scheduler.add_listener(self.lateness.record, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+        return scheduler
 
     def writable(self) -> Scheduler:
         """Return this process's scheduler, started (paused) if it was not, so that it writes."""
@@ -234,7 +283,7 @@ class SchedulerProcess:
                 if config is not None and (
                     self.scheduler is None or self.scheduler.state == STATE_STOPPED
                 ):
-                    self.scheduler = build_scheduler(config)
+                    self.scheduler = self._build(config)
                 scheduler = self.get()
                 if scheduler.state == STATE_STOPPED:
                     _start_paused(scheduler)
@@ -329,7 +378,7 @@ class SchedulerProcess:
                         self.scheduler = None  # the next get() builds afresh
                     self.stopping.clear()  # its jobs have all returned
         if was_running or runner is not None:
-            record_heartbeat(stopped=True)
+            record_heartbeat(stopped=True, job_lateness=self.lateness.snapshot())
             logger.info("Scheduler stopped")
 
     def _become_runner(self, scheduler: Scheduler) -> None:
@@ -368,7 +417,7 @@ class SchedulerProcess:
             logger.exception("The job store cannot be used; only the sweep expires holds")
         self._reconcile_soon(scheduler)
         scheduler.resume()
-        record_heartbeat(started=True, role="runner")
+        record_heartbeat(started=True, role="runner", took_over=True)
         logger.info("This process is the runner: it runs the expiry jobs")
 
     def job_store_check(self) -> None:
@@ -412,7 +461,9 @@ class SchedulerProcess:
         every = min(60.0, settings.SCHEDULER_SWEEP_SECONDS / 2)
         if time.monotonic() - self._last_tick_beat >= every:
             self._last_tick_beat = time.monotonic()
-            record_heartbeat(role="runner" if is_runner else "standby")
+            record_heartbeat(
+                role="runner" if is_runner else "standby", job_lateness=self.lateness.snapshot()
+            )
 
     def _start_poller(self, scheduler: Scheduler, interval: float) -> None:
         if self._poller is not None:

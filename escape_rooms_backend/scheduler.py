@@ -19,6 +19,7 @@ public APIs and stay importable here.
 """
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
@@ -108,19 +109,25 @@ def sweep() -> int:
     Job ``cancel_expired_reservations``: run the sweep, then record a heartbeat.
 
     First a damaged SQLite job store is replaced (``job_store_check``). The
-    heartbeat tells ``scheduler_status`` and ``/healthz`` that a runner is
-    alive and what its last sweep did. Then, at the first pass and once every
-    ``HOUSEKEEPING_SECONDS``, the daily chores (``housekeeping``: expired
-    sessions). Returns the number cancelled; never raises.
+    heartbeat tells ``scheduler_status``, ``/healthz`` and ``/metrics`` that a
+    runner is alive, what its last sweep did and how long it took. Then, at
+    the first pass and once every ``HOUSEKEEPING_SECONDS``, the daily chores
+    (``housekeeping``: expired sessions). Returns the number cancelled; never
+    raises.
     """
     if process.stopping.is_set():
         return 0  # the next runner sweeps at its start
+    started = time.monotonic()
     try:
         process.job_store_check()
     except Exception:  # the sweep runs whatever state the store is in
         logger.exception("Could not check the job store; sweeping anyway")
     cancelled = cancel_expired_reservations()
-    record_heartbeat(sweep_cancelled=cancelled)
+    record_heartbeat(
+        sweep_cancelled=cancelled,
+        sweep_seconds=time.monotonic() - started,
+        job_lateness=process.lateness.snapshot(),
+    )
     housekeeping.run_if_due()
     return cancelled
 

@@ -341,6 +341,19 @@ def stored_jobs(kind: DeadlineKind, *, missing_ok: bool = False) -> dict[int, da
     return jobs
 
 
+def jobs_per_kind() -> dict[str, int]:
+    """
+    Every registered kind's name -> its jobs in the store, in one query (no unpickling).
+
+    Raises ``JobStoreMissing`` rather than create a missing SQLite store, and
+    what SQLAlchemy raises when the store is unreachable.
+    """
+    from .jobstore import job_counts, require_file
+
+    require_file(_store_url())
+    return job_counts(_store(), {kind.name: kind.job_prefix for kind in deadlines.kinds()})
+
+
 def job_store_next_run_time() -> datetime | None:
     """
     The earliest run time of any job in the store, once the store is checked.

@@ -33,3 +33,23 @@ def outbox_backlog() -> Backlog:
         oldest=Min("created_at", filter=pending),
     )
     return Backlog(row["pending"], row["failing"], row["failed"], row["oldest"])
+
+
+@dataclass(frozen=True)
+class Due:
+    count: int  # pending messages whose next attempt is due
+    oldest_due_at: datetime | None  # the earliest of their next attempts
+
+    def oldest_age_seconds(self, now: datetime) -> float:
+        """Seconds the longest-waiting due message has waited past its attempt; 0 when none."""
+        if self.oldest_due_at is None:
+            return 0.0
+        return max(0.0, (now - self.oldest_due_at).total_seconds())
+
+
+def outbox_due(now: datetime) -> Due:
+    """Pending messages due for an attempt at ``now`` (one query on the runner's own index)."""
+    row = Message.objects.filter(status=Message.Status.PENDING, next_attempt_at__lte=now).aggregate(
+        count=Count("pk"), oldest=Min("next_attempt_at")
+    )
+    return Due(row["count"], row["oldest"])

@@ -1,6 +1,6 @@
 """
-Reads about expiry and the outbox, shared by scheduler_status, /healthz and the admin;
-and the staff's day sheet.
+Reads about expiry and the outbox, shared by scheduler_status, /healthz, /metrics
+and the admin; and the staff's day sheet.
 """
 
 import enum
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
 
 from apps.messaging.selectors import Backlog, outbox_backlog
@@ -117,6 +117,92 @@ def expiry_lateness(now: datetime, window: timedelta = LATENESS_WINDOW) -> Laten
     if not values:
         return Lateness(0)
     return Lateness(len(values), _percentile(values, 0.5), _percentile(values, 0.95), values[-1])
+
+
+def holds_pending() -> int:
+    """Pending reservations, within their hold or past it (served by the pending index)."""
+    return Reservation.objects.filter(status=Reservation.Status.PENDING).count()
+
+
+@dataclass(frozen=True)
+class LatenessHistogram:
+    bounds: tuple[float, ...]  # the buckets' upper bounds, seconds, ascending
+    cumulative: tuple[int, ...]  # releases at or below each bound
+    count: int
+    sum: float  # seconds
+
+
+def lateness_histogram(
+    now: datetime, window: timedelta, bounds: tuple[float, ...]
+) -> LatenessHistogram:
+    """
+    The releases of lapsed holds in the ``window`` before ``now``, by lateness.
+
+    Lateness is the seconds from ``expires_at`` until the slot was released,
+    as the audit trail records it. One query over that window's events (the
+    ``(cause, at)`` index), whatever the size of the trail.
+    """
+    events = ReservationEvent.objects.filter(
+        cause__in=ReservationEvent.Cause.values,  # lets the (cause, at) index serve the range
+        at__gt=now - window,
+        at__lte=now,
+        lateness_seconds__isnull=False,
+    )
+    buckets = {
+        f"le{index}": Count("pk", filter=Q(lateness_seconds__lte=bound))
+        for index, bound in enumerate(bounds)
+    }
+    row = events.aggregate(count=Count("pk"), total=Sum("lateness_seconds"), **buckets)
+    return LatenessHistogram(
+        bounds=bounds,
+        cumulative=tuple(row[f"le{index}"] for index in range(len(bounds))),
+        count=row["count"],
+        sum=row["total"] or 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class SchedulerCounters:
+    sweeps: int  # sweeps run, by every process ever
+    sweep_seconds: float  # their total duration
+    takeovers: int  # times a process took the runner lock
+    last_sweep_at: datetime | None  # the end of the latest sweep, by any process
+
+
+def scheduler_counters() -> SchedulerCounters:
+    """The heartbeats' counters summed over every process (one row each): one query."""
+    row = SchedulerHeartbeat.objects.aggregate(
+        sweeps=Sum("sweeps"),
+        sweep_seconds=Sum("sweep_seconds"),
+        takeovers=Sum("takeovers"),
+        last_sweep_at=Max("last_sweep_at"),
+    )
+    return SchedulerCounters(
+        sweeps=row["sweeps"] or 0,
+        sweep_seconds=row["sweep_seconds"] or 0.0,
+        takeovers=row["takeovers"] or 0,
+        last_sweep_at=row["last_sweep_at"],
+    )
+
+
+def job_lateness_totals(width: int) -> dict[str, list[float]]:
+    """
+    Kind -> every process's deadline job lateness counts added up (``JobLateness.snapshot()``).
+
+    ``width`` is the length of a snapshot's list as this release counts:
+    one of another length (buckets changed since) is left out.
+    """
+    totals: dict[str, list[float]] = {}
+    for snapshot in SchedulerHeartbeat.objects.exclude(job_lateness={}).values_list(
+        "job_lateness", flat=True
+    ):
+        for kind, counts in (snapshot or {}).items():
+            if len(counts) != width:
+                continue
+            total = totals.setdefault(kind, [0.0] * width)
+            for index, count in enumerate(counts):
+                total[index] += count
+    return totals
 
 
 def outbox_state(backlog: Backlog, now: datetime) -> str:

@@ -1,11 +1,14 @@
 """
-Staff and operators' pages: /healthz for load balancers, the day sheet for the
-venue's staff, the owner's occupancy report.
+Staff and operators' pages: /healthz for load balancers, /metrics for the
+operator's Prometheus, the day sheet for the venue's staff, the owner's
+occupancy report.
 
 Interfaces: they parse input, call one selector or service and present the result.
 """
 
 import csv
+import hmac
+import ipaddress
 from collections.abc import Callable
 from datetime import date, timedelta
 from decimal import Decimal
@@ -13,6 +16,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.views import redirect_to_login
@@ -25,15 +29,22 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from apps.messaging.selectors import outbox_backlog
 from apps.reservations import errors
 from apps.reservations.models import Reservation
 from apps.reservations.services import CHECK_IN_OPENS, reservation_attendance_set
+from config.client_address import client_ip
 from escape_rooms_backend import timeline
 
 from .forms import ReportRangeForm
-from .reports import OccupancyReport, occupancy_report_get, report_weeks_default
+from .reports import (
+    OccupancyReport,
+    metrics_exposition,
+    occupancy_report_get,
+    report_weeks_default,
+)
 from .selectors import (
     day_sheet_get,
     heartbeat_age,
@@ -281,3 +292,41 @@ def reservation_attendance(request: HttpRequest, pk: int) -> HttpResponse:
         name = reservation.customer_name
         messages.success(request, ATTENDANCE_RECORDED[attendance].format(name=name))
     return redirect("operations:day_sheet", day=day.isoformat())
+
+
+METRICS_NOT_ALLOWED = "This address may not read the metrics.\n"
+METRICS_UNAUTHORIZED = "The metrics need the scraper's bearer token.\n"
+
+
+@require_GET
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    """
+    The venue's numbers in Prometheus' text format, for the operator's scraper only.
+
+    Off (404) unless ``METRICS_TOKEN`` or ``METRICS_ALLOWED_NETWORKS`` is set.
+    A client outside the allowed networks gets 403; a request without the
+    token (``Authorization: Bearer <METRICS_TOKEN>``), or with another, 401.
+    With both set, both are required. No number is read before the checks
+    pass.
+    """
+    token: str = settings.METRICS_TOKEN
+    networks = [
+        ipaddress.ip_network(network.strip(), strict=False)
+        for network in settings.METRICS_ALLOWED_NETWORKS
+    ]
+    if not token and not networks:
+        raise Http404
+    if networks:
+        address = client_ip(request)
+        if address is None or not any(address in network for network in networks):
+            return HttpResponse(METRICS_NOT_ALLOWED, status=403, content_type="text/plain")
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            response = HttpResponse(METRICS_UNAUTHORIZED, status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -9,6 +9,7 @@ from django.http import Http404
 from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from ninja.decorators import decorate_view
+from prometheus_client import Counter
 from pydantic import AfterValidator, ConfigDict, StringConstraints
 
 from apps.idempotency.services import OPENAPI_EXTRA as IDEMPOTENT
@@ -17,7 +18,7 @@ from apps.payments.services import booking_cancel_by_customer, payment_confirm_p
 from config.api_errors import ErrorOut
 from config.client_address import client_address
 
-from . import changes, offers, services, waitlist
+from . import changes, errors, offers, services, waitlist
 from .models import Reservation, WaitingEntry
 from .selectors import reservation_by_token, waiting_entry_by_token
 from .text import (
@@ -30,6 +31,14 @@ from .text import (
 router = Router(tags=["reservations"])
 
 INVALID_EMAIL = "Enter a valid email address."
+
+# /metrics: "201", or the refusal's code (slot_taken, too_many_holds, ...).
+RESERVE_OUTCOMES = Counter(
+    "escape_rooms_reserve_requests",
+    "Reserve requests of the API (POST /api/reservations/) that reached the service, by "
+    "outcome: 201 or the refusal's code.",
+    ["code"],
+)
 
 
 def _printable(value: str) -> str:
@@ -178,12 +187,17 @@ def create_reservation(request, payload: ReservationIn):
     reservation; without one, it finds the slot taken by its own hold: 409
     ``slot_taken``.
     """
-    reservation = services.reservation_create(
-        time_slot_id=payload.slot_id,
-        request_key=idempotency_request_key(request),
-        client_address=client_address(request),
-        **_party(payload),
-    )
+    try:
+        reservation = services.reservation_create(
+            time_slot_id=payload.slot_id,
+            request_key=idempotency_request_key(request),
+            client_address=client_address(request),
+            **_party(payload),
+        )
+    except errors.ReservationError as refused:
+        RESERVE_OUTCOMES.labels(code=refused.code).inc()
+        raise
+    RESERVE_OUTCOMES.labels(code="201").inc()
     return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
 
 

@@ -6,6 +6,7 @@ Every value that differs between machines is read from the environment (or a
 them all with their defaults.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -326,6 +327,24 @@ SCHEDULER_CONFIG = {
     "apscheduler.job_defaults.max_instances": 1,
     "apscheduler.timezone": "UTC",
 }
+
+# METRICS
+# ------------------------------------------------------------------------------
+# /metrics answers the operator's Prometheus only: a bearer token, networks
+# (addresses or networks, comma-separated; behind TRUSTED_PROXIES the
+# forwarded client's), or both, then both are required. Neither: 404.
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+try:
+    for _network in METRICS_ALLOWED_NETWORKS:
+        ipaddress.ip_network(_network.strip(), strict=False)
+except ValueError as _error:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_error}") from None
+# The lateness histogram counts the releases of this many seconds before a scrape.
+METRICS_LATENESS_WINDOW_SECONDS = env.int("METRICS_LATENESS_WINDOW_SECONDS", default=300)
+# A hold pending this many seconds past its expires_at counts as overdue: its
+# job releases it within milliseconds, the sweep within SCHEDULER_SWEEP_SECONDS.
+METRICS_OVERDUE_SECONDS = env.float("METRICS_OVERDUE_SECONDS", default=5.0)
 
 # LOGGING
 # ------------------------------------------------------------------------------
