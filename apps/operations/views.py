@@ -39,12 +39,8 @@ from config.client_address import client_ip
 from escape_rooms_backend import timeline
 
 from .forms import ReportRangeForm
-from .reports import (
-    OccupancyReport,
-    metrics_exposition,
-    occupancy_report_get,
-    report_weeks_default,
-)
+from .metrics import metrics_exposition
+from .reports import OccupancyReport, occupancy_report_get, report_weeks_default
 from .selectors import (
     day_sheet_get,
     heartbeat_age,
