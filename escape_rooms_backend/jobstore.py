@@ -284,7 +284,13 @@ def use_wal(path: Path) -> None:
     # WAL persists in the file: set it once. Switching needs the file to
     # itself, so a busy store (another process starting) keeps its mode.
     with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
-        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            mode = db.execute("PRAGMA journal_mode").fetchone()[0].lower()
+        except sqlite3.DatabaseError as exc:
+            if not any(message in str(exc).lower() for message in DAMAGE_MESSAGES):
+                raise
+            return  # damaged: the runner replaces the file (FoldingJobStore.replace_damaged)
+        if mode != "wal":
             try:
                 db.execute("PRAGMA journal_mode=WAL")
             except sqlite3.OperationalError:

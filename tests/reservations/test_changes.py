@@ -239,8 +239,8 @@ def test_a_move_within_the_reschedule_hours_is_409_and_changes_nothing(api, sett
     [
         ("taken", 409, "slot_taken"),
         ("started", 409, "slot_unavailable"),
-        ("closed", 409, "slot_unavailable"),
-        ("venue_closed", 409, "slot_unavailable"),
+        ("closed", 409, "slot_closed"),
+        ("venue_closed", 409, "slot_closed"),
         ("other_room", 400, "invalid"),
         ("its_own", 400, "invalid"),
         ("unknown", 404, "slot_not_found"),

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from apps.rooms.models import Room, TimeSlot
 
+from ..conftest import form_fields
 from ..factories import RoomFactory
 
 pytestmark = pytest.mark.django_db
@@ -36,23 +37,14 @@ def busy_room() -> Room:
 
 
 def test_a_room_with_years_of_slots_is_saved_from_its_admin_page(staff, busy_room):
-    response = staff.post(
-        f"/admin/rooms/room/{busy_room.pk}/change/",
-        {
-            "name": "Tomb",
-            "slug": "tomb",
-            "description": "Darker than before.",
-            "duration_minutes": 60,
-            "reset_minutes": 15,
-            "min_players": 2,
-            "max_players": 6,
-            "price": "95.50",
-            "currency": "EUR",
-            "pricing": Room.Pricing.ROOM,
-            # is_active left out: the checkbox unticked
-            "_save": "Save",
-        },
+    url = f"/admin/rooms/room/{busy_room.pk}/change/"
+    data = form_fields(staff.get(url).content.decode(), "room_form")  # as the browser sends it
+    data.update(
+        description=["Darker than before."], reset_minutes=["15"], price=["95.50"], _save=["Save"]
     )
+    del data["is_active"]  # the checkbox unticked
+
+    response = staff.post(url, data)
 
     assert response.status_code == 302
     busy_room.refresh_from_db()
