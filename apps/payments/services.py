@@ -228,16 +228,21 @@ def payment_mark_refunded(
     Record that staff refunded a payment due back; False if it was not due or done.
 
     Due back: a ``refund_due`` payment, or one whose refund was requested
-    for a payment no provider took (``refunds_due_to_staff``).
+    for a payment no provider took (``refunds_due_to_staff``). Two staff
+    marking it at once: one is told it is done, the other ``False``.
     """
-    updated = (
-        refunds_due_to_staff()
-        .filter(pk=payment.pk)
-        .update(
-            refunded_at=now or timezone.now(),
-            refunded_by=actor if isinstance(actor, User) else None,
+    with transaction.atomic():
+        # Locked first: the UPDATE joins the provider's payment, and PostgreSQL
+        # would not check the join's conditions again after waiting for a lock.
+        list(Payment.objects.select_for_update().filter(pk=payment.pk).values_list("pk"))
+        updated = (
+            refunds_due_to_staff()
+            .filter(pk=payment.pk)
+            .update(
+                refunded_at=now or timezone.now(),
+                refunded_by=actor if isinstance(actor, User) else None,
+            )
         )
-    )
     return bool(updated)
 
 

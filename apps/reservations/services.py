@@ -733,9 +733,11 @@ def reservation_attendance_set(
     """
     if attendance not in Attendance.values:
         raise ValueError(f"Attendance is checked_in or no_show, not {attendance!r}.")
-    now = now or timezone.now()
     opens = CHECK_IN_OPENS if attendance == Attendance.CHECKED_IN else timedelta(0)
     with transaction.atomic():
+        # Locked first: the UPDATE below joins the slot, and PostgreSQL would
+        # not check its conditions again after waiting for a cancel's lock.
+        now = _now_after_lock(reservation, now)
         updated = (
             Reservation.objects.filter(
                 pk=reservation.pk, status=Status.PAID, time_slot__starts_at__lte=now + opens
