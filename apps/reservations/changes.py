@@ -123,7 +123,8 @@ def _check_movable(reservation: Reservation, *, now: datetime) -> None:
 def _move(reservation: Reservation, *, old: TimeSlot, target: TimeSlot, now: datetime) -> None:
     """Move the reservation onto ``target`` with one conditional UPDATE, then release ``old``."""
     expect = {"status": reservation.status, "time_slot_id": old.pk}
-    changes: dict = {"time_slot_id": target.pk}
+    # Checked in (or not) for the old game: nothing yet for the new one.
+    changes: dict = {"time_slot_id": target.pk, "attendance": "", "attendance_at": None}
     if reservation.status == Status.PENDING:
         expect["expires_at"] = reservation.expires_at
         expect["expires_at__gt"] = now

@@ -654,7 +654,8 @@ def reservation_cancel_paid(
     ``reason`` is ``staff`` or ``customer`` (``ValueError`` otherwise) and is
     also the cause in the audit trail. The customer may cancel only until
     ``CUSTOMER_CANCEL_HOURS`` before the game starts, judged by the clock
-    read after the lock (``TooLateToCancel``). Raises ``NotRefundable``
+    read after the lock, and never once staff checked the party in or
+    marked it a no-show (``TooLateToCancel``). Raises ``NotRefundable``
     unless the reservation is paid.
     """
     if reason not in (Reason.CUSTOMER, Reason.STAFF):
@@ -663,10 +664,12 @@ def reservation_cancel_paid(
     with transaction.atomic():
         now = _now_after_lock(reservation, now)
         if by_customer:
-            starts_at = Reservation.objects.filter(pk=reservation.pk).values_list(
-                "time_slot__starts_at", flat=True
+            starts_at, attendance = (
+                Reservation.objects.filter(pk=reservation.pk)
+                .values_list("time_slot__starts_at", "attendance")
+                .get()
             )
-            if now > cancel_deadline(starts_at.get()):
+            if now > cancel_deadline(starts_at) or attendance:
                 raise errors.TooLateToCancel(
                     errors.TooLateToCancel.default_message.format(
                         hours=settings.CUSTOMER_CANCEL_HOURS

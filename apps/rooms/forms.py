@@ -2,6 +2,7 @@ from datetime import time, timedelta
 from typing import Any
 
 from django import forms
+from django.db.models import Q
 from django.utils import timezone
 
 from .models import Room, TimeSlot
@@ -15,6 +16,10 @@ SLOT_OVERLAPS = (
     "{room} has a game from {start:%Y-%m-%d %H:%M} to {end:%H:%M} that this slot overlaps"
 )
 SLOT_OVERLAPS_RESET = " or leaves less than the {reset} minutes the room needs to be reset"
+SLOT_HELD = (
+    "This slot is held or booked, so its room and time cannot change under the customer: "
+    "move the booking to another slot (from its page), or cancel it, first."
+)
 
 
 def parse_times(value: str) -> list[time]:
@@ -77,9 +82,11 @@ class TimeSlotForm(forms.ModelForm):
     """
     A slot as staff add or change it: one game at a time, with the room's reset time between.
 
+    A slot held or booked keeps its room and time: a customer is never moved
+    without being asked, nor left holding a slot moved into a closure.
     Validate it in the transaction that saves it (the admin's): validation
-    locks the room until then, so that two slots saved at once cannot both
-    pass the check.
+    locks the room, and the slot, until then, so that two slots saved at
+    once cannot both pass the check, nor a reservation slip in between.
     """
 
     class Meta:
@@ -92,6 +99,16 @@ class TimeSlotForm(forms.ModelForm):
         if room is None or starts_at is None or ends_at is None or ends_at <= starts_at:
             return data  # a missing field, or the model's own check, says what is wrong
         room_lock(room_id=room.pk)
+        if self.instance.pk is not None and {"room", "starts_at", "ends_at"} & set(
+            self.changed_data
+        ):
+            now = timezone.now()
+            held = TimeSlot.objects.select_for_update().filter(pk=self.instance.pk)
+            if held.filter(
+                Q(reservations__status="paid")
+                | Q(reservations__status="pending", reservations__expires_at__gt=now)
+            ).exists():
+                raise forms.ValidationError(SLOT_HELD, code="held")
         other = timeslot_list_conflicting(
             room=room, starts_at=starts_at, ends_at=ends_at, exclude_pk=self.instance.pk
         ).first()

@@ -6,11 +6,12 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from apps.reservations import errors
+from apps.payments.services import booking_cancel_by_customer, payment_confirm_price
+from apps.reservations import changes, errors
 from apps.reservations.models import Reservation, ReservationEvent
 from apps.reservations.services import reservation_attendance_set
 
-from ..factories import ReservationFactory, TimeSlotFactory
+from ..factories import ReservationFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -145,3 +146,38 @@ def test_another_mark_is_a_programming_error(booking):
     with pytest.raises(ValueError):
         reservation_attendance_set(reservation=booking, attendance="late", actor=None)
     assert unchanged(booking)
+
+
+def _paid(starts_in: timedelta) -> Reservation:
+    reservation = reserve(TimeSlotFactory(starts_at=timezone.now() + starts_in))
+    payment_confirm_price(reservation=reservation, reference="PAY-A", source="customer")
+    reservation.refresh_from_db()
+    return reservation
+
+
+def test_a_checked_in_booking_moved_to_another_game_is_not_checked_in_there(settings):
+    settings.CUSTOMER_RESCHEDULE_HOURS = 0  # a venue that lets parties move up to the start
+    soon = _paid(starts_in=timedelta(minutes=30))
+    tomorrow = TimeSlotFactory(
+        room=soon.time_slot.room, starts_at=timezone.now() + timedelta(days=1)
+    )
+    reservation_attendance_set(reservation=soon, attendance="checked_in", actor=None)
+
+    changes.reservation_move(
+        reservation=Reservation.objects.get(pk=soon.pk), time_slot_id=tomorrow.pk
+    )
+
+    soon.refresh_from_db()
+    assert (soon.time_slot_id, soon.attendance, soon.attendance_at) == (tomorrow.pk, "", None)
+
+
+def test_a_party_checked_in_cannot_cancel_for_a_refund(settings):
+    settings.CUSTOMER_CANCEL_HOURS = 0  # a venue that lets parties cancel up to the start
+    booking = _paid(starts_in=timedelta(minutes=30))
+    reservation_attendance_set(reservation=booking, attendance="checked_in", actor=None)
+
+    with pytest.raises(errors.TooLateToCancel):
+        booking_cancel_by_customer(reservation=Reservation.objects.get(pk=booking.pk))
+
+    booking.refresh_from_db()
+    assert (booking.status, booking.attendance) == ("paid", "checked_in")

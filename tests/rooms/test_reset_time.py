@@ -15,7 +15,7 @@ from apps.rooms.models import Room, TimeSlot
 from apps.rooms.services import timeslots_generate
 
 from ..conftest import run_together
-from ..factories import RoomFactory, TimeSlotFactory
+from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -171,6 +171,37 @@ def test_the_slots_admin_refuses_to_move_a_slot_into_another_games_reset_time(st
     )
     assert moved.status_code == 302
     assert starts(room) == ["12:00", "14:30"]
+
+
+@pytest.mark.parametrize("holder", ["hold", "booking"])
+def test_the_slots_admin_keeps_a_held_or_booked_slots_time(staff, holder):
+    """Moved in the admin, a slot would take its customer along unasked, perhaps into a closure."""
+    room = RoomFactory(duration_minutes=60)
+    slot = TimeSlotFactory(room=room, starts_at=local("14:00"), ends_at=local("15:00"))
+    held = {"hold": {}, "booking": {"status": "paid", "paid_at": timezone.now()}}[holder]
+    ReservationFactory(time_slot=slot, **held)
+    url = f"/admin/rooms/timeslot/{slot.pk}/change/"
+
+    refused = staff.post(url, slot_form(room, "16:00", "17:00"))
+
+    assert refused.status_code == 200
+    assert "This slot is held or booked, so its room and time cannot change" in (
+        refused.content.decode()
+    )
+    assert starts(room) == ["14:00"]
+
+
+def test_the_slots_admin_moves_a_slot_whose_hold_has_lapsed(staff):
+    room = RoomFactory(duration_minutes=60)
+    slot = TimeSlotFactory(room=room, starts_at=local("14:00"), ends_at=local("15:00"))
+    ReservationFactory(time_slot=slot, expires_at=timezone.now() - timedelta(seconds=1))
+
+    moved = staff.post(
+        f"/admin/rooms/timeslot/{slot.pk}/change/", slot_form(room, "16:00", "17:00")
+    )
+
+    assert moved.status_code == 302
+    assert starts(room) == ["16:00"]
 
 
 def test_the_rooms_list_shows_the_reset_time(staff):
