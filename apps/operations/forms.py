@@ -2,6 +2,9 @@ from datetime import timedelta
 from typing import Any
 
 from django import forms
+from django.utils import timezone
+
+from apps.rooms.selectors import DATE_OUT_OF_RANGE, day_within_reach
 
 MAX_REPORT_DAYS = 3 * 366
 DAY_PICKER = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
@@ -15,6 +18,12 @@ class ReportRangeForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        start, end = data.get("start"), data.get("end")
+        today = timezone.localdate()
+        for name, day in (("start", start), ("end", end)):
+            if day and not day_within_reach(day, today):
+                self.add_error(name, DATE_OUT_OF_RANGE)
+                data[name] = None
         start, end = data.get("start"), data.get("end")
         if start and end:
             if end < start:

@@ -35,6 +35,7 @@ from apps.messaging.selectors import outbox_backlog
 from apps.reservations import errors
 from apps.reservations.models import Reservation
 from apps.reservations.services import CHECK_IN_OPENS, reservation_attendance_set
+from apps.rooms.selectors import DATE_OUT_OF_RANGE, day_within_reach
 from config.client_address import client_ip
 from escape_rooms_backend import timeline
 
@@ -250,6 +251,8 @@ def day_sheet(request: HttpRequest, day: str | None = None) -> HttpResponse:
         shown = date.fromisoformat(day) if day is not None else _venue_date(now)
     except ValueError:
         raise Http404 from None
+    if not day_within_reach(shown, _venue_date(now)):
+        raise Http404(DATE_OUT_OF_RANGE)
     sheet = day_sheet_get(day=shown, now=now)
     return render(
         request,

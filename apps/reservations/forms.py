@@ -5,7 +5,7 @@ from django import forms
 from django.utils import timezone
 
 from apps.rooms.models import Closure
-from apps.rooms.selectors import venue_day_bounds
+from apps.rooms.selectors import DATE_OUT_OF_RANGE, day_within_reach, venue_day_bounds
 
 
 class MarkPaidForm(forms.Form):
@@ -48,6 +48,11 @@ class ClosureForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        today = timezone.localdate()
+        for name in ("first_day", "last_day"):
+            if (day := data.get(name)) and not day_within_reach(day, today):
+                self.add_error(name, DATE_OUT_OF_RANGE)
+                return data
         first = data.get("first_day")
         last = data.get("last_day") or first
         if first is None or last is None:

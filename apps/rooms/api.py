@@ -11,12 +11,15 @@ from apps.reservations.errors import InvalidReservation
 from config.api_errors import ErrorOut
 
 from .models import Room
-from .selectors import room_list_active, timeslot_list_for_day, timeslot_list_fresh_for
+from .selectors import (
+    DATE_OUT_OF_RANGE,
+    day_within_reach,
+    room_list_active,
+    timeslot_list_for_day,
+    timeslot_list_fresh_for,
+)
 
 router = Router(tags=["rooms"])
-
-MAX_DAYS_AWAY = 3660
-DATE_OUT_OF_RANGE = "Pick a date within ten years of today."
 
 
 class PriceTierOut(Schema):
@@ -79,7 +82,7 @@ def list_slots(request, response: HttpResponse, slug: str, date: date | None = N
     now = timezone.now()
     room = get_object_or_404(room_list_active(), slug=slug)
     day = date or timezone.localdate(now)
-    if abs((day - timezone.localdate(now)).days) > MAX_DAYS_AWAY:
+    if not day_within_reach(day, timezone.localdate(now)):
         raise InvalidReservation(fields={"date": [DATE_OUT_OF_RANGE]})
     fresh_for = timeslot_list_fresh_for(room=room, day=day, now=now)
     response["Cache-Control"] = f"public, max-age={fresh_for}"

@@ -12,6 +12,17 @@ def room_list_active() -> QuerySet[Room]:
     return Room.objects.filter(is_active=True).prefetch_related("price_tiers")
 
 
+# Days further than this from today are refused wherever a person picks one
+# (the slot lists, the day sheet, reports, closures): ten years either way.
+MAX_DAYS_AWAY = 3660
+DATE_OUT_OF_RANGE = "Pick a date within ten years of today."
+
+
+def day_within_reach(day: date, today: date) -> bool:
+    """Whether ``day`` is at most ``MAX_DAYS_AWAY`` days before or after ``today``."""
+    return abs((day - today).days) <= MAX_DAYS_AWAY
+
+
 def venue_day_bounds(day: date) -> tuple[datetime, datetime]:
     """Return the aware start and end of ``day`` in the venue's ``TIME_ZONE``.
 
