@@ -76,7 +76,9 @@ def occupancy_report_get(*, start: date, end: date, now: datetime | None = None)
     all); *booked* the paid reservations; *revenue* the sum of their frozen
     prices per currency; *lapsed* the holds that ended unpaid (expired, or
     past ``expires_at`` at ``now`` and not yet expired by a job);
-    *refunded* the payments that paid for no game and were sent back.
+    *refunded* the payments that paid for no game and were sent back:
+    refused on arrival, or for a booking cancelled since (by the customer,
+    or by staff with *Cancel and refund*).
     Rooms and weeks with no slot and no reservation are left out.
 
     Four grouped queries and one for the rooms' names, whatever the range.
@@ -155,7 +157,6 @@ def occupancy_report_get(*, start: date, end: date, now: datetime | None = None)
 
     refunded = (
         Payment.objects.filter(
-            outcome=Payment.Outcome.REFUND_DUE,
             refunded_at__isnull=False,
             reservation__time_slot__starts_at__gte=since,
             reservation__time_slot__starts_at__lt=until,

@@ -763,7 +763,7 @@ def booking_cancel_by_customer(
     desk) is left due to staff (``refunds_due_to_staff``). Returns the
     payment. Raises as ``reservation_cancel`` and ``reservation_cancel_paid``.
     """
-    reservation.refresh_from_db(fields=["status"])
+    reservation.refresh_from_db()  # its status and payment reference as they stand
     if reservation.status != Reservation.Status.PAID:
         reservation_cancel(
             reservation=reservation, reason=Reservation.CancellationReason.CUSTOMER, now=now

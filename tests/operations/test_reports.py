@@ -13,10 +13,15 @@ from django.utils import timezone
 
 from apps.operations.reports import occupancy_report_get
 from apps.payments.models import Payment
+from apps.payments.services import (
+    booking_cancel_by_customer,
+    payment_confirm_price,
+    payment_mark_refunded,
+)
 from apps.reservations.models import Reservation
 from apps.rooms.models import Closure, TimeSlot
 
-from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory
+from ..factories import ReservationFactory, RoomFactory, TimeSlotFactory, reserve
 
 pytestmark = pytest.mark.django_db
 
@@ -314,3 +319,18 @@ def test_bookings_left_on_closed_slots_are_shown_but_not_counted_as_occupancy(se
     assert (week.offered, week.closed, week.booked, week.booked_closed) == (1, 3, 3, 2)
     assert week.occupancy == Decimal("100.0")  # the one open game, booked
     assert week.revenue == {"EUR": Decimal("267.00")}  # until the two are refunded
+
+
+def test_a_booking_the_customer_cancelled_and_was_refunded_shows_as_refunded(settings):
+    room = RoomFactory(name="Tomb", price=Decimal("89.00"))
+    day = timezone.localdate() + timedelta(days=5)
+    booking = reserve(slot(room, local(day, "18:00")))
+    payment_confirm_price(reservation=booking, reference="PAY-C", source="customer")
+    payment = booking_cancel_by_customer(reservation=booking)
+    desk = get_user_model().objects.create_user("desk", is_staff=True)
+    assert payment is not None and payment_mark_refunded(payment=payment, actor=desk)
+
+    (week,) = occupancy_report_get(start=day, end=day).rows
+
+    assert (week.booked, week.revenue) == (0, {})
+    assert week.refunded == {"EUR": Decimal("89.00")}
