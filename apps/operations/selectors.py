@@ -8,7 +8,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, Max, Min, Q, Sum
@@ -296,6 +296,11 @@ class SheetRow:
     starts_at: datetime
     cells: list[SheetCell]
 
+    @property
+    def zone(self) -> str:
+        """The venue's zone at the start, ``CEST``: named even for a time the clocks pass twice."""
+        return timezone.localtime(self.starts_at).tzname() or ""
+
 
 @dataclass(frozen=True)
 class DaySheet:
@@ -305,6 +310,13 @@ class DaySheet:
     rows: list[SheetRow]
     closures: list[Closure]
     counts: dict[str, int] = field(default_factory=dict)  # SlotState value -> slots
+
+    @property
+    def clocks_change(self) -> bool:
+        """Whether the clocks go forward or back this day: its times then name their zone."""
+        start, end = venue_day_bounds(self.day)
+        # In UTC: Python subtracts two times of one zone as wall-clock times.
+        return end.astimezone(UTC) - start.astimezone(UTC) != timedelta(days=1)
 
 
 def _slot_state(reservation: Reservation | None, closure: Closure | None) -> SlotState:

@@ -8,6 +8,7 @@ does not slow it down.
 
 import html
 import re
+import zoneinfo
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
@@ -465,3 +466,19 @@ def test_the_sheet_takes_as_many_queries_with_a_year_of_data_as_with_one_day(
 
     assert page.count('data-state="paid"') == 18
     assert len(one_day.captured_queries) <= 10
+
+
+def test_on_the_day_the_clocks_go_back_the_two_half_past_twos_are_told_apart(
+    admin_client, settings
+):
+    settings.TIME_ZONE = "Europe/Berlin"
+    room = RoomFactory(duration_minutes=30)
+    day = date(2030, 10, 27)  # 03:00 CEST becomes 02:00 CET
+    zone = zoneinfo.ZoneInfo("Europe/Berlin")
+    for fold in (0, 1):
+        starts_at = datetime.combine(day, time(2, 30), tzinfo=zone).replace(fold=fold)
+        TimeSlotFactory(room=room, starts_at=starts_at, ends_at=starts_at + timedelta(minutes=30))
+
+    page = admin_client.get(f"/staff/day/{day}/").content.decode()
+
+    assert re.findall(r'<th scope="row">([^<]+)</th>', page) == ["02:30 CEST", "02:30 CET"]
