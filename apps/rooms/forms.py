@@ -5,7 +5,7 @@ from django import forms
 from django.db.models import Q
 from django.utils import timezone
 
-from .models import Room, TimeSlot
+from .models import Closure, Room, TimeSlot
 from .selectors import timeslot_list_conflicting
 from .services import room_lock
 
@@ -17,8 +17,11 @@ SLOT_OVERLAPS = (
 )
 SLOT_OVERLAPS_RESET = " or leaves less than the {reset} minutes the room needs to be reset"
 SLOT_HELD = (
-    "This slot is held or booked, so its room and time cannot change under the customer: "
+    "This slot is held or booked, so its room and start cannot change under the customer: "
     "move the booking to another slot (from its page), or cancel it, first."
+)
+SLOT_HELD_CLOSED = (
+    "This slot is held or booked, and a closure would then overlap it: end it before the closure."
 )
 
 
@@ -82,8 +85,8 @@ class TimeSlotForm(forms.ModelForm):
     """
     A slot as staff add or change it: one game at a time, with the room's reset time between.
 
-    A slot held or booked keeps its room and time: a customer is never moved
-    without being asked, nor left holding a slot moved into a closure.
+    A slot held or booked keeps its room and start (a customer is never
+    moved without being asked), and its end may not reach into a closure.
     Validate it in the transaction that saves it (the admin's): validation
     locks the room, and the slot, until then, so that two slots saved at
     once cannot both pass the check, nor a reservation slip in between.
@@ -108,7 +111,13 @@ class TimeSlotForm(forms.ModelForm):
                 Q(reservations__status="paid")
                 | Q(reservations__status="pending", reservations__expires_at__gt=now)
             ).exists():
-                raise forms.ValidationError(SLOT_HELD, code="held")
+                if {"room", "starts_at"} & set(self.changed_data):
+                    raise forms.ValidationError(SLOT_HELD, code="held")
+                closures = Closure.objects.over(
+                    room_id=room.pk, starts_at=starts_at, ends_at=ends_at
+                )
+                if closures.exists():
+                    raise forms.ValidationError(SLOT_HELD_CLOSED, code="held_closed")
         other = timeslot_list_conflicting(
             room=room, starts_at=starts_at, ends_at=ends_at, exclude_pk=self.instance.pk
         ).first()

@@ -10,6 +10,7 @@ runs whatever state the store is in.
 import logging
 import os
 import sqlite3
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -78,13 +79,17 @@ def test_a_runner_starting_on_a_damaged_store_replaces_it_and_rebuilds_every_job
     scheduler.stop_scheduler()
 
     caplog.set_level(logging.INFO, logger="escape_rooms_backend.scheduler")
+    started = time.monotonic()
     scheduler.start_scheduler()
 
     # Swept: every lapsed hold released, whatever the store held.
     assert wait_for(lambda: pending(expires_at__lte=timezone.now()) == 0, timeout=5)
+    swept = time.monotonic() - started
     # Rebuilt: every hold still running has its job again, in a fresh file.
     wanted = {HOLD_END.job_id(r.pk) for r in later}
     assert wait_for(lambda: wanted <= set(job_store.jobs()), timeout=5), len(job_store.jobs())
+    rebuilt = time.monotonic() - started
+    print(f"\n{how}: 31 lapsed holds released {swept:.2f} s, 200 jobs rebuilt {rebuilt:.2f} s")
     (kept,) = aside(job_store.path)
     assert f"The job store {job_store.path} is damaged" in caplog.text
     assert f"moved it aside to {kept}" in caplog.text

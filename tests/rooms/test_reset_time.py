@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from apps.rooms.models import Room, TimeSlot
+from apps.rooms.models import Closure, Room, TimeSlot
 from apps.rooms.services import timeslots_generate
 
 from ..conftest import run_together
@@ -185,10 +185,26 @@ def test_the_slots_admin_keeps_a_held_or_booked_slots_time(staff, holder):
     refused = staff.post(url, slot_form(room, "16:00", "17:00"))
 
     assert refused.status_code == 200
-    assert "This slot is held or booked, so its room and time cannot change" in (
+    assert "This slot is held or booked, so its room and start cannot change" in (
         refused.content.decode()
     )
     assert starts(room) == ["14:00"]
+
+
+def test_a_held_slots_end_may_move_but_not_into_a_closure(staff):
+    room = RoomFactory(duration_minutes=60)
+    slot = TimeSlotFactory(room=room, starts_at=local("14:00"), ends_at=local("15:00"))
+    ReservationFactory(time_slot=slot)
+    Closure.objects.create(room=room, starts_at=local("15:20"), ends_at=local("18:00"), reason="x")
+    url = f"/admin/rooms/timeslot/{slot.pk}/change/"
+
+    longer = staff.post(url, slot_form(room, "14:00", "15:15"))
+    into_closure = staff.post(url, slot_form(room, "14:00", "15:30"))
+
+    assert longer.status_code == 302
+    assert "a closure would then overlap it" in into_closure.content.decode()
+    slot.refresh_from_db()
+    assert timezone.localtime(slot.ends_at).strftime("%H:%M") == "15:15"
 
 
 def test_the_slots_admin_moves_a_slot_whose_hold_has_lapsed(staff):
