@@ -19,8 +19,10 @@ def client_address(request: HttpRequest) -> str | None:
     ``HOLD_LIMIT_IPV6_PREFIX`` bits (default 64, what one host or home is
     given), written as that network's first address: ``2001:db8:1:2::``. A
     host that rotates through its network's addresses is then one client.
-    An IPv4 address mapped into IPv6 (``::ffff:192.0.2.1``) is the IPv4 one.
-    ``None`` when the connection has no address.
+    An IPv6 address that carries an IPv4 client's (mapped ``::ffff:192.0.2.1``,
+    6to4 ``2002:c000:201::``, Teredo) is that IPv4 client: a 6to4 host owns
+    65,536 /64s. A forwarded address may carry a port (``[v6]:port``,
+    ``v4:port``). ``None`` when the connection has no address.
     """
     address = client_ip(request)
     return None if address is None else _counted_as(address)
@@ -38,8 +40,13 @@ def client_ip(request: HttpRequest) -> Address | None:
     trusted = [ipaddress.ip_network(proxy, strict=False) for proxy in settings.TRUSTED_PROXIES]
 
     def parse(value: str) -> Address | None:
+        value = value.strip()
+        if value.startswith("[") and "]" in value:  # [2001:db8::1]:51000
+            value = value[1 : value.index("]")]
+        elif value.count(":") == 1:  # 198.51.100.7:51000
+            value = value.split(":", 1)[0]
         try:
-            address = ipaddress.ip_address(value.strip())
+            address = ipaddress.ip_address(value)
         except ValueError:
             return None
         mapped = getattr(address, "ipv4_mapped", None)
@@ -64,7 +71,9 @@ def client_ip(request: HttpRequest) -> Address | None:
 def _counted_as(address: Address) -> str:
     if isinstance(address, ipaddress.IPv4Address):
         return str(address)
-    if address.ipv4_mapped is not None:
-        return str(address.ipv4_mapped)
+    teredo_client = address.teredo[1] if address.teredo else None
+    embedded = address.ipv4_mapped or address.sixtofour or teredo_client
+    if embedded is not None:
+        return str(embedded)
     network = ipaddress.IPv6Network((address, settings.HOLD_LIMIT_IPV6_PREFIX), strict=False)
     return str(network.network_address)

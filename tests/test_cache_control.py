@@ -48,6 +48,7 @@ def test_responses_with_a_customers_data_or_a_change_are_never_kept(client):
         "refused": post(client, "/reservations/", {"slot_id": slot.pk}),
         "unknown": client.get("/api/reservations/00000000-0000-4000-8000-000000000000/"),
         "no such path": client.get("/api/nowhere/"),
+        "no slash": client.get("/api/rooms"),
     }
 
     assert made.status_code == 201
@@ -92,3 +93,17 @@ def test_a_slot_list_is_never_kept_past_the_next_start(client, settings):
     )
 
     assert 7 <= max_age(response) <= 8
+
+
+def test_a_slot_list_is_never_kept_past_the_waiting_lists_last_offer(client, settings):
+    """A lapsed hold goes to a waiting party until WAITLIST_OFFER_SECONDS before the start."""
+    settings.PUBLIC_LIST_MAX_AGE = 30
+    settings.WAITLIST_OFFER_SECONDS = 60
+    room = RoomFactory()
+    slot = TimeSlotFactory(room=room, starts_at=timezone.now() + timedelta(seconds=72.5))
+
+    response = client.get(
+        f"/api/rooms/{room.slug}/slots/?date={timezone.localdate(slot.starts_at)}"
+    )
+
+    assert 11 <= max_age(response) <= 12

@@ -38,6 +38,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 
+from escape_rooms_backend import housekeeping
+
 from .models import IdempotencyRecord
 
 HEADER = "Idempotency-Key"
@@ -153,6 +155,20 @@ def _purge_expired(now: datetime) -> int:
         return 0
     deleted, _ = IdempotencyRecord.objects.filter(pk__in=pks).delete()
     return deleted
+
+
+def idempotency_keys_purge(now: datetime) -> int:
+    """
+    Delete every record older than ``IDEMPOTENCY_KEY_HOURS``; how many.
+
+    The runner's daily chore (``escape_rooms_backend.housekeeping``): stored
+    answers carry customers' names and emails, and must not outlive their
+    keys when no new key comes to purge them.
+    """
+    expired = IdempotencyRecord.objects.filter(
+        created_at__lte=now - timedelta(hours=settings.IDEMPOTENCY_KEY_HOURS)
+    )
+    return housekeeping.delete_in_batches(expired)
 
 
 def _take_over(

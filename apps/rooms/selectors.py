@@ -38,20 +38,30 @@ def timeslot_list_fresh_for(*, room: Room, day: date, now: datetime) -> int:
     """
     Seconds the room's slot list for ``day`` stays true, at most ``PUBLIC_LIST_MAX_AGE``.
 
-    Until the first hold (or offer) on those slots ends or the first of them
-    starts, whichever comes first: then a slot's availability changes by the
-    clock alone. Rounded down; 0 when that is under a second away.
+    Until the first hold (or offer) on those slots ends, the first of them
+    starts, or the first comes within ``WAITLIST_OFFER_SECONDS`` of its start
+    (a lapsed hold then goes free rather than to a waiting party), whichever
+    comes first: then a slot's availability changes by the clock alone.
+    Rounded down; 0 when that is under a second away.
     """
     start, end = venue_day_bounds(day)
+    offers_until = timedelta(seconds=settings.WAITLIST_OFFER_SECONDS)
     slots = TimeSlot.objects.filter(room=room, starts_at__gte=start, starts_at__lt=end)
     changes = slots.filter(starts_at__gt=now).aggregate(
         start=Min("starts_at"),
+        offers_end=Min("starts_at", filter=Q(starts_at__gt=now + offers_until)),
         hold_end=Min(
             "reservations__expires_at",
             filter=Q(reservations__status="pending", reservations__expires_at__gt=now),
         ),
     )
-    seconds = [(at - now).total_seconds() for at in (changes["start"], changes["hold_end"]) if at]
+    if changes["offers_end"] is not None:
+        changes["offers_end"] -= offers_until
+    seconds = [
+        (at - now).total_seconds()
+        for at in (changes["start"], changes["offers_end"], changes["hold_end"])
+        if at
+    ]
     return int(min([settings.PUBLIC_LIST_MAX_AGE, *seconds]))
 
 

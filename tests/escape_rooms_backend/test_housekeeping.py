@@ -49,12 +49,12 @@ def test_the_chores_run_once_a_day_not_at_every_sweep(settings):
     settings.HOUSEKEEPING_SECONDS = 86400
     sessions(2, expired=True)
 
-    assert housekeeping.run_if_due() == {"expired sessions": 2}
+    assert housekeeping.run_if_due()["expired sessions"] == 2
     sessions(2, expired=True)
     assert housekeeping.run_if_due() is None  # not due again today
     assert Session.objects.count() == 2
     settings.HOUSEKEEPING_SECONDS = 0
-    assert housekeeping.run_if_due() == {"expired sessions": 2}
+    assert housekeeping.run_if_due()["expired sessions"] == 2
 
 
 @pytest.mark.django_db
@@ -70,7 +70,8 @@ def test_a_failing_chore_is_logged_and_the_others_still_run(caplog):
     finally:
         housekeeping.unregister("broken things")
 
-    assert removed == {"expired sessions": 1}
+    assert removed is not None and removed["expired sessions"] == 1
+    assert "broken things" not in removed
     assert "Housekeeping failed: broken things" in caplog.text
     assert housekeeping.run_if_due() is not None  # tried again at the next pass
 

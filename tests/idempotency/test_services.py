@@ -69,6 +69,22 @@ def test_expired_keys_are_purged_when_new_keys_are_stored(settings):
     }
 
 
+def test_the_runners_daily_chores_purge_every_expired_key_with_no_new_key_coming(settings):
+    """Stored answers carry names and emails: they go with their keys, traffic or not."""
+    from escape_rooms_backend import housekeeping
+
+    settings.IDEMPOTENCY_KEY_HOURS = 24
+    now = timezone.now()
+    for n in range(3):
+        begin(f"old-{n}", now=now - timedelta(hours=25))
+    begin("recent", now=now - timedelta(hours=23))
+
+    removed = housekeeping.run(now=now)
+
+    assert removed["expired idempotency keys"] == 3
+    assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["recent"]
+
+
 def test_an_expired_key_is_new_again_even_before_it_is_purged(settings):
     settings.IDEMPOTENCY_KEY_HOURS = 24
     now = timezone.now()

@@ -411,3 +411,31 @@ def test_the_ipv6_prefix_is_a_setting(settings):
     assert client_address(request) == "2001:db8:1::"
     settings.HOLD_LIMIT_IPV6_PREFIX = 128
     assert client_address(request) == "2001:db8:1:2:3:4:5:6"
+
+
+def test_a_6to4_host_is_its_ipv4_client_however_many_64s_it_rotates_through(api, limits):
+    slots = [TimeSlotFactory() for _ in range(4)]
+    codes = [
+        api.post(
+            "/reservations/",
+            booking(slots[index], customer_email=f"s{index}@example.com"),
+            REMOTE_ADDR=f"2002:c000:201:{index + 1:x}::1",  # 192.0.2.1's 6to4 range
+        ).status_code
+        for index in range(4)
+    ]
+
+    assert codes == [201, 201, 201, 429]
+    assert set(Reservation.objects.values_list("client_address", flat=True)) == {"192.0.2.1"}
+
+
+def test_forwarded_addresses_with_a_port_are_the_clients(settings):
+    settings.TRUSTED_PROXIES = ["10.0.0.0/8"]
+    factory = RequestFactory()
+
+    def address(forwarded):
+        return client_address(
+            factory.get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR=forwarded)
+        )
+
+    assert address("[2001:db8:1:2::7]:51000") == "2001:db8:1:2::"
+    assert address("198.51.100.7:51000") == "198.51.100.7"
