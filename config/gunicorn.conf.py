@@ -41,6 +41,16 @@ def on_starting(server) -> None:
         counts.unlink(missing_ok=True)
 
 
+def worker_exit(server, worker) -> None:
+    # In the worker, before the interpreter shuts its thread pools down (an
+    # atexit handler would come too late: the scheduler, still running, would
+    # hand due jobs to pools that refuse them, and APScheduler deletes a date
+    # job whose submission failed). Running jobs finish; due ones stay stored.
+    from escape_rooms_backend.scheduler import stop_scheduler
+
+    stop_scheduler()
+
+
 def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 

@@ -43,6 +43,12 @@ from .jobstore import sqlite_path
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
 NOTIFY_CHANNEL = "escape_rooms_jobs"
+POOLER_LOG = (
+    "The runner lock's connection reached a connection pooler, not PostgreSQL (%s): "
+    "point DATABASE_DIRECT_URL (or SCHEDULER_DIRECT_URL) at PostgreSQL itself; "
+    "until then no process runs the jobs or the sweep (lapsed holds read as expired, "
+    "but nothing releases them)"
+)
 
 
 class RunnerLock(Protocol):
@@ -129,8 +135,12 @@ class AdvisoryLock:
                 " -c tcp_keepalives_count=3",
             )
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        except psycopg.Error:
-            logger.warning("Could not reach PostgreSQL for the runner lock", exc_info=True)
+        except psycopg.Error as exc:
+            if "unsupported startup parameter" in str(exc):
+                # A pooler answered, not PostgreSQL: no retry can help.
+                logger.error(POOLER_LOG, exc)
+            else:
+                logger.warning("Could not reach PostgreSQL for the runner lock", exc_info=True)
             return False
         if row and row[0]:
             self._conn = conn

@@ -65,10 +65,11 @@ DATABASE_DIRECT_URL = env("DATABASE_DIRECT_URL", default="")
 if DATABASE_POOLER:
     # A pooler in transaction mode refuses the startup parameter "options"
     # (or, told to ignore it, drops it silently): never send one through it.
-    if "options" in DATABASES["default"].get("OPTIONS", {}):
+    if "options" in DATABASES["default"].get("OPTIONS", {}) or env("PGOPTIONS", default=""):
         raise ImproperlyConfigured(
-            'DATABASE_URL sends a startup "options" parameter, which a transaction pooler '
-            "refuses: set these on the role or the database instead (ALTER ROLE ... SET)."
+            'DATABASE_URL (or PGOPTIONS) sends a startup "options" parameter, which a '
+            "transaction pooler refuses: set these on the role or the database instead "
+            "(ALTER ROLE ... SET)."
         )
     # A named cursor lives in one server session; its next FETCH may reach another.
     DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True

@@ -9,6 +9,7 @@ managed PostgreSQL; only the runner lock and LISTEN use
 """
 
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -375,6 +376,13 @@ def test_without_a_pooler_nothing_changes_and_the_lock_uses_the_job_store():
             },
             'sends a startup "options" parameter',
         ),
+        (
+            {
+                "PGOPTIONS": "-c statement_timeout=5s",
+                "DATABASE_DIRECT_URL": "postgres://venue@db:5432/venue",
+            },
+            'sends a startup "options" parameter',
+        ),
         ({"DATABASE_POOLER": "session"}, 'DATABASE_POOLER must be "transaction" or empty'),
     ],
 )
@@ -414,3 +422,19 @@ def test_a_jobs_lock_timeout_is_set_per_transaction_never_on_the_session(setting
         return outside, inside, again
 
     assert job() == ("0", "1500ms", "1500ms")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_runner_lock_pointed_at_the_pooler_says_so_plainly(pooler, caplog):
+    """DATABASE_DIRECT_URL set to the pooler's address: no runner, and the log names the cause."""
+    from escape_rooms_backend.runner import AdvisoryLock
+
+    lock = AdvisoryLock(pooler.url)
+
+    with caplog.at_level(logging.ERROR, logger="escape_rooms_backend.scheduler"):
+        taken = lock.try_acquire()
+
+    assert taken is False
+    assert "reached a connection pooler, not PostgreSQL" in caplog.text
+    assert "DATABASE_DIRECT_URL" in caplog.text

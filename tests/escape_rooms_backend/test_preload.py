@@ -47,8 +47,14 @@ def call(url: str, body: dict | None = None) -> tuple[int, object]:
 
 
 @pytest.fixture
-def preloaded(job_store, tmp_path):
-    """gunicorn with --preload from GUNICORN_CMD_ARGS, 3 workers, on this test's databases."""
+def preloaded(job_store, tmp_path, request):
+    """
+    gunicorn with --preload from GUNICORN_CMD_ARGS, 3 workers, on this test's databases.
+
+    ``@pytest.mark.gunicorn_args("--max-requests 5")`` adds to the arguments.
+    """
+    marker = request.node.get_closest_marker("gunicorn_args")
+    extra = f" {marker.args[0]}" if marker else ""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     server = subprocess.Popen(
@@ -56,7 +62,7 @@ def preloaded(job_store, tmp_path):
         cwd=PROJECT_DIR,
         env={
             **os.environ,
-            "GUNICORN_CMD_ARGS": f"--preload --bind 127.0.0.1:{port}",
+            "GUNICORN_CMD_ARGS": f"--preload --bind 127.0.0.1:{port}{extra}",
             "DJANGO_SETTINGS_MODULE": "config.settings.local",
             "DATABASE_URL": database_url(),
             "SCHEDULER_JOBSTORE_URL": job_store.url,
@@ -124,3 +130,24 @@ def test_a_hold_made_through_a_preloaded_worker_expires_by_its_job(preloaded):
     expiry = ReservationEvent.objects.get(reservation=reservation, to_status="cancelled")
     assert expiry.cause == ReservationEvent.Cause.EXPIRY_JOB
     assert expiry.lateness_seconds < 1.0
+
+
+@pytest.mark.gunicorn_args("--max-requests 4")
+def test_workers_recycled_every_few_requests_hand_their_due_jobs_on(preloaded):
+    """A retiring runner stops its scheduler before its thread pools go: no job is lost."""
+    base, log = preloaded
+    room = RoomFactory(max_players=6)
+    slots = [TimeSlotFactory(room=room) for _ in range(24)]
+    party = {"customer_name": "Recycled", "party_size": 3}
+
+    for n, slot in enumerate(slots):  # 24 requests: every worker retires at least once
+        status, body = call(
+            f"{base}/api/reservations/",
+            {"slot_id": slot.pk, "customer_email": f"r{n}@example.com", **party},
+        )
+        assert status == 201, body
+
+    held = Reservation.objects.filter(status="pending")
+    assert wait_for(lambda: not held.exists(), timeout=15), log()
+    assert "after interpreter shutdown" not in log()
+    assert "Error submitting job" not in log()
