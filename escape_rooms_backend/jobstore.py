@@ -28,8 +28,13 @@ from .db import chunks
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
 JOB_STORE_BUSY_TIMEOUT = 2  # seconds a SQLite job store write waits for a lock
-# What SQLite says of a file it cannot read as a database.
-DAMAGE_MESSAGES = ("database disk image is malformed", "file is not a database")
+# What SQLite says of a file it cannot read as a database, or of a store file
+# made anew without its table (deleted under a running process, say).
+DAMAGE_MESSAGES = (
+    "database disk image is malformed",
+    "file is not a database",
+    "no such table: apscheduler_jobs",
+)
 DAMAGED_LOG = (
     "The job store %s is damaged (%s): moved it aside to %s and started an empty one;"
     " every deadline's job is rebuilt from the database"
@@ -239,6 +244,12 @@ def check(store: SQLAlchemyJobStore) -> None:
         raise
     if found != ["ok"]:
         raise JobStoreDamaged(path, "; ".join(found))
+    with store.engine.connect() as db:
+        table = db.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (store.jobs_t.name,)
+        ).first()
+    if table is None:
+        raise JobStoreDamaged(path, f"no table {store.jobs_t.name} (the file was made anew)")
 
 
 def sqlite_path(url: str) -> Path | None:

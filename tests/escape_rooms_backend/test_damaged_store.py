@@ -155,3 +155,22 @@ class _Lines:
 
     def flush(self) -> None:
         pass
+
+
+def test_a_store_deleted_under_the_runner_and_made_anew_empty_is_rebuilt(
+    job_store, store_with_jobs, caplog
+):
+    """Deleted while running (docs say: stop every process first), then a new empty file."""
+    later, _ = store_with_jobs
+    scheduler.start_scheduler()
+    wanted = {HOLD_END.job_id(r.pk) for r in later}
+    assert wait_for(lambda: wanted <= set(job_store.jobs()), timeout=5)
+
+    job_store.delete()
+    sqlite3.connect(job_store.path).close()  # a process's next connection makes an empty file
+
+    assert wait_for(lambda: wanted <= set(job_store.jobs()), timeout=10), caplog.text
+    assert "no table apscheduler_jobs" in caplog.text or "no such table" in caplog.text
+    soon = reserve(TimeSlotFactory(), hold_seconds=1, customer_email="soon@example.com")
+    assert wait_for(lambda: pending(pk=soon.pk) == 0, timeout=4)
+    assert soon.events.last().cause == "expiry_job"
