@@ -659,6 +659,18 @@ def _flag(payment: Payment, flag: str, detail: str, now: datetime | None = None)
     return bool(flagged)
 
 
+def _booking_payment(reservation: Reservation) -> Payment:
+    """The payment applied to a paid booking; ``NotRefundable`` when there is none."""
+    payment = Payment.objects.filter(
+        reservation=reservation,
+        reference=reservation.payment_reference,
+        outcome__in=[Outcome.APPLIED, Outcome.APPLIED_LATE],
+    ).first()
+    if payment is None:
+        raise errors.NotRefundable()
+    return payment
+
+
 def booking_cancel_and_refund(
     *, reservation: Reservation, actor: AbstractBaseUser | None = None
 ) -> Payment:
@@ -673,13 +685,7 @@ def booking_cancel_and_refund(
     now = timezone.now()
     with transaction.atomic():
         reservation_cancel_paid(reservation=reservation, actor=actor, now=now)
-        payment = Payment.objects.filter(
-            reservation=reservation,
-            reference=reservation.payment_reference,
-            outcome__in=[Outcome.APPLIED, Outcome.APPLIED_LATE],
-        ).first()
-        if payment is None:
-            raise errors.NotRefundable()
+        payment = _booking_payment(reservation)
         Payment.objects.filter(pk=payment.pk, refund_requested_at__isnull=True).update(
             refund_requested_at=now, refunded_by=actor if isinstance(actor, User) else None
         )
@@ -773,13 +779,7 @@ def booking_cancel_by_customer(
         reservation_cancel_paid(
             reservation=reservation, reason=Reservation.CancellationReason.CUSTOMER, now=now
         )
-        payment = Payment.objects.filter(
-            reservation=reservation,
-            reference=reservation.payment_reference,
-            outcome__in=[Outcome.APPLIED, Outcome.APPLIED_LATE],
-        ).first()
-        if payment is None:
-            raise errors.NotRefundable()
+        payment = _booking_payment(reservation)
         requested_at = reservation.cancelled_at or timezone.now()
         Payment.objects.filter(pk=payment.pk, refund_requested_at__isnull=True).update(
             refund_requested_at=requested_at
