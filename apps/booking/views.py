@@ -296,6 +296,8 @@ def reservation(request: HttpRequest, token: str) -> HttpResponse:
             "can_move": status in (Reservation.Status.PENDING, Reservation.Status.PAID)
             and not (status == Reservation.Status.PENDING and reservation.is_offer)
             and now <= changes.move_deadline(slot.starts_at),
+            "slot_offered": status == Reservation.Status.CANCELLED
+            and offers.slot_gone_to_waiting_list(slot.pk, now=now, other_than=reservation.pk),
             "refund_by_provider": reservation.paid_at is not None
             and _taken_by_provider(reservation),
         },

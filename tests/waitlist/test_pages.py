@@ -448,3 +448,18 @@ def test_the_lapsed_offer_message_says_the_offer_ended_and_where_to_look_next(cl
     [room_page] = links(email.body)  # the time went to the next party: other times
     assert room_page == f"/rooms/tomb/?date={timezone.localdate(slot.starts_at)}"
     assert client.get(room_page).status_code == 200
+
+
+def test_a_holder_who_lets_the_time_go_is_told_it_went_to_the_waiting_list(client, room):
+    slot = slot_at(room, "19:00", days=3)
+    hold = held(slot)
+    join(slot, "dave@example.com")
+    lone = held(slot_at(room, "21:00", days=3))  # no one waits for this one
+
+    client.post(f"/reservations/{hold.token}/cancel/")
+    client.post(f"/reservations/{lone.token}/cancel/")
+
+    page = client.get(f"/reservations/{hold.token}/").content.decode()
+    alone = client.get(f"/reservations/{lone.token}/").content.decode()
+    assert "The time went to the next party on its waiting list." in page
+    assert "The slot is free for others." in alone
