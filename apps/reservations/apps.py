@@ -60,14 +60,20 @@ def _start_after_fork() -> None:
 
 
 def _preloaded_by_gunicorn() -> bool:
-    """Whether gunicorn's arbiter (the master, which forks the workers) is loading the app."""
+    """
+    Whether gunicorn's arbiter (the master, which forks the workers) is loading the app.
+
+    A worker's stack holds the arbiter's frames too (it was forked from
+    them), but the arbiter's ``pid`` there is the master's, not the worker's.
+    """
     arbiter = sys.modules.get("gunicorn.arbiter")
     if arbiter is None:
         return False
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
-        if isinstance(frame.f_locals.get("self"), arbiter.Arbiter):
-            return True
+        found = frame.f_locals.get("self")
+        if isinstance(found, arbiter.Arbiter):
+            return getattr(found, "pid", None) in (None, os.getpid())
         frame = frame.f_back
     return False
 

@@ -51,10 +51,13 @@ def preloaded(job_store, tmp_path, request):
     """
     gunicorn with --preload from GUNICORN_CMD_ARGS, 3 workers, on this test's databases.
 
-    ``@pytest.mark.gunicorn_args("--max-requests 5")`` adds to the arguments.
+    ``@pytest.mark.gunicorn_args("--max-requests 5")`` adds to the arguments;
+    ``--no-preload`` among them (not gunicorn's) leaves ``--preload`` out.
     """
     marker = request.node.get_closest_marker("gunicorn_args")
     extra = f" {marker.args[0]}" if marker else ""
+    preload = "" if "--no-preload" in extra else "--preload "
+    extra = extra.replace(" --no-preload", "")
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
     server = subprocess.Popen(
@@ -62,7 +65,7 @@ def preloaded(job_store, tmp_path, request):
         cwd=PROJECT_DIR,
         env={
             **os.environ,
-            "GUNICORN_CMD_ARGS": f"--preload --bind 127.0.0.1:{port}{extra}",
+            "GUNICORN_CMD_ARGS": f"{preload}--bind 127.0.0.1:{port}{extra}",
             "DJANGO_SETTINGS_MODULE": "config.settings.local",
             "DATABASE_URL": database_url(),
             "SCHEDULER_JOBSTORE_URL": job_store.url,
@@ -151,3 +154,19 @@ def test_workers_recycled_every_few_requests_hand_their_due_jobs_on(preloaded):
     assert wait_for(lambda: not held.exists(), timeout=15), log()
     assert "after interpreter shutdown" not in log()
     assert "Error submitting job" not in log()
+
+
+@pytest.mark.gunicorn_args("--no-preload")
+def test_without_preload_each_worker_loads_the_app_and_one_runs_the_jobs(preloaded):
+    """The same server as it is usually run: the master loads nothing, the workers compete."""
+    base, log = preloaded
+    slot = TimeSlotFactory(starts_at=timezone.now() + timedelta(days=1))
+    party = {"customer_name": "Plain", "customer_email": "plain@example.com", "party_size": 3}
+
+    status, body = call(f"{base}/api/reservations/", {"slot_id": slot.pk, **party})
+
+    assert status == 201, body
+    held = Reservation.objects.filter(token=body["token"], status="pending")
+    assert wait_for(lambda: not held.exists(), timeout=6), log()
+    assert "Loaded by gunicorn's master" not in log()
+    assert log().count("This process is the runner") == 1
