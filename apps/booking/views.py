@@ -292,7 +292,9 @@ def reservation(request: HttpRequest, token: str) -> HttpResponse:
             "cancel_until": services.cancel_deadline(slot.starts_at),
             "move_until": changes.move_deadline(slot.starts_at),
             "can_cancel_paid": status == Reservation.Status.PAID
-            and now <= services.cancel_deadline(slot.starts_at),
+            and services.customer_may_cancel_paid(
+                starts_at=slot.starts_at, attendance=reservation.attendance, now=now
+            ),
             "can_move": status in (Reservation.Status.PENDING, Reservation.Status.PAID)
             and not (status == Reservation.Status.PENDING and reservation.is_offer)
             and now <= changes.move_deadline(slot.starts_at),

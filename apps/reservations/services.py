@@ -641,6 +641,16 @@ def cancel_deadline(starts_at: datetime) -> datetime:
     return starts_at - timedelta(hours=settings.CUSTOMER_CANCEL_HOURS)
 
 
+def customer_may_cancel_paid(*, starts_at: datetime, attendance: str, now: datetime) -> bool:
+    """
+    Whether the customer may cancel a paid booking, with its refund, at ``now``.
+
+    Until ``cancel_deadline`` of its game, and never once staff checked the
+    party in or marked it a no-show (``attendance``).
+    """
+    return not attendance and now <= cancel_deadline(starts_at)
+
+
 def reservation_cancel_paid(
     *,
     reservation: Reservation,
@@ -669,7 +679,7 @@ def reservation_cancel_paid(
                 .values_list("time_slot__starts_at", "attendance")
                 .get()
             )
-            if now > cancel_deadline(starts_at) or attendance:
+            if not customer_may_cancel_paid(starts_at=starts_at, attendance=attendance, now=now):
                 raise errors.TooLateToCancel(
                     errors.TooLateToCancel.default_message.format(
                         hours=settings.CUSTOMER_CANCEL_HOURS

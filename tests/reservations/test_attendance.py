@@ -181,3 +181,15 @@ def test_a_party_checked_in_cannot_cancel_for_a_refund(settings):
 
     booking.refresh_from_db()
     assert (booking.status, booking.attendance) == ("paid", "checked_in")
+
+
+def test_the_booking_page_offers_no_refund_to_a_party_already_checked_in(client, settings):
+    settings.CUSTOMER_CANCEL_HOURS = 0
+    booking = _paid(starts_in=timedelta(minutes=30))
+    before = client.get(f"/reservations/{booking.token}/").content.decode()
+    reservation_attendance_set(reservation=booking, attendance="checked_in", actor=None)
+
+    after = client.get(f"/reservations/{booking.token}/").content.decode()
+
+    assert "Cancel booking" in before
+    assert "Cancel booking" not in after
