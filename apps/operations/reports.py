@@ -97,10 +97,8 @@ def occupancy_report_get(*, start: date, end: date, now: datetime | None = None)
             rows[key] = RoomWeek(room="", week_start=key[1])
         return rows[key]
 
-    closures = Closure.objects.filter(
-        Q(room=OuterRef("room")) | Q(room__isnull=True),
-        starts_at__lt=OuterRef("ends_at"),
-        ends_at__gt=OuterRef("starts_at"),
+    closures = Closure.objects.over(
+        room_id=OuterRef("room_id"), starts_at=OuterRef("starts_at"), ends_at=OuterRef("ends_at")
     )
     slots = (
         TimeSlot.objects.filter(starts_at__gte=since, starts_at__lt=until)
@@ -119,10 +117,10 @@ def occupancy_report_get(*, start: date, end: date, now: datetime | None = None)
     games = Reservation.objects.filter(
         time_slot__starts_at__gte=since, time_slot__starts_at__lt=until
     ).annotate(week=TruncWeek("time_slot__starts_at", tzinfo=tz))
-    closing_game = Closure.objects.filter(
-        Q(room=OuterRef("time_slot__room")) | Q(room__isnull=True),
-        starts_at__lt=OuterRef("time_slot__ends_at"),
-        ends_at__gt=OuterRef("time_slot__starts_at"),
+    closing_game = Closure.objects.over(
+        room_id=OuterRef("time_slot__room_id"),
+        starts_at=OuterRef("time_slot__starts_at"),
+        ends_at=OuterRef("time_slot__ends_at"),
     )
     paid = (
         games.filter(status=Reservation.Status.PAID)

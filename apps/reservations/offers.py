@@ -242,7 +242,7 @@ def _first_free_parties(
 def _offer(entries: list[WaitingEntry], *, now: datetime) -> list[Reservation]:
     expires_at = now + offer_seconds()
     tiers: dict[int, list[PriceTier]] = defaultdict(list)
-    for tier in PriceTier.objects.filter(room__time_slots__waiting_entries__in=entries):
+    for tier in PriceTier.objects.filter(room_id__in={e.time_slot.room_id for e in entries}):
         tiers[tier.room_id].append(tier)
     offers = Reservation.objects.bulk_create(
         Reservation(
