@@ -2,6 +2,7 @@
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
@@ -70,6 +71,13 @@ class Scheduler(BackgroundScheduler):
         run_at = getattr(job, "next_run_time", None)
         if planned is not None and run_at is not None and run_at.timestamp() >= planned:
             return  # the pass planned comes first, and sees the job
+        super().wakeup()
+
+    def wakeup_for(self, run_at: datetime) -> None:
+        """Wake a running scheduler for a job at ``run_at`` written past ``add_job``, if it must."""
+        planned = self._next_pass_at
+        if self.state != STATE_RUNNING or (planned is not None and run_at.timestamp() >= planned):
+            return  # runs nothing, or the pass planned comes first and sees the job
         super().wakeup()
 
     def shutdown(self, wait: bool = True) -> None:

@@ -9,6 +9,7 @@ the status. Imports no app.
 import contextlib
 import logging
 import os
+import pickle
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
 from sqlalchemy import event, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DisconnectionError
 
@@ -35,6 +37,8 @@ DAMAGE_MESSAGES = (
     "file is not a database",
     "no such table: apscheduler_jobs",
 )
+# The dialects whose INSERT ... ON CONFLICT DO UPDATE ``write_rows`` uses.
+_UPSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 DAMAGED_LOG = (
     "The job store %s is damaged (%s): moved it aside to %s and started an empty one;"
     " every deadline's job is rebuilt from the database"
@@ -355,3 +359,67 @@ def delete_not_due(store: SQLAlchemyJobStore, job_ids: list[str], now: float) ->
     with store.engine.begin() as db:
         for chunk in chunks(job_ids):
             db.execute(table.delete().where(not_due, table.c.id.in_(chunk)))
+
+
+def job_row(job: Job, protocol: int) -> dict[str, Any]:
+    """A job as the store's row: ``id``, ``next_run_time`` (a UTC timestamp) and ``job_state``."""
+    return {
+        "id": job.id,
+        "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
+        "job_state": pickle.dumps(job.__getstate__(), protocol),
+    }
+
+
+def can_upsert(store: SQLAlchemyJobStore) -> bool:
+    """Whether ``write_rows`` can write to this store (SQLite and PostgreSQL can)."""
+    return store.engine.dialect.name in _UPSERTS
+
+
+def write_rows(
+    store: SQLAlchemyJobStore, rows: list[dict[str, Any]], removed: list[str], now: float
+) -> None:
+    """
+    Add or replace the jobs ``rows`` (``job_row``), delete the jobs ``removed``: one transaction.
+
+    What APScheduler's ``add_job(replace_existing=True)`` and ``remove_job``
+    do one job and one transaction at a time, here a statement per thousand
+    jobs. A replaced job cannot go missing in between, as it can between
+    APScheduler's insert and update. Of ``removed``, jobs already due at
+    ``now`` (a UTC timestamp) are left to the runner (``delete_not_due``).
+    Raises what SQLAlchemy raises; ``can_upsert`` says whether the dialect
+    is supported.
+    """
+    table = store.jobs_t
+    insert = _UPSERTS[store.engine.dialect.name]
+    with store.engine.begin() as db:
+        for chunk in chunks(rows):
+            statement = insert(table).values(list(chunk))
+            db.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[table.c.id],
+                    set_={
+                        "next_run_time": statement.excluded.next_run_time,
+                        "job_state": statement.excluded.job_state,
+                    },
+                )
+            )
+        for ids in chunks(removed):
+            db.execute(table.delete().where(table.c.next_run_time > now, table.c.id.in_(ids)))
+
+
+def shares_database(store: SQLAlchemyJobStore, settings_dict: dict[str, Any]) -> bool:
+    """
+    Whether ``store`` is a table of the PostgreSQL database Django's ``settings_dict`` names.
+
+    Compares host, port and database name, spelled as Django and SQLAlchemy
+    parse them: two spellings of one server (``localhost``, ``127.0.0.1``)
+    read as two databases, which is the safe side.
+    """
+    url = store.engine.url
+    if url.get_backend_name() != "postgresql" or "postgresql" not in settings_dict["ENGINE"]:
+        return False
+    return (url.host or "localhost", int(url.port or 5432), url.database) == (
+        settings_dict["HOST"] or "localhost",
+        int(settings_dict["PORT"] or 5432),
+        settings_dict["NAME"],
+    )

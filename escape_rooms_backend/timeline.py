@@ -72,13 +72,34 @@ def _store() -> "SQLAlchemyJobStore":
 
 def deadlines_keep_in_step(sender: Any, reservations: Sequence[Any], **kwargs: Any) -> None:
     """
-    Receiver of the reservations' domain signal: sync their jobs after commit.
+    Receiver of the reservations' domain signal: keep their jobs in step with their commit.
 
-    The job store commits on its own engine: a write before the commit would
-    leave an orphan job behind a rolled-back transaction.
+    Where the job store is a table of Django's own PostgreSQL database, the
+    jobs are written in the reservations' transaction: they commit, or roll
+    back, with it. Elsewhere (a SQLite store is a file of its own) they are
+    written right after commit (``deadlines_sync``): a write before the commit
+    would leave an orphan job behind a rolled-back transaction.
     """
+    if not settings.SCHEDULER_EXPIRY_JOBS:
+        return
     changed = list(reservations)
+    if _in_transaction() and deadlines_write(*_needs(changed), in_transaction=True):
+        return
     transaction.on_commit(lambda: deadlines_sync(changed))
+
+
+def deadline_in_step(kind: DeadlineKind, key: int, at: datetime) -> None:
+    """
+    Add or move the ``kind`` job of ``key`` to ``at`` with the current transaction's commit.
+
+    In the transaction where the job store shares Django's database, as
+    ``deadlines_keep_in_step`` does; otherwise right after commit. For kinds
+    keyed by something else than a reservation (a message).
+    """
+    wanted = [(kind, key, at)]
+    if _in_transaction() and deadlines_write(wanted, [], in_transaction=True):
+        return
+    transaction.on_commit(lambda: deadlines_write(wanted, []))
 
 
 def deadlines_sync(reservations: Sequence[Any]) -> None:
@@ -86,28 +107,182 @@ def deadlines_sync(reservations: Sequence[Any]) -> None:
     Give each reservation exactly the jobs its state needs, at the times they fall due.
 
     For every registered kind keyed by reservation, adds or moves the job of
-    each reservation for which ``due_at`` gives a time, and removes it for the others (one
-    statement per thousand when there are many). Call after the
-    reservations' transaction committed. Never raises: a store failure is
-    logged, and the sweep and the next reconcile make up for it. Writes
-    nothing when ``SCHEDULER_EXPIRY_JOBS`` is off (the benchmarks' switch).
+    each reservation for which ``due_at`` gives a time, and removes it for
+    the others that are not due yet, all in one transaction of the store.
+    Call after the reservations' transaction committed. Never raises: a
+    store failure is logged, and the sweep and the next reconcile make up
+    for it. Writes nothing when ``SCHEDULER_EXPIRY_JOBS`` is off (the
+    benchmarks' switch).
     """
     if not settings.SCHEDULER_EXPIRY_JOBS:
         return
+    deadlines_write(*_needs(reservations))
+
+
+Needed = tuple[DeadlineKind, int, datetime]
+
+
+def _needs(reservations: Sequence[Any]) -> tuple[list[Needed], list[tuple[DeadlineKind, int]]]:
+    """The jobs ``reservations`` need, ``(kind, pk, at)``, and those they must not have."""
+    wanted: list[Needed] = []
+    unneeded: list[tuple[DeadlineKind, int]] = []
     for kind in deadlines.kinds():
         if kind.due_at is None:
             continue  # keyed by something else: its app schedules its jobs
-        unneeded = []
         for reservation in reservations:
             at = kind.due_at(reservation)
             if at is not None:
-                deadline_schedule(kind, reservation.pk, at)
+                wanted.append((kind, reservation.pk, at))
             elif kind.never_due is None or not kind.never_due(reservation):
-                unneeded.append(reservation.pk)
-        if len(unneeded) == 1:
-            deadline_unschedule(kind, unneeded[0])
-        elif unneeded:
-            deadlines_unschedule(kind, unneeded)
+                unneeded.append((kind, reservation.pk))
+    return wanted, unneeded
+
+
+def _in_transaction() -> bool:
+    from django.db import connection
+
+    return connection.in_atomic_block
+
+
+def deadlines_write(
+    wanted: Sequence[Needed],
+    unneeded: Sequence[tuple[DeadlineKind, int]],
+    *,
+    in_transaction: bool = False,
+) -> bool:
+    """
+    Add or move the jobs ``wanted`` and remove the ``unneeded`` ones not yet due, in one go.
+
+    With ``in_transaction``, only where the job store is a table of Django's
+    PostgreSQL database: the rows are written by the current transaction,
+    inside a savepoint, and the runner is notified at its commit; returns
+    ``False`` (having written nothing) where the store is elsewhere or the
+    write failed, for the caller to write after commit instead. Otherwise the
+    store's own transaction writes them now (one job at a time where the
+    store's dialect has no upsert). Returns whether the store has the jobs;
+    never raises: a failure is logged, and the sweep and the next reconcile
+    make up for it.
+    """
+    from .jobstore import can_upsert, job_row, shares_database, write_rows
+    from .lifecycle import NOTIFY_HORIZON_SECONDS, process
+
+    if not wanted and not unneeded:
+        return True
+    try:
+        store = process.job_store()
+        rows = [
+            job_row(_job(process.get(), kind, key, at), store.pickle_protocol)
+            for kind, key, at in wanted
+        ]
+    except Exception:
+        logger.exception(JOB_NOT_SCHEDULED_LOG, _kinds(wanted), _keys(wanted))
+        return False
+    removed = [kind.job_id(key) for kind, key in unneeded]
+    soon = [at for _, _, at in wanted]
+    soon = [at for at in soon if (at - timezone.now()).total_seconds() <= NOTIFY_HORIZON_SECONDS]
+    if in_transaction:
+        from django.db import DatabaseError, connection
+
+        if not shares_database(store, connection.settings_dict):
+            return False
+        try:
+            with transaction.atomic():
+                _write_rows_here(store, rows, removed, notify=bool(soon))
+        except DatabaseError:
+            logger.warning(
+                "Could not write %d jobs with their transaction; writing them after commit",
+                len(rows) + len(removed),
+                exc_info=True,
+            )
+            return False
+        if soon:
+            transaction.on_commit(lambda: _wake_this_runner(min(soon)))
+        return True
+    if not can_upsert(store):
+        for kind, key, at in wanted:
+            deadline_schedule(kind, key, at)
+        return all(deadline_unschedule(kind, key) for kind, key in unneeded)
+    try:
+        write_rows(store, rows, removed, time.time())
+    except Exception:
+        logger.exception(JOB_NOT_SCHEDULED_LOG, _kinds(wanted), _keys(wanted))
+        return False
+    if soon:
+        _wake_this_runner(min(soon))
+        process.notify_runner()
+    return True
+
+
+def _kinds(wanted: Sequence[Needed]) -> str:
+    return ", ".join(sorted({kind.name for kind, _, _ in wanted})) or "no"
+
+
+def _keys(wanted: Sequence[Needed]) -> str:
+    keys = sorted({key for _, key, _ in wanted})
+    more = f" and {len(keys) - 10} more" if len(keys) > 10 else ""
+    return ", ".join(map(str, keys[:10])) + more
+
+
+def _job(scheduler: Any, kind: DeadlineKind, key: int, at: datetime, **kwargs: Any) -> Any:
+    """The ``DateTrigger`` job of ``kind`` for ``key`` at ``at``, as ``deadline_schedule`` adds."""
+    from apscheduler.job import Job
+    from apscheduler.triggers.date import DateTrigger
+
+    return Job(
+        scheduler,
+        id=kind.job_id(key),
+        func=JOB_FUNC,
+        trigger=DateTrigger(run_date=at),
+        args=[kind.name, key],
+        kwargs=kwargs,
+        name=f"{kind.name} of reservation {key}",
+        executor=kind.executor,
+        misfire_grace_time=None,
+        coalesce=True,
+        # See deadline_schedule.
+        max_instances=2,
+        next_run_time=at,
+    )
+
+
+def _write_rows_here(
+    store: "SQLAlchemyJobStore", rows: list[dict[str, Any]], removed: list[str], *, notify: bool
+) -> None:
+    """``jobstore.write_rows`` through Django's connection, in its transaction; NOTIFY at commit."""
+    from django.db import connection
+
+    from .db import chunks
+    from .runner import NOTIFY_CHANNEL
+
+    table = store.jobs_t
+    name = connection.ops.quote_name(table.name)
+    if table.schema:
+        name = f"{connection.ops.quote_name(table.schema)}.{name}"
+    with connection.cursor() as cursor:
+        for chunk in chunks(rows):
+            cursor.execute(
+                f"INSERT INTO {name} (id, next_run_time, job_state) VALUES "  # noqa: S608
+                + ", ".join(["(%s, %s, %s)"] * len(chunk))
+                + " ON CONFLICT (id) DO UPDATE SET next_run_time = EXCLUDED.next_run_time,"
+                " job_state = EXCLUDED.job_state",
+                [row[column] for row in chunk for column in ("id", "next_run_time", "job_state")],
+            )
+        if removed:
+            cursor.execute(
+                f"DELETE FROM {name} WHERE id = ANY(%s) AND next_run_time > %s",  # noqa: S608
+                [removed, time.time()],
+            )
+        if notify:  # delivered at commit, not before
+            cursor.execute(f"NOTIFY {NOTIFY_CHANNEL}")
+
+
+def _wake_this_runner(at: datetime) -> None:
+    """Wake this process's scheduler, if it runs jobs, for a job it would otherwise see late."""
+    from .lifecycle import process
+
+    scheduler = process.scheduler
+    if scheduler is not None:
+        scheduler.wakeup_for(at)
 
 
 def deadline_schedule(
