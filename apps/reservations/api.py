@@ -198,7 +198,7 @@ def create_reservation(request, payload: ReservationIn):
         RESERVE_OUTCOMES.labels(code=refused.code).inc()
         raise
     RESERVE_OUTCOMES.labels(code="201").inc()
-    return Status(201, reservation_out(_get(str(reservation.token)), now=timezone.now()))
+    return Status(201, reservation_out(reservation, now=timezone.now()))
 
 
 @router.get(

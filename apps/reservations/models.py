@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Upper
 from django.utils import timezone
 
 
@@ -112,6 +112,18 @@ class Reservation(models.Model):
                 fields=["expires_at"],
                 condition=Q(status="pending"),
                 name="reservation_pending_expiry_idx",
+            ),
+            # Serve the hold limits' counts of one customer's live holds.
+            models.Index(
+                Upper("customer_email"),
+                "expires_at",
+                condition=Q(status="pending"),
+                name="reservation_held_email_idx",
+            ),
+            models.Index(
+                fields=["client_address", "expires_at"],
+                condition=Q(status="pending"),
+                name="reservation_held_address_idx",
             ),
         ]
 

@@ -26,6 +26,8 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
 from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import Value
+from django.db.models.functions import Upper
 from django.utils import timezone
 
 from apps.rooms.models import Room, TimeSlot
@@ -320,12 +322,21 @@ def reservation_create(
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         holds_limit_check(customer_email=customer_email, client_address=client_address, now=now)
 
-        # A lapsed hold is released first, and goes to the waiting list if
-        # anyone waits for the slot: then the slot is taken, by an offer
-        # that commits although this reservation is refused.
-        handed_over = slot_lapsed_holds_expire(time_slot_id=slot.pk, now=now, cause=Cause.RECLAIM)
         # The holders decide, not the slot's stored status: that only mirrors them.
-        taken = Reservation.objects.holding(now).filter(time_slot=slot).exists()
+        holders = Reservation.objects.filter(
+            time_slot=slot, status__in=(Status.PENDING, Status.PAID)
+        ).values_list("status", "expires_at")
+        handed_over = 0
+        if any(status == Status.PENDING and ends <= now for status, ends in holders):
+            # A lapsed hold is released first, and goes to the waiting list if
+            # anyone waits for the slot: then the slot is taken, by an offer
+            # that commits although this reservation is refused.
+            handed_over = slot_lapsed_holds_expire(
+                time_slot_id=slot.pk, now=now, cause=Cause.RECLAIM
+            )
+            taken = Reservation.objects.holding(now).filter(time_slot=slot).exists()
+        else:
+            taken = bool(holders)
         if taken and not handed_over:
             raise errors.SlotTaken()
         if not taken:
@@ -917,20 +928,25 @@ def holds_limit_check(*, customer_email: str, client_address: str | None, now: d
         f"holds:{customer_email.lower()}", f"holds:{client_address}" if client_address else ""
     )
     live = Reservation.objects.filter(status=Status.PENDING, expires_at__gt=now)
+    by_email = live.alias(email=Upper("customer_email")).filter(email=Upper(Value(customer_email)))
     for holds, limit in (
-        (live.filter(customer_email__iexact=customer_email), settings.MAX_PENDING_HOLDS_PER_EMAIL),
+        (by_email, settings.MAX_PENDING_HOLDS_PER_EMAIL),
         (
-            live.filter(client_address=client_address) if client_address else live.none(),
+            live.filter(client_address=client_address) if client_address else None,
             settings.MAX_PENDING_HOLDS_PER_ADDRESS,
         ),
     ):
-        held = holds.count()  # a count, not the rows: one address may hold thousands
-        if held >= limit:
+        if holds is None:
+            continue
+        # Counted up to the limit, on an index of the customer's own holds:
+        # one address may hold thousands, and reading them all is no one's business.
+        if holds[:limit].count() >= limit:
+            held = holds.count()  # all of them, only to refuse
             # Below the limit again once this many have ended. A separate
             # statement: on PostgreSQL holds may have ended (been paid,
             # expired) since the count, and then there is no limit to enforce.
             ends = holds.order_by("expires_at").values_list("expires_at", flat=True)
-            frees_one = ends[held - limit : held - limit + 1].first()
+            frees_one = ends[max(0, held - limit) : held - limit + 1].first()
             if frees_one is None:
                 continue
             retry_after = max(1, math.ceil((frees_one - now).total_seconds()))
