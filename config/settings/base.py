@@ -52,6 +52,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Django's backend, with the writers queued on a file lock: the busy
+    # timeout's growing sleeps left a writer waiting up to a second while
+    # others' short transactions came and went (config/sqlite/base.py).
+    DATABASES["default"]["ENGINE"] = "config.sqlite"
 # Behind a transaction-mode pooler (pgbouncer's pool_mode = transaction),
 # consecutive transactions of one connection may run on different server
 # sessions: "transaction" keeps Django to what survives that (no server-side

@@ -1,0 +1,116 @@
+"""
+Django's SQLite backend with its writers queued on a file lock.
+
+SQLite has one write lock per database. A transaction that finds it taken
+waits in SQLite's busy handler, which sleeps 1, 2, 5, ... then 100 ms
+between looks: under a steady stream of short write transactions from
+several processes (gunicorn's workers, the runner) a writer can look at
+the wrong moments for a second, while the lock is free most of the time.
+
+Here every transaction that begins with ``BEGIN IMMEDIATE`` (Django's
+``atomic``, with ``transaction_mode = "IMMEDIATE"``) first takes an
+exclusive ``flock`` on ``<database>.writers``, released at its commit or
+rollback; a writer waiting for it looks again every half millisecond
+(``WRITERS_POLL_SECONDS``), so it is never long behind the lock. The file
+lock only orders the writers that take it: SQLite's own lock still decides,
+so a writer that does not take it (another program, a statement in
+autocommit) is as safe as before, and a waiter gives up on the file lock
+after the connection's busy timeout and leaves the rest to SQLite.
+"""
+
+import fcntl
+import os
+import time
+from typing import Any
+
+from django.db.backends.sqlite3 import base
+
+# Between looks at a file lock held by another connection of this process
+# or another: far below a write transaction's length.
+WRITERS_POLL_SECONDS = 0.0005
+
+
+# The private hooks overridden below are not in the type stubs.
+_SQLiteWrapper: Any = base.DatabaseWrapper
+
+
+class DatabaseWrapper(_SQLiteWrapper):
+    """SQLite, with write transactions queued on ``<database>.writers`` (``flock``)."""
+
+    _writers_fd: int | None = None
+    _writers_held = False
+
+    def _writers_path(self) -> str | None:
+        name = str(self.settings_dict["NAME"])
+        if self.is_in_memory_db() or not name:
+            return None
+        return f"{name}.writers"
+
+    def _writers_acquire(self) -> None:
+        if self._writers_held or getattr(self, "transaction_mode", None) != "IMMEDIATE":
+            return
+        fd = self._writers_fd
+        if fd is None:
+            path = self._writers_path()
+            if path is None:
+                return
+            fd = self._writers_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self._writers_wait(fd):
+                return  # SQLite's own lock waits on, as without the file lock
+        self._writers_held = True
+
+    def _writers_wait(self, fd: int) -> bool:
+        """Wait for the file lock for at most the connection's busy timeout; whether it came."""
+        timeout = self.connection.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+        give_up = time.monotonic() + timeout
+        while time.monotonic() < give_up:
+            time.sleep(WRITERS_POLL_SECONDS)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            return True
+        return False
+
+    def _writers_release(self) -> None:
+        if self._writers_held and self._writers_fd is not None:
+            self._writers_held = False
+            fcntl.flock(self._writers_fd, fcntl.LOCK_UN)
+
+    def _start_transaction_under_autocommit(self) -> None:
+        self._writers_acquire()
+        try:
+            super()._start_transaction_under_autocommit()
+        except BaseException:
+            self._writers_release()
+            raise
+
+    def _commit(self) -> None:
+        try:
+            super()._commit()
+        finally:
+            self._writers_release()
+
+    def _rollback(self) -> None:
+        try:
+            super()._rollback()
+        finally:
+            self._writers_release()
+
+    def _close(self) -> None:
+        try:
+            super()._close()
+        finally:
+            self._writers_release()
+            if self._writers_fd is not None:
+                os.close(self._writers_fd)
+                self._writers_fd = None
+
+    def _set_autocommit(self, autocommit: bool) -> Any:
+        result = super()._set_autocommit(autocommit)
+        if autocommit:
+            self._writers_release()  # whatever ended the transaction
+        return result
