@@ -157,6 +157,13 @@ def test_the_tables_give_medians_with_spreads_and_the_overlap_rule():
     assert "postgresql: skipped (unreachable)" in tables
 
 
+def test_one_round_against_one_gives_the_difference_without_a_range():
+    compared = compare([12.0], [10.0], difference)
+
+    assert report._compared(compared, "ms") == "+2.00 ms"
+    assert report._compared(compare([12.0], [12.0], difference), "ms") == report.NO_DIFFERENCE
+
+
 def test_the_benchmarks_refuse_fewer_than_one_round():
     ran = subprocess.run(
         [sys.executable, "scripts/bench/run.py", "--rounds", "0"],

@@ -66,9 +66,12 @@ def _compared(comparison: dict[str, Any], unit: str) -> str:
         return NO_DIFFERENCE
     value, low, high = comparison["value"], comparison["low"], comparison["high"]
     if unit == "×":
-        return f"{_ratio(value)} [{_ratio(low)} to {_ratio(high)}]"
-    digits = 2 if unit == "ms" else 1
-    return f"{value:+,.{digits}f} {unit} [{low:+,.{digits}f} to {high:+,.{digits}f}]"
+        text, extremes = _ratio(value), f"{_ratio(low)} to {_ratio(high)}"
+    else:
+        digits = 2 if unit == "ms" else 1
+        text = f"{value:+,.{digits}f} {unit}"
+        extremes = f"{low:+,.{digits}f} to {high:+,.{digits}f}"
+    return text if low == high else f"{text} [{extremes}]"  # one pair of rounds: no range
 
 
 def _cost_verdict(comparison: dict[str, Any], limit: float) -> str:
