@@ -84,7 +84,7 @@ test-postgres: $(STAMP) $(PGBOUNCER)
 bench: $(BENCH_STAMP) $(WRK)
 	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
 
-## The same at small sizes (about a minute a database), so that the harness keeps working; run by CI.
+## The same at small sizes (a minute or two a database), so that the harness keeps working; run by CI.
 bench-quick: $(BENCH_STAMP) $(WRK)
 	$(BIN)/python scripts/bench/run.py --quick --out var/bench-quick $(BENCH_ARGS)
 

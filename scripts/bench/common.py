@@ -40,16 +40,30 @@ PYTHON = sys.executable
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big each phase is: the issue's sizes, or a few seconds' worth (``--quick``)."""
+    """
+    How big each phase is: ``FULL`` (``make bench``) or a few seconds' worth
+    (``QUICK``, ``--quick``). ``rounds`` (``--rounds``) is how many times each
+    comparison runs, interleaved: the reserve path's expiry job on, off, on,
+    off...; the lateness phase's designs one after another in each round.
+    """
 
-    lateness_holds: int = 1000
-    lateness_spread: float = 30.0  # seconds over which the holds end
-    lateness_lead: float = 10.0  # seconds from the first hold's creation to its end
+    rounds: int = 3
+    lateness_holds: int = 250  # per round
+    lateness_spread: float = 8.0  # seconds over which the holds end
+    # Seconds from the first hold's creation to its end: longer than the worker's
+    # look for new jobs (``worker_poll_seconds``), which SQLite needs.
+    lateness_lead: float = 6.0
     poll_seconds: float = 60.0  # the seed's sweep interval
+    # Rounds of the seed's poll: each takes a whole sweep interval, and its
+    # lateness is set by where the holds fall in that interval, not by noise.
+    poll_rounds: int = 1
     worker_poll_seconds: float = 5.0  # how often our worker looks for new jobs (the default)
     settle_seconds: float = 3.0  # for a started worker's start-up sweep and reconcile
-    reserve_seconds: float = 20.0
+    reserve_seconds: float = 6.0  # each round's run with ``reserve_clients`` clients
+    reserve_alone_seconds: float = 3.0  # each round's run with one client
+    reserve_warmup_seconds: float = 1.0  # before them (0: none)
     reserve_clients: int = 8
+    gunicorn_workers: int = 4
     burst_holds: int = 10_000
     catchup_holds: int = 10_000
     scale_pending: int = 100_000
@@ -60,13 +74,16 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(
-    lateness_holds=40,
-    lateness_spread=1.0,
+    lateness_holds=20,
+    lateness_spread=0.5,
     lateness_lead=1.5,
     poll_seconds=2.0,
     worker_poll_seconds=0.5,
     settle_seconds=1.0,
     reserve_seconds=1.0,
+    reserve_alone_seconds=1.0,
+    reserve_warmup_seconds=0.0,
+    gunicorn_workers=2,  # half the start-up, on 2 cores
     burst_holds=300,
     catchup_holds=300,
     scale_pending=2_000,
@@ -76,8 +93,8 @@ QUICK = Sizes(
 
 
 def say(message: str) -> None:
-    """A progress line on stderr (stdout carries the results)."""
-    print(f"    {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr, with the time of day (stdout carries the results)."""
+    print(f"    {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
 
 def bar(total: int, what: str) -> tqdm:
@@ -107,11 +124,15 @@ class Process:
                 stderr=subprocess.STDOUT,
             )
 
-    def wait_for_line(self, needle: str, timeout: float = 60) -> float:
-        """Seconds from start until ``needle`` appeared in the output; raises on timeout."""
+    def wait_for_line(self, needle: str, timeout: float = 60, count: int = 1) -> float:
+        """
+        Seconds from start until ``needle`` appeared in the output (``count``
+        times); raises ``TimeoutError`` after ``timeout`` seconds, and
+        ``RuntimeError`` if the process exits first.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if needle in self.log.read_text(errors="replace"):
+            if self.log.read_text(errors="replace").count(needle) >= count:
                 return time.monotonic() - self.started
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.popen.returncode}); see {self.log}")

@@ -5,7 +5,7 @@ Run benchmark phases on this process's database; write their results as JSON.
 Started by ``scripts/bench/run.py`` once per database, with ``DATABASE_URL``
 pointing at a throwaway database it has migrated:
 
-    python scripts/bench/driver.py --phases lateness,burst --result out.json [--quick]
+    python scripts/bench/driver.py --phases lateness,burst --result out.json [--quick] [--rounds 3]
 """
 
 import argparse
@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--phases", required=True, help="comma-separated phase names")
     parser.add_argument("--result", required=True, type=Path, help="JSON file to write")
     parser.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    parser.add_argument("--rounds", type=int, help="rounds of each comparison (default: 3)")
     args = parser.parse_args()
     django.setup()
 
@@ -33,6 +35,8 @@ def main() -> None:
     from scripts.bench.phases import PHASES
 
     sizes = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        sizes = replace(sizes, rounds=args.rounds)
     results = {}
     for name in args.phases.split(","):
         started = time.monotonic()

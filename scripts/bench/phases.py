@@ -52,6 +52,7 @@ from .common import (
     wait_for_slots,
     wait_until,
 )
+from .stats import compare, difference, percent_less, ratio, spread
 
 # ---------------------------------------------------------------------------
 # 1. Expiry lateness: ours, the seed's 60-second poll, Celery ETA
@@ -64,53 +65,106 @@ def _lateness_offsets(sizes: Sizes) -> list[float]:
     return sorted(rng.uniform(0, sizes.lateness_spread) for _ in range(sizes.lateness_holds))
 
 
+LATENESS_FIGURES = ("p50_ms", "p95_ms", "p99_ms", "max_ms")
+
+
 def lateness(sizes: Sizes) -> dict[str, Any]:
     """
     The same holds (ending spread over ``lateness_spread`` seconds, created in
-    the order they end) under each design; per hold, the time from
-    ``expires_at`` to the transaction that freed its slot.
+    the order they end; for the seed's poll, over its sweep interval) under
+    each design; per hold, the time from ``expires_at`` to the transaction
+    that freed its slot.
+
+    The designs take turns in each of ``rounds`` rounds (ours, the poll,
+    Celery; then again), each run with fresh slots and a fresh worker; the
+    seed's poll runs in the first ``poll_rounds`` rounds only. Per design:
+    each round's distribution and raw lateness (``rounds``), and each
+    figure's median and spread over rounds; against ours, the ratio of the
+    p50s and of the p99s (``stats.compare``).
     """
     offsets = _lateness_offsets(sizes)
-    results: dict[str, Any] = {"holds": len(offsets), "spread_s": sizes.lateness_spread}
     designs = ["ours", "poll"] + (["celery"] if os.environ.get("BENCH_CELERY") != "0" else [])
+    runs: dict[str, list[dict[str, Any]]] = {design: [] for design in designs}
+    order = []
+    for round_ in range(1, sizes.rounds + 1):
+        for design in designs:
+            if design == "poll" and round_ > sizes.poll_rounds:
+                continue
+            say(f"lateness, round {round_} of {sizes.rounds}: {design}")
+            seconds = _lateness_run(design, sizes, offsets, round_)
+            runs[design].append({"round": round_, **distribution(seconds), "lateness_s": seconds})
+            order.append(f"{design} {round_}")
+    results: dict[str, Any] = {
+        "holds": len(offsets),
+        "spread_s": sizes.lateness_spread,
+        "rounds": sizes.rounds,
+        "order": order,
+    }
     for design in designs:
-        say(f"lateness: {design}")
-        reset()
-        slot_ids = make_slots(len(offsets))
-        runner = _start_design(design, sizes)
-        try:
-            settings.SCHEDULER_EXPIRY_JOBS = design == "ours"
+        results[design] = {
+            **{key: spread([run[key] for run in runs[design]]) for key in LATENESS_FIGURES},
+            "rounds": runs[design],
+        }
+    for design in designs[1:]:
+        for key in ("p50_ms", "p99_ms"):
+            results[design][f"{key}_vs_ours"] = compare(
+                [run[key] for run in runs[design]], [run[key] for run in runs["ours"]], ratio
+            )
+    results["poll"]["interval_s"] = sizes.poll_seconds
+    results["poll"]["spread_s"] = sizes.poll_seconds * 0.9
+    return results
+
+
+def _lateness_run(design: str, sizes: Sizes, offsets: list[float], round_: int) -> list[float]:
+    """
+    One design's run of the lateness phase's holds; their lateness, in seconds.
+
+    The seed's poll gets the same draws stretched over the interval from its
+    worker's start-up sweep to its next sweep, less a twentieth at either end,
+    so that its holds end at (almost) every phase of the interval: over a
+    shorter spread its lateness would be set by where the spread fell in it.
+    """
+    reset()
+    slot_ids = make_slots(len(offsets))
+    settings.SCHEDULER_EXPIRY_JOBS = design == "ours"
+    runner = None
+    try:
+        if design == "poll":
+            runner = _start_design(design, sizes, round_)  # it sweeps as it becomes runner
+            span = sizes.poll_seconds * 0.9
+            ends = [offset * span / sizes.lateness_spread for offset in offsets]
+            first_end = timezone.now() + timedelta(seconds=sizes.poll_seconds * 0.05)
+            reserved = _reserve_for_lateness(slot_ids, ends, first_end, celery=False)
+            last_end = first_end + timedelta(seconds=span)
+        else:
+            runner = _start_design(design, sizes, round_)
             first_end = timezone.now() + timedelta(seconds=sizes.lateness_lead)
             reserved = _reserve_for_lateness(
                 slot_ids, offsets, first_end, celery=design == "celery"
             )
             last_end = first_end + timedelta(seconds=sizes.lateness_spread)
-            timeout = (last_end - timezone.now()).total_seconds() + sizes.poll_seconds + 60
-            pending = Reservation.objects.filter(status=Reservation.Status.PENDING)
-            if wait_until(pending.count, what=f"{design}: holds pending", timeout=timeout) is None:
-                raise RuntimeError(f"{design}: holds still pending after {timeout:.0f} s")
-        finally:
+        timeout = (last_end - timezone.now()).total_seconds() + sizes.poll_seconds + 60
+        pending = Reservation.objects.filter(status=Reservation.Status.PENDING)
+        if wait_until(pending.count, what=f"{design}: holds pending", timeout=timeout) is None:
+            raise RuntimeError(f"{design}: holds still pending after {timeout:.0f} s")
+    finally:
+        if runner is not None:
             runner.stop()
-            settings.SCHEDULER_EXPIRY_JOBS = True
-            if design == "celery":
-                _forget_celery_queue()
-        seconds = expiry_lateness(reserved)
-        results[design] = {**distribution(seconds), "lateness_s": seconds}
-    ours_p50 = results["ours"]["p50_ms"]
-    for design in designs[1:]:
-        results[design]["p50_ratio_to_ours"] = results[design]["p50_ms"] / ours_p50
-        results[design]["p99_ratio_to_ours"] = results[design]["p99_ms"] / results["ours"]["p99_ms"]
-    results["poll"]["interval_s"] = sizes.poll_seconds
-    return results
+        settings.SCHEDULER_EXPIRY_JOBS = True
+        if design == "celery":
+            _forget_celery_queue()
+    return expiry_lateness(reserved)
 
 
-def _start_design(design: str, sizes: Sizes) -> Process:
+def _start_design(design: str, sizes: Sizes, round_: int) -> Process:
     if design == "ours":
-        return start_worker("lateness-ours", SCHEDULER_POLL_SECONDS=str(sizes.worker_poll_seconds))
+        return start_worker(
+            f"lateness-ours-{round_}", SCHEDULER_POLL_SECONDS=str(sizes.worker_poll_seconds)
+        )
     if design == "poll":
         # The seed's design: no job per reservation, a sweep every minute.
         return start_worker(
-            "lateness-poll",
+            f"lateness-poll-{round_}",
             SCHEDULER_EXPIRY_JOBS="false",
             SCHEDULER_SWEEP_SECONDS=str(int(sizes.poll_seconds)),
         )
@@ -118,7 +172,7 @@ def _start_design(design: str, sizes: Sizes) -> Process:
 
     app.control.purge()
     worker = Process(
-        "lateness-celery",
+        f"lateness-celery-{round_}",
         [
             PYTHON,
             "-m",
@@ -329,65 +383,116 @@ def _handover_cascade(sizes: Sizes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 
+# More reservations a second than this machine makes: how many slots a run gets.
+RESERVE_MOST_PER_S = 1500
+WORKER_READY = "Bench: worker ready"  # each worker's line (scripts/bench/gunicorn.conf.py)
+
+RESERVE_FIGURES = (
+    "created_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "one_client_p50_ms",
+    "one_client_p99_ms",
+)
+
+
 def reserve_path(sizes: Sizes) -> dict[str, Any]:
-    """``POST /api/reservations/`` through gunicorn, driven by wrk; expiry jobs on and off."""
+    """
+    ``POST /api/reservations/`` through gunicorn, driven by wrk; expiry jobs
+    on and off, interleaved: on, off, on, off... for ``rounds`` rounds, each
+    run with fresh slots and a fresh gunicorn.
+
+    Per setting: each round's figures (``rounds``) and each figure's median
+    and spread over rounds. The job's cost (``cost``), on against off, by
+    ``stats.compare``: ``throughput_pct`` (how much less was created a
+    second), ``one_client_p50_ms`` (the request's own cost) and
+    ``p50_8_clients_ms``.
+    """
     wrk = shutil.which("wrk")
     if wrk is None:
         return {"skipped": "wrk is not installed (make bench installs it with apt-get)"}
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for round_ in range(1, sizes.rounds + 1):
+        for jobs in ("on", "off"):
+            say(f"reserve path, round {round_} of {sizes.rounds}: expiry jobs {jobs}")
+            runs[jobs].append({"round": round_, **_reserve_run(wrk, sizes, jobs, round_)})
     results: dict[str, Any] = {
         "clients": sizes.reserve_clients,
         "seconds": sizes.reserve_seconds,
-        "gunicorn_workers": 4,
+        "alone_seconds": sizes.reserve_alone_seconds,
+        "warmup_seconds": sizes.reserve_warmup_seconds,
+        "gunicorn_workers": sizes.gunicorn_workers,
+        "rounds": sizes.rounds,
+        "order": [f"{jobs} {round_}" for round_ in range(1, sizes.rounds + 1) for jobs in runs],
     }
-    for jobs in ("on", "off"):
-        say(f"reserve path: expiry jobs {jobs}")
-        reset()
-        # Enough slots for any throughput this machine reaches, plus the warm-up.
-        slot_ids = make_slots(int(1500 * (sizes.reserve_seconds + 2)))
-        if slot_ids != list(range(slot_ids[0], slot_ids[0] + len(slot_ids))):
-            raise RuntimeError("wrk books slots by id: they must be one contiguous range")
-        port = _free_port()
-        server = Process(
-            f"reserve-{jobs}",
-            [PYTHON, "-m", "gunicorn", "-c", "config/gunicorn.conf.py"],
-            GUNICORN_BIND=f"127.0.0.1:{port}",
-            GUNICORN_WORKERS="4",
-            SCHEDULER_WORKER_MODE="true",
-            SCHEDULER_EXPIRY_JOBS="true" if jobs == "on" else "false",
-        )
-        try:
-            _wait_http(f"http://127.0.0.1:{port}/api/rooms/")
-            threads = 2
-            # Warm-up from the top of the range, measured run from the bottom.
-            _wrk(wrk, port, sizes.settle_seconds, sizes.reserve_clients, threads, slot_ids[-3000])
-            measured = _wrk(
-                wrk, port, sizes.reserve_seconds, sizes.reserve_clients, threads, slot_ids[0]
-            )
-            # One client, nothing to wait for: the request's own cost.
-            alone = _wrk(wrk, port, sizes.reserve_seconds / 2, 1, 1, slot_ids[len(slot_ids) // 2])
-        finally:
-            server.stop()
-        seconds = measured["duration_us"] / 1e6
-        created = measured["requests"] - measured["non_2xx"]
+    for jobs, rounds in runs.items():
         results[f"jobs_{jobs}"] = {
-            "requests": measured["requests"],
-            "created_per_s": created / seconds,
-            "non_2xx": measured["non_2xx"],
-            "socket_errors": measured["socket_errors"],
-            "p50_ms": measured["p50_us"] / 1000,
-            "p90_ms": measured["p90_us"] / 1000,
-            "p99_ms": measured["p99_us"] / 1000,
-            "max_ms": measured["max_us"] / 1000,
-            "one_client_p50_ms": alone["p50_us"] / 1000,
-            "one_client_p99_ms": alone["p99_us"] / 1000,
+            **{key: spread([run[key] for run in rounds]) for key in RESERVE_FIGURES},
+            "errors": sum(run["non_2xx"] + run["socket_errors"] for run in rounds),
+            "rounds": rounds,
         }
-    on, off = results["jobs_on"], results["jobs_off"]
+
+    def on_off(key: str) -> tuple[list[float], list[float]]:
+        return [run[key] for run in runs["on"]], [run[key] for run in runs["off"]]
+
     # The p50 with 8 clients on SQLite is mostly waiting for its one write
     # lock; the cost of the job itself shows with one client.
-    results["p50_cost_ms"] = on["one_client_p50_ms"] - off["one_client_p50_ms"]
-    results["p50_cost_8_clients_ms"] = on["p50_ms"] - off["p50_ms"]
-    results["throughput_cost_pct"] = 100 * (1 - on["created_per_s"] / off["created_per_s"])
+    results["cost"] = {
+        "throughput_pct": compare(*on_off("created_per_s"), percent_less),
+        "one_client_p50_ms": compare(*on_off("one_client_p50_ms"), difference),
+        "p50_8_clients_ms": compare(*on_off("p50_ms"), difference),
+    }
     return results
+
+
+def _reserve_run(wrk: str, sizes: Sizes, jobs: str, round_: int) -> dict[str, Any]:
+    """One run of the reserve path, on fresh slots and a fresh gunicorn; its figures."""
+    reset()
+    # Each wrk run books from its own range of slots, one second's worth to spare:
+    # the measured run from the bottom, then the one client, then the warm-up.
+    per_s = RESERVE_MOST_PER_S
+    alone_from = int(per_s * (sizes.reserve_seconds + 1))
+    warmup_from = alone_from + int(per_s * (sizes.reserve_alone_seconds + 1))
+    slot_ids = make_slots(warmup_from + int(per_s * (sizes.reserve_warmup_seconds + 1)))
+    if slot_ids != list(range(slot_ids[0], slot_ids[0] + len(slot_ids))):
+        raise RuntimeError("wrk books slots by id: they must be one contiguous range")
+    port = _free_port()
+    server = Process(
+        f"reserve-{jobs}-{round_}",
+        [PYTHON, "-m", "gunicorn", "-c", "scripts/bench/gunicorn.conf.py"],
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_WORKERS=str(sizes.gunicorn_workers),
+        SCHEDULER_WORKER_MODE="true",
+        SCHEDULER_EXPIRY_JOBS="true" if jobs == "on" else "false",
+    )
+    clients, threads = sizes.reserve_clients, 2
+    try:
+        # Every worker has loaded the application (they load it at once, on 2 cores).
+        server.wait_for_line(WORKER_READY, count=sizes.gunicorn_workers)
+        _wait_http(f"http://127.0.0.1:{port}/api/rooms/")
+        if sizes.reserve_warmup_seconds:
+            _wrk(wrk, port, sizes.reserve_warmup_seconds, clients, threads, slot_ids[warmup_from])
+        measured = _wrk(wrk, port, sizes.reserve_seconds, clients, threads, slot_ids[0])
+        # One client, nothing to wait for: the request's own cost.
+        alone = _wrk(wrk, port, sizes.reserve_alone_seconds, 1, 1, slot_ids[alone_from])
+    finally:
+        server.stop()
+    created = measured["requests"] - measured["non_2xx"]
+    return {
+        "requests": measured["requests"],
+        "created_per_s": created / (measured["duration_us"] / 1e6),
+        "non_2xx": measured["non_2xx"] + alone["non_2xx"],
+        "socket_errors": measured["socket_errors"] + alone["socket_errors"],
+        "p50_ms": measured["p50_us"] / 1000,
+        "p90_ms": measured["p90_us"] / 1000,
+        "p99_ms": measured["p99_us"] / 1000,
+        "max_ms": measured["max_us"] / 1000,
+        "one_client_requests": alone["requests"],
+        "one_client_p50_ms": alone["p50_us"] / 1000,
+        "one_client_p99_ms": alone["p99_us"] / 1000,
+    }
 
 
 def _free_port() -> int:
@@ -426,7 +531,10 @@ def _wrk(wrk: str, port: int, seconds: float, clients: int, threads: int, first:
         capture_output=True,
         text=True,
     ).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    result = json.loads(output.strip().splitlines()[-1])
+    if not result["requests"]:
+        raise RuntimeError(f"wrk: no request answered in {seconds:g} s with {clients} clients")
+    return result
 
 
 # ---------------------------------------------------------------------------

@@ -3,14 +3,16 @@
 Benchmarks of the expiry, on SQLite and PostgreSQL.
 
     python scripts/bench/run.py                  # the full run (about 18 minutes)
-    python scripts/bench/run.py --quick          # small sizes, about a minute a database (CI)
+    python scripts/bench/run.py --quick          # small sizes, a minute or two a database (CI)
     python scripts/bench/run.py --database sqlite --phases lateness,burst --out var/bench-part
 
 Phases: ``lateness`` (ours against the seed's 60-second poll and Celery ETA on
 the local Redis), ``handover`` (from a hold's end to the waiting party's offer,
 and a cascade of lapsing offers), ``reserve`` (the reserve path through
 gunicorn, expiry job on and off, driven by wrk), ``burst``, ``catchup`` and
-``scale``. Each database is
+``scale``. The comparisons (ours, the poll and Celery; the job on and off)
+run ``--rounds`` times, interleaved, and each figure is the median over
+rounds with its spread (``scripts/bench/stats.py``). Each database is
 a throwaway one: a SQLite file under ``--out``, or a PostgreSQL database created
 beside ``BENCH_POSTGRES_URL`` and dropped afterwards. A PostgreSQL or Redis
 that cannot be reached is skipped, and the report says so.
@@ -69,6 +71,12 @@ def main() -> int:
         ),
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for CI")
+    parser.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=3,
+        help="rounds of each comparison, interleaved (the seed's 60-s poll: one round)",
+    )
     parser.add_argument("--database", choices=["sqlite", "postgresql", "all"], default="all")
     parser.add_argument(
         "--phases", default=",".join(PHASES), help=f"comma-separated, of: {', '.join(PHASES)}"
@@ -89,6 +97,7 @@ def main() -> int:
     celery_problem = _redis_problem(redis_url) if "lateness" in phases else None
     results: dict = {
         "quick": args.quick,
+        "rounds": args.rounds,
         "phases": phases,
         "machine": _machine(),
         "celery": celery_problem or "ran",
@@ -108,7 +117,9 @@ def main() -> int:
                 )
                 if celery_problem:
                     env["BENCH_CELERY"] = "0"
-                results["databases"][database] = _run_driver(env, phases, args.quick, out, database)
+                results["databases"][database] = _run_driver(
+                    env, phases, args.quick, args.rounds, out, database
+                )
         except _Unreachable as problem:
             print(f"   skipped: {problem}", file=sys.stderr)
             results["databases"][database] = {"skipped": str(problem)}
@@ -131,8 +142,15 @@ class _Unreachable(RuntimeError):
     pass
 
 
+def _rounds(value: str) -> int:
+    rounds = int(value)
+    if rounds < 1:
+        raise argparse.ArgumentTypeError("at least one round")
+    return rounds
+
+
 def _run_driver(
-    env: dict[str, str], phases: list[str], quick: bool, out: Path, database: str
+    env: dict[str, str], phases: list[str], quick: bool, rounds: int, out: Path, database: str
 ) -> dict:
     python = sys.executable
     subprocess.run(  # noqa: S603 (our own manage.py)
@@ -147,6 +165,8 @@ def _run_driver(
         ",".join(phases),
         "--result",
         str(result),
+        "--rounds",
+        str(rounds),
     ]
     if quick:
         command.append("--quick")
