@@ -361,12 +361,16 @@ def delete_not_due(store: SQLAlchemyJobStore, job_ids: list[str], now: float) ->
             db.execute(table.delete().where(not_due, table.c.id.in_(chunk)))
 
 
-def job_row(job: Job, protocol: int) -> dict[str, Any]:
-    """A job as the store's row: ``id``, ``next_run_time`` (a UTC timestamp) and ``job_state``."""
+def job_row(state: dict[str, Any], protocol: int) -> dict[str, Any]:
+    """
+    A job's row in the store: ``id``, ``next_run_time`` (a UTC timestamp) and ``job_state``.
+
+    ``state`` is what ``Job.__getstate__`` returns.
+    """
     return {
-        "id": job.id,
-        "next_run_time": datetime_to_utc_timestamp(job.next_run_time),
-        "job_state": pickle.dumps(job.__getstate__(), protocol),
+        "id": state["id"],
+        "next_run_time": datetime_to_utc_timestamp(state["next_run_time"]),
+        "job_state": pickle.dumps(state, protocol),
     }
 
 
@@ -382,29 +386,34 @@ def write_rows(
     Add or replace the jobs ``rows`` (``job_row``), delete the jobs ``removed``: one transaction.
 
     What APScheduler's ``add_job(replace_existing=True)`` and ``remove_job``
-    do one job and one transaction at a time, here a statement per thousand
-    jobs. A replaced job cannot go missing in between, as it can between
-    APScheduler's insert and update. Of ``removed``, jobs already due at
-    ``now`` (a UTC timestamp) are left to the runner (``delete_not_due``).
-    Raises what SQLAlchemy raises; ``can_upsert`` says whether the dialect
-    is supported.
+    do one job and one transaction at a time. A replaced job cannot go
+    missing in between, as it can between APScheduler's insert and update.
+    Of ``removed``, jobs already due at ``now`` (a UTC timestamp) are left to
+    the runner (``delete_not_due``). Raises what SQLAlchemy raises;
+    ``can_upsert`` says whether the dialect is supported.
     """
     table = store.jobs_t
-    insert = _UPSERTS[store.engine.dialect.name]
     with store.engine.begin() as db:
-        for chunk in chunks(rows):
-            statement = insert(table).values(list(chunk))
-            db.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[table.c.id],
-                    set_={
-                        "next_run_time": statement.excluded.next_run_time,
-                        "job_state": statement.excluded.job_state,
-                    },
-                )
-            )
+        if rows:
+            db.execute(_upsert(store), rows)
         for ids in chunks(removed):
             db.execute(table.delete().where(table.c.next_run_time > now, table.c.id.in_(ids)))
+
+
+def _upsert(store: SQLAlchemyJobStore) -> Any:
+    """The store's ``INSERT ... ON CONFLICT (id) DO UPDATE``, built once (then cached compiled)."""
+    statement = store.__dict__.get("upsert")
+    if statement is None:
+        table = store.jobs_t
+        insert = _UPSERTS[store.engine.dialect.name](table)
+        statement = store.__dict__["upsert"] = insert.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={
+                "next_run_time": insert.excluded.next_run_time,
+                "job_state": insert.excluded.job_state,
+            },
+        )
+    return statement
 
 
 def shares_database(store: SQLAlchemyJobStore, settings_dict: dict[str, Any]) -> bool:

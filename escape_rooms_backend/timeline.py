@@ -171,8 +171,7 @@ def deadlines_write(
     try:
         store = process.job_store()
         rows = [
-            job_row(_job(process.get(), kind, key, at), store.pickle_protocol)
-            for kind, key, at in wanted
+            job_row(_job_state(kind, key, at), store.pickle_protocol) for kind, key, at in wanted
         ]
     except Exception:
         logger.exception(JOB_NOT_SCHEDULED_LOG, _kinds(wanted), _keys(wanted))
@@ -223,26 +222,42 @@ def _keys(wanted: Sequence[Needed]) -> str:
     return ", ".join(map(str, keys[:10])) + more
 
 
-def _job(scheduler: Any, kind: DeadlineKind, key: int, at: datetime, **kwargs: Any) -> Any:
-    """The ``DateTrigger`` job of ``kind`` for ``key`` at ``at``, as ``deadline_schedule`` adds."""
+# Per kind, the state of one job as deadline_schedule adds it: validated by
+# APScheduler's Job once, then copied for each job (its checks cost more
+# than the write).
+_JOB_TEMPLATES: dict[str, dict[str, Any]] = {}
+
+
+def _job_state(kind: DeadlineKind, key: int, at: datetime) -> dict[str, Any]:
+    """``Job.__getstate__`` of the ``kind`` job of ``key`` at ``at``, as ``deadline_schedule``."""
     from apscheduler.job import Job
     from apscheduler.triggers.date import DateTrigger
 
-    return Job(
-        scheduler,
-        id=kind.job_id(key),
-        func=JOB_FUNC,
-        trigger=DateTrigger(run_date=at),
-        args=[kind.name, key],
-        kwargs=kwargs,
-        name=f"{kind.name} of reservation {key}",
-        executor=kind.executor,
-        misfire_grace_time=None,
-        coalesce=True,
-        # See deadline_schedule.
-        max_instances=2,
-        next_run_time=at,
-    )
+    from .lifecycle import process
+
+    template = _JOB_TEMPLATES.get(kind.name)
+    if template is None:
+        template = _JOB_TEMPLATES[kind.name] = Job(
+            process.get(),
+            id=kind.job_id(key),
+            func=JOB_FUNC,
+            trigger=DateTrigger(run_date=at),
+            args=[kind.name, key],
+            kwargs={},
+            executor=kind.executor,
+            misfire_grace_time=None,
+            coalesce=True,
+            max_instances=2,  # see deadline_schedule
+            next_run_time=at,
+        ).__getstate__()
+    return {
+        **template,
+        "id": kind.job_id(key),
+        "name": f"{kind.name} of reservation {key}",
+        "args": (kind.name, key),
+        "trigger": DateTrigger(run_date=at),
+        "next_run_time": at,
+    }
 
 
 def _write_rows_here(

@@ -70,6 +70,7 @@ class Sizes:
     scale_history: int = 1_000_000
     cascade_parties: int = 6  # parties waiting for one slot: five lapsing offers hand it over
     cascade_offer_seconds: int = 1  # WAITLIST_OFFER_SECONDS in the cascade (whole seconds)
+    profile_reservations: int = 1000  # made in-process under cProfile, after a warm-up
 
 
 FULL = Sizes()
@@ -89,6 +90,7 @@ QUICK = Sizes(
     scale_pending=2_000,
     scale_history=20_000,
     cascade_parties=2,
+    profile_reservations=50,
 )
 
 

@@ -466,6 +466,11 @@ def _reserve_run(wrk: str, sizes: Sizes, jobs: str, round_: int) -> dict[str, An
         GUNICORN_WORKERS=str(sizes.gunicorn_workers),
         SCHEDULER_WORKER_MODE="true",
         SCHEDULER_EXPIRY_JOBS="true" if jobs == "on" else "false",
+        # The production hold limits, each request a customer of its own
+        # (reserve.lua) behind a trusted proxy: the limits' counts as a venue has them.
+        MAX_PENDING_HOLDS_PER_EMAIL="2",
+        MAX_PENDING_HOLDS_PER_ADDRESS="10",
+        TRUSTED_PROXIES="127.0.0.1",
     )
     clients, threads = sizes.reserve_clients, 2
     try:
@@ -725,6 +730,91 @@ def _plan(query) -> list[str]:
         return [" ".join(str(part) for part in row) for row in cursor.fetchall()]
 
 
+# ---------------------------------------------------------------------------
+# 7. Where one reservation's time goes: cProfile, in-process
+# ---------------------------------------------------------------------------
+
+PROFILE_TOP = 15
+# Our own code: the functions the profile's second table lists.
+OURS = ("/apps/", "/escape_rooms_backend/", "/config/")
+
+
+def profile(sizes: Sizes) -> dict[str, Any]:
+    """
+    ``POST /api/reservations/`` in this process through Django's test client, under cProfile.
+
+    The request as gunicorn's worker runs it, without the HTTP server: the
+    middleware, the API, the service with its locks and counts, the event and
+    message rows, the jobs written to the store. The web process writes jobs
+    with a paused scheduler, as with ``SCHEDULER_WORKER_MODE``. Each row is
+    per reservation: calls, own time and time including callees (µs; the
+    profiler roughly doubles them, so read the shares, not the sums).
+    """
+    import cProfile
+    import pstats
+
+    from django.test import Client
+
+    reset()
+    count = sizes.profile_reservations
+    warmup = 50
+    slot_ids = make_slots(2 * count + warmup)
+    client = Client(HTTP_HOST="127.0.0.1")
+
+    def reserve(slot_id: int) -> None:
+        response = client.post(
+            "/api/reservations/",
+            {
+                "slot_id": slot_id,
+                "customer_name": "Bench Customer",
+                "customer_email": f"bench{slot_id}@example.com",
+                "party_size": 3,
+            },
+            content_type="application/json",
+            REMOTE_ADDR=f"10.0.{slot_id // 256 % 256}.{slot_id % 256}",
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"reserve: {response.status_code} {response.content[:200]!r}")
+
+    for slot_id in slot_ids[:warmup]:
+        reserve(slot_id)
+    plain = []
+    for slot_id in slot_ids[warmup : warmup + count]:
+        started = time.perf_counter()
+        reserve(slot_id)
+        plain.append(time.perf_counter() - started)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for slot_id in slot_ids[warmup + count :]:
+        reserve(slot_id)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(own for _, _, own, _, _ in stats.values())
+
+    def row(key: tuple[str, int, str], value: tuple) -> dict[str, Any]:
+        path, line, name = key
+        short = path.split("site-packages/")[-1] if "site-packages/" in path else path
+        short = short.split(str(ROOT) + "/")[-1]
+        calls, _, own, cumulative, _ = value
+        return {
+            "function": f"{short}:{line}({name})" if line else name,
+            "calls": calls / count,
+            "own_us": own / count * 1e6,
+            "cumulative_us": cumulative / count * 1e6,
+        }
+
+    by_own = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)
+    ours = [item for item in stats.items() if any(part in item[0][0] for part in OURS)]
+    ours.sort(key=lambda item: item[1][3], reverse=True)
+    return {
+        "reservations": count,
+        "plain": distribution(plain),
+        "profiled_us": total / count * 1e6,
+        "by_own_time": [row(*item) for item in by_own[:PROFILE_TOP]],
+        "ours_by_cumulative": [row(*item) for item in ours[:PROFILE_TOP]],
+    }
+
+
 PHASES = {
     "lateness": lateness,
     "handover": handover,
@@ -732,4 +822,5 @@ PHASES = {
     "burst": burst,
     "catchup": catchup,
     "scale": scale,
+    "profile": profile,
 }

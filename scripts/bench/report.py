@@ -358,6 +358,35 @@ def markdown(results: dict[str, Any]) -> str:
                 ]
             )
     _section(parts, "### Scale\n\n", "database | what | time | peak RSS | target", rows)
+    for database, phase in _databases(results, "profile"):
+        plain = phase["plain"]
+        title = (
+            f"### Profile of one reservation ({database})\n\n"
+            f"`POST /api/reservations/` in-process (Django's test client, no HTTP server), "
+            f"{phase['reservations']:,} reservations: {plain['p50_ms']:.2f} ms p50 each "
+            f"without the profiler, {phase['profiled_us'] / 1000:.2f} ms with it. Per "
+            "reservation; own time excludes callees, total includes them.\n\n"
+        )
+        for key, what in (
+            ("by_own_time", "the largest own times"),
+            ("ours_by_cumulative", "our own functions, by total time"),
+        ):
+            rows = [
+                [
+                    f"`{item['function']}`",
+                    f"{item['calls']:.1f}",
+                    f"{item['own_us']:,.0f}",
+                    f"{item['cumulative_us']:,.0f}",
+                ]
+                for item in phase[key]
+            ]
+            _section(
+                parts,
+                title + f"{what.capitalize()}:\n\n",
+                "function | calls | own µs | total µs",
+                rows,
+            )
+            title = ""
     return "\n\n".join(parts) + "\n"
 
 

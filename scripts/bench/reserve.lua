@@ -23,7 +23,11 @@ function request()
   local body = string.format(
     '{"slot_id": %d, "customer_name": "Bench Customer", '
     .. '"customer_email": "bench%d@example.com", "party_size": 3}', slot, slot)
-  return wrk.format("POST", "/api/reservations/", {["Content-Type"] = "application/json"}, body)
+  -- Each request a customer of its own, behind the trusted proxy (127.0.0.1).
+  local client = string.format("10.%d.%d.%d",
+    math.floor(slot / 65536) % 256, math.floor(slot / 256) % 256, slot % 256)
+  return wrk.format("POST", "/api/reservations/",
+    {["Content-Type"] = "application/json", ["X-Forwarded-For"] = client}, body)
 end
 
 function done(summary, latency, requests)

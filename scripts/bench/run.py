@@ -9,8 +9,8 @@ Benchmarks of the expiry, on SQLite and PostgreSQL.
 Phases: ``lateness`` (ours against the seed's 60-second poll and Celery ETA on
 the local Redis), ``handover`` (from a hold's end to the waiting party's offer,
 and a cascade of lapsing offers), ``reserve`` (the reserve path through
-gunicorn, expiry job on and off, driven by wrk), ``burst``, ``catchup`` and
-``scale``. The comparisons (ours, the poll and Celery; the job on and off)
+gunicorn, expiry job on and off, driven by wrk), ``burst``, ``catchup``,
+``scale`` and ``profile`` (one reservation under cProfile). The comparisons (ours, the poll and Celery; the job on and off)
 run ``--rounds`` times, interleaved, and each figure is the median over
 rounds with its spread (``scripts/bench/stats.py``). Each database is
 a throwaway one: a SQLite file under ``--out``, or a PostgreSQL database created
@@ -52,7 +52,7 @@ if missing := [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is
 
 from scripts.bench import report  # noqa: E402
 
-PHASES = ["lateness", "handover", "reserve", "burst", "catchup", "scale"]
+PHASES = ["lateness", "handover", "reserve", "burst", "catchup", "scale", "profile"]
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 
