@@ -10,11 +10,12 @@ Phases: ``lateness`` (ours against the seed's 60-second poll and Celery ETA on
 the local Redis), ``handover`` (from a hold's end to the waiting party's offer,
 and a cascade of lapsing offers), ``reserve`` (the reserve path through
 gunicorn, expiry job on and off, driven by wrk), ``burst``, ``catchup``,
-``scale`` and ``profile`` (one reservation under cProfile). The comparisons (ours, the poll and Celery; the job on and off)
-run ``--rounds`` times, interleaved, and each figure is the median over
-rounds with its spread (``scripts/bench/stats.py``). Each database is
-a throwaway one: a SQLite file under ``--out``, or a PostgreSQL database created
-beside ``BENCH_POSTGRES_URL`` and dropped afterwards. A PostgreSQL or Redis
+``scale`` and ``profile`` (one reservation under cProfile). The comparisons
+(ours, the poll and Celery; the job on and off) run ``--rounds`` times,
+interleaved, and each figure is the median over rounds with its spread
+(``scripts/bench/stats.py``). Each database is a throwaway one: a SQLite
+file under ``--out``, or a PostgreSQL database created beside
+``BENCH_POSTGRES_URL`` and dropped afterwards. A PostgreSQL or Redis
 that cannot be reached is skipped, and the report says so.
 
 Prints Markdown tables and writes ``results.md``, ``results.json`` and
