@@ -91,7 +91,7 @@ def reservation_move(
             )
         if target.starts_at <= now or not target.room.is_active:
             raise errors.SlotUnavailable()
-        slot_closure_check(target.pk)
+        slot_closure_check(target)
         if (problem := party_size_problem(target.room, reservation.party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         handed_over = slot_lapsed_holds_expire(time_slot_id=target.pk, now=now, cause=Cause.RECLAIM)

@@ -30,7 +30,7 @@ from django.db.models import Value
 from django.db.models.functions import Upper
 from django.utils import timezone
 
-from apps.rooms.models import Room, TimeSlot
+from apps.rooms.models import Closure, Room, TimeSlot
 from escape_rooms_backend.db import advisory_xact_lock
 
 from . import errors, offers
@@ -204,15 +204,19 @@ def slot_lapsed_holds_expire(*, time_slot_id: int, now: datetime, cause: str) ->
     return expired
 
 
-def slot_closure_check(time_slot_id: int) -> None:
+def slot_closure_check(slot: TimeSlot) -> None:
     """
     Refuse a slot that a closure of its room, or of the whole venue, overlaps: ``SlotClosed``.
 
-    Call with the slot locked (``slot_lock``), after the lock: a closure
-    being made locks the slots it closes, so that it either commits before
-    this read, and is seen, or ends what this transaction makes.
+    Call with the slot locked (``slot_lock``), after the lock, with the slot
+    as the lock read it: a closure being made locks the slots it closes, so
+    that it either commits before this read, and is seen, or ends what this
+    transaction makes.
     """
-    if TimeSlot.objects.filter(pk=time_slot_id).closed().exists():
+    closures = Closure.objects.over(
+        room_id=slot.room_id, starts_at=slot.starts_at, ends_at=slot.ends_at
+    )
+    if closures.exists():
         raise errors.SlotClosed()
 
 
@@ -317,7 +321,7 @@ def reservation_create(
         room = slot.room
         if slot.starts_at <= now or not room.is_active:
             raise errors.SlotUnavailable()
-        slot_closure_check(slot.pk)
+        slot_closure_check(slot)
         if (problem := party_size_problem(room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         holds_limit_check(customer_email=customer_email, client_address=client_address, now=now)
@@ -422,7 +426,7 @@ def _slot_free_for(reservation: Reservation, *, now: datetime) -> None:
     waiting list, not back to its holder. A closed slot goes to no one
     (``SlotClosed``). Call with the slot locked (``reservation_lock``).
     """
-    slot_closure_check(reservation.time_slot_id)
+    slot_closure_check(TimeSlot.objects.get(pk=reservation.time_slot_id))
     lapsed = Reservation.objects.due_for_expiry(now).filter(time_slot_id=reservation.time_slot_id)
     for stale in lapsed.exclude(pk=reservation.pk):
         _expire(stale, now=now, cause=Cause.RECLAIM)
@@ -928,25 +932,28 @@ def holds_limit_check(*, customer_email: str, client_address: str | None, now: d
         f"holds:{customer_email.lower()}", f"holds:{client_address}" if client_address else ""
     )
     live = Reservation.objects.filter(status=Status.PENDING, expires_at__gt=now)
-    by_email = live.alias(email=Upper("customer_email")).filter(email=Upper(Value(customer_email)))
     for holds, limit in (
-        (by_email, settings.MAX_PENDING_HOLDS_PER_EMAIL),
         (
-            live.filter(client_address=client_address) if client_address else None,
+            # As the index of each customer's live holds has it, for SQLite too.
+            live.alias(upper_email=Upper("customer_email")).filter(
+                upper_email=Upper(Value(customer_email))
+            ),
+            settings.MAX_PENDING_HOLDS_PER_EMAIL,
+        ),
+        (
+            live.filter(client_address=client_address) if client_address else live.none(),
             settings.MAX_PENDING_HOLDS_PER_ADDRESS,
         ),
     ):
-        if holds is None:
-            continue
-        # Counted up to the limit, on an index of the customer's own holds:
-        # one address may hold thousands, and reading them all is no one's business.
-        if holds[:limit].count() >= limit:
-            held = holds.count()  # all of them, only to refuse
+        # One customer's live holds, on an index of their own: never many
+        # more than the limit, since more are refused.
+        held = holds.count()
+        if held >= limit:
             # Below the limit again once this many have ended. A separate
             # statement: on PostgreSQL holds may have ended (been paid,
             # expired) since the count, and then there is no limit to enforce.
             ends = holds.order_by("expires_at").values_list("expires_at", flat=True)
-            frees_one = ends[max(0, held - limit) : held - limit + 1].first()
+            frees_one = ends[held - limit : held - limit + 1].first()
             if frees_one is None:
                 continue
             retry_after = max(1, math.ceil((frees_one - now).total_seconds()))

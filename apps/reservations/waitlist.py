@@ -65,7 +65,7 @@ def waiting_join(
                 return earlier
         if slot.starts_at <= now or not slot.room.is_active:
             raise errors.SlotUnavailable()
-        services.slot_closure_check(slot.pk)
+        services.slot_closure_check(slot)
         if (problem := services.party_size_problem(slot.room, party_size)) is not None:
             raise errors.InvalidReservation(fields={"party_size": [problem]})
         services.slot_lapsed_holds_expire(
