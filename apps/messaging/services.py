@@ -274,7 +274,13 @@ def _wake_after_commit(key: str) -> None:
         return  # the benchmarks' switch: no jobs (the sweep delivers itself)
     pk = Message.objects.filter(key=key).values_list("pk", flat=True).first()
     if pk is not None:
-        timeline.deadline_in_step(deadlines.kind_named(DELIVERY), pk, timezone.now())
+        _wake_with_commit(pk)
+
+
+def _wake_with_commit(message_id: int) -> None:
+    """With the commit, a delivery job due now, named after message ``message_id``."""
+    if settings.SCHEDULER_EXPIRY_JOBS:  # the benchmarks' switch: off, the sweep delivers
+        timeline.deadline_in_step(deadlines.kind_named(DELIVERY), message_id, timezone.now())
 
 
 _TABLE = Message._meta.db_table
@@ -323,11 +329,9 @@ def messages_enqueue_for_states(
     token = f"{uuid.uuid4().hex[:16]}@{_message_id_domain()}>"
     empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
     reservation_id = "CAST(r.id AS TEXT)"
-    queued = 0
-    first_key = ""
+    queued: list[int] = []
     with connection.cursor() as cursor:
         for kind, pks in by_kind.items():
-            first_key = first_key or f"{kind}:{pks[0]}"
             for chunk in chunks(pks):
                 cursor.execute(
                     _insert(
@@ -335,14 +339,15 @@ def messages_enqueue_for_states(
                         f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL, NULL "
                         f"FROM {Reservation._meta.db_table} r "
                         f"WHERE r.id IN ({', '.join(['%s'] * len(chunk))})"
-                    ),
+                    )
+                    + " RETURNING id",
                     [f"{kind}:", kind, "{}", f"<{kind}.", f".{token}", Status.PENDING.value, at, at]
                     + list(chunk),
                 )
-                queued += max(cursor.rowcount, 0)
+                queued += [row[0] for row in cursor.fetchall()]
     if queued:
-        _wake_after_commit(first_key)
-    return queued
+        _wake_with_commit(min(queued))
+    return len(queued)
 
 
 def _message_id_domain() -> str:
