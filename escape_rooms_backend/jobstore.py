@@ -7,11 +7,12 @@ the status. Imports no app.
 """
 
 import contextlib
+import json
 import logging
 import os
 import pickle
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.util import datetime_to_utc_timestamp
-from sqlalchemy import event, func, or_, select
+from sqlalchemy import ARRAY, String, any_, bindparam, column, event, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, DisconnectionError
@@ -29,6 +30,11 @@ from .db import chunks
 
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
+# Due jobs a pass reads at once, with their states; a pass with more folds.
+FEW_DUE = 20
+# Reads of a kind's earliest due job before the fold gives up and hands its
+# due jobs over one by one (each read found it moved by another process).
+FOLD_ATTEMPTS = 3
 JOB_STORE_BUSY_TIMEOUT = 2  # seconds a SQLite job store write waits for a lock
 # What SQLite says of a file it cannot read as a database, or of a store file
 # made anew without its table (deleted under a running process, say).
@@ -52,13 +58,15 @@ class FoldingJobStore(SQLAlchemyJobStore):
     A kind whose ``handle`` does the work of every due deadline of the kind
     (``DeadlineKind.fold``, such as the hold's end) needs only one of its due
     jobs run. This store hands the scheduler the earliest of them and deletes
-    the others' rows in one statement per thousand, passing their
+    the others' rows in one ``DELETE ... RETURNING``, passing their
     reservation ids to the one it hands over (``coalesced``, in memory only).
-    10,000 holds ending in the same second then cost one job run and ten
-    DELETEs, instead of 10,000 rounds of unpickle, submit, run and delete.
+    10,000 holds ending in the same second then cost one job run and one
+    DELETE, instead of 10,000 rounds of unpickle, submit, run and delete.
     Deleting a due job's row before its work is done is what APScheduler
     does with every date job (at most once); the sweep covers a crash in
-    between. Other jobs are returned unchanged.
+    between. Other jobs are returned unchanged. A pass that finds no more
+    than ``FEW_DUE`` due jobs, none two of a folding kind (the usual pass),
+    reads them with one query.
 
     A SQLite store commits with ``synchronous=NORMAL`` in WAL mode, as the
     main database does: with the default, every job write waits for an
@@ -151,6 +159,22 @@ class FoldingJobStore(SQLAlchemyJobStore):
         folding = [kind for kind in deadlines.kinds() if kind.fold]
         if not folding:
             return super().get_due_jobs(now)
+        # The usual pass finds a few due jobs, or none: one query reads them
+        # with their states. Only a pass with more, or with two of a folding
+        # kind, folds (a query per kind, then one DELETE per kind).
+        with self.engine.begin() as db:
+            rows = db.execute(
+                select(table.c.id, table.c.job_state)
+                .where(due)
+                .order_by(table.c.next_run_time)
+                .limit(FEW_DUE + 1)
+            ).all()
+        kinds = [
+            next((k for k in folding if row.id.startswith(k.job_prefix)), None) for row in rows
+        ]
+        of_folding = [kind.name for kind in kinds if kind is not None]
+        if len(rows) <= FEW_DUE and len(of_folding) == len(set(of_folding)):
+            return self._restore(rows)
         jobs: list[Job] = []
         for kind in folding:
             jobs += self._fold(kind, due, table.c.id.startswith(kind.job_prefix))
@@ -158,27 +182,49 @@ class FoldingJobStore(SQLAlchemyJobStore):
         jobs += self._get_jobs(due, ~folded)
         return sorted(jobs, key=lambda job: job.next_run_time)
 
+    def _restore(self, rows: Sequence[Any]) -> list[Job]:
+        """
+        The jobs of ``(id, job_state)`` rows, in their order.
+
+        A row that does not unpickle is logged and deleted, as APScheduler does.
+        """
+        jobs: list[Job] = []
+        failed: list[str] = []
+        for row in rows:
+            try:
+                jobs.append(self._reconstitute_job(row.job_state))
+            except BaseException:
+                logger.exception('Unable to restore job "%s" -- removing it', row.id)
+                failed.append(row.id)
+        if failed:
+            with self.engine.begin() as db:
+                db.execute(self.jobs_t.delete().where(self.jobs_t.c.id.in_(failed)))
+        return jobs
+
     def _fold(self, kind: deadlines.DeadlineKind, due: Any, of_kind: Any) -> list[Job]:
         table = self.jobs_t
-        with self.engine.begin() as db:
-            due_ids = list(
-                db.execute(
-                    select(table.c.id).where(due, of_kind).order_by(table.c.next_run_time)
-                ).scalars()
-            )
+        earliest = select(table.c.id).where(due, of_kind).order_by(table.c.next_run_time)
         # The job handed over must itself be due: another process may have
-        # moved or removed it since the ids were read (a hold extended or paid
+        # moved or removed it since its id was read (a hold extended or paid
         # at its last moment). Only then are the others folded into it.
         first: list[Job] = []
-        while len(due_ids) >= 2 and not first:
-            first = self._get_jobs(due, table.c.id == due_ids.pop(0))
+        for _ in range(FOLD_ATTEMPTS):
+            with self.engine.begin() as db:
+                due_ids = list(db.execute(earliest.limit(2)).scalars())
+            if len(due_ids) < 2:
+                break
+            first = self._get_jobs(due, table.c.id == due_ids[0])
+            if first:
+                break
         if not first:
             return self._get_jobs(due, of_kind)
+        # One statement, however many: only rows still due (one moved
+        # meanwhile keeps its job), their ids returned for the run.
         with self.engine.begin() as db:
-            for chunk in chunks(due_ids):
-                # Only rows still due: one moved meanwhile keeps its job.
-                db.execute(table.delete().where(due, table.c.id.in_(chunk)))
-        coalesced = [pk for pk in map(kind.reservation_id, due_ids) if pk is not None]
+            folded = db.execute(
+                table.delete().where(due, of_kind, table.c.id != first[0].id).returning(table.c.id)
+            ).scalars()
+            coalesced = sorted(pk for pk in map(kind.reservation_id, folded) if pk is not None)
         for job in first:
             job._modify(kwargs={**job.kwargs, "coalesced": coalesced})
         return first
@@ -348,17 +394,29 @@ def job_counts(store: SQLAlchemyJobStore, prefixes: dict[str, str]) -> dict[str,
 
 def delete_not_due(store: SQLAlchemyJobStore, job_ids: list[str], now: float) -> None:
     """
-    Delete the jobs ``job_ids`` not due at ``now`` (a UTC timestamp), a statement per thousand.
+    Delete the jobs ``job_ids`` not due at ``now`` (a UTC timestamp), in one statement.
 
     Jobs already due are left to the runner, which may have handed them to
     its executor and is about to delete them itself (a delete here would make
-    that fail); they find nothing to do. Missing jobs are no error.
+    that fail); they find nothing to do. Missing jobs are no error. The ids
+    go as one parameter (an array on PostgreSQL, a JSON list on SQLite),
+    however many: a bulk expiry removes a thousand holds' jobs at a time.
     """
     table = store.jobs_t
     not_due = table.c.next_run_time > now
+    dialect = store.engine.dialect.name
     with store.engine.begin() as db:
-        for chunk in chunks(job_ids):
-            db.execute(table.delete().where(not_due, table.c.id.in_(chunk)))
+        if dialect == "postgresql":
+            ids = bindparam("ids", job_ids, type_=ARRAY(table.c.id.type))
+            db.execute(table.delete().where(not_due, table.c.id == any_(ids)))
+        elif dialect == "sqlite":
+            listed = select(column("value", String)).select_from(
+                func.json_each(json.dumps(job_ids))
+            )
+            db.execute(table.delete().where(not_due, table.c.id.in_(listed)))
+        else:
+            for chunk in chunks(job_ids):
+                db.execute(table.delete().where(not_due, table.c.id.in_(chunk)))
 
 
 def job_row(state: dict[str, Any], protocol: int) -> dict[str, Any]:

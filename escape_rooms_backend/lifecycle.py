@@ -437,6 +437,9 @@ class SchedulerProcess:
             store.replace_damaged(damaged.detail)
 
     def _reconcile_soon(self, scheduler: Scheduler) -> None:
+        # In the sweep's one thread, so after the sweep due with it: the
+        # reconcile reads every pending hold and every job, and beside the
+        # start-up sweep it would slow the catch-up of overdue holds.
         scheduler.add_job(
             RECONCILE_JOB_FUNC,
             trigger=DateTrigger(run_date=timezone.now()),
@@ -445,6 +448,7 @@ class SchedulerProcess:
             jobstore=RUNNER_STORE,
             replace_existing=True,
             misfire_grace_time=None,
+            executor=SWEEP_EXECUTOR,
         )
 
     def _become_standby(self, scheduler: Scheduler) -> None:

@@ -21,10 +21,12 @@ reached through ``lifecycle`` on first use), so that the apps can wire the
 receiver at start for free.
 """
 
+import contextlib
 import enum
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -412,6 +414,54 @@ def deadlines_unschedule(kind: DeadlineKind, reservation_ids: Sequence[int]) -> 
 # ---------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------
+
+
+class _Urgent:
+    """How many threads of this process are doing urgent deadline work, and a wait for none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.none_left = threading.Condition()
+
+
+_urgent = _Urgent()
+# The longest that work yielding to urgent work waits at a time.
+URGENT_WAIT_SECONDS = 5.0
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """
+    Mark the work inside as urgent: this process's deferrable work waits for it.
+
+    For work whose lateness customers see, such as freeing the slots of a
+    thousand lapsed holds at once; work that can wait a moment (sending
+    mail) calls ``wait_while_urgent`` between its steps, and so leaves the
+    database and the interpreter to it. Nests, and may be entered by many
+    threads at once.
+    """
+    with _urgent.none_left:
+        _urgent.count += 1
+    try:
+        yield
+    finally:
+        with _urgent.none_left:
+            _urgent.count -= 1
+            if not _urgent.count:
+                _urgent.none_left.notify_all()
+
+
+def wait_while_urgent(timeout: float = URGENT_WAIT_SECONDS) -> None:
+    """
+    Wait, ``timeout`` seconds at most, while another thread of this process does urgent work.
+
+    Call it outside any transaction, and never from inside urgent work
+    (it would wait for itself).
+    """
+    if not _urgent.count:
+        return
+    with _urgent.none_left:
+        _urgent.none_left.wait_for(lambda: not _urgent.count, timeout=timeout)
 
 
 def process_stopping() -> bool:

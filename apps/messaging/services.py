@@ -17,6 +17,7 @@ is named after.
 """
 
 import contextlib
+import json
 import logging
 import math
 import smtplib
@@ -42,7 +43,7 @@ from apps.reservations.models import Reservation, WaitingEntry
 from apps.reservations.selectors import reservation_moves
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend import deadlines, timeline
-from escape_rooms_backend.db import advisory_xact_lock, chunks
+from escape_rooms_backend.db import advisory_xact_lock
 
 from . import compose
 from .models import Message
@@ -312,8 +313,8 @@ def messages_enqueue_for_states(
     Queue the message each reservation's state calls for (``message_for_state``).
 
     The bulk form of ``messages_enqueue``, for the receiver of
-    ``reservations_changed``: one ``INSERT ... SELECT`` per kind and thousand
-    reservations, the rows built by the database, so that a burst's expiry
+    ``reservations_changed``: one ``INSERT ... SELECT`` per kind, the rows
+    built by the database, so that a burst's expiry
     transactions stay short. Keys queued already are skipped. Returns how
     many it queued; after commit a delivery job wakes the runner.
     """
@@ -327,24 +328,34 @@ def messages_enqueue_for_states(
     at = ops.adapt_datetimefield_value(now or timezone.now())
     # Message-IDs unique per key: <hold_lapsed.42.(this call)@domain>.
     token = f"{uuid.uuid4().hex[:16]}@{_message_id_domain()}>"
-    empty_json = "CAST(%s AS jsonb)" if connection.vendor == "postgresql" else "%s"
+    postgresql = connection.vendor == "postgresql"
+    empty_json = "CAST(%s AS jsonb)" if postgresql else "%s"
+    # The ids as one parameter, however many: an array, or a JSON list on SQLite.
+    ids_sql = "= ANY(%s)" if postgresql else "IN (SELECT value FROM json_each(%s))"
     reservation_id = "CAST(r.id AS TEXT)"
     queued: list[int] = []
     with connection.cursor() as cursor:
         for kind, pks in by_kind.items():
-            for chunk in chunks(pks):
-                cursor.execute(
-                    _insert(
-                        f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "  # noqa: S608 (the model's names; values bound)
-                        f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL, NULL "
-                        f"FROM {Reservation._meta.db_table} r "
-                        f"WHERE r.id IN ({', '.join(['%s'] * len(chunk))})"
-                    )
-                    + " RETURNING id",
-                    [f"{kind}:", kind, "{}", f"<{kind}.", f".{token}", Status.PENDING.value, at, at]
-                    + list(chunk),
+            cursor.execute(
+                _insert(
+                    f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "  # noqa: S608 (the model's names; values bound)
+                    f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL, NULL "
+                    f"FROM {Reservation._meta.db_table} r WHERE r.id {ids_sql}"
                 )
-                queued += [row[0] for row in cursor.fetchall()]
+                + " RETURNING id",
+                [
+                    f"{kind}:",
+                    kind,
+                    "{}",
+                    f"<{kind}.",
+                    f".{token}",
+                    Status.PENDING.value,
+                    at,
+                    at,
+                    pks if postgresql else json.dumps(pks),
+                ],
+            )
+            queued += [row[0] for row in cursor.fetchall()]
     if queued:
         _wake_with_commit(min(queued))
     return len(queued)
@@ -439,6 +450,8 @@ def _deliver(pks: list[int], result: Delivered, now: datetime | None) -> datetim
     connection = get_connection(timeout=settings.EMAIL_TIMEOUT)
     try:
         for pk in pks:
+            # Holds being freed go first: a mail can wait that long.
+            timeline.wait_while_urgent()
             if timeline.process_stopping():
                 return None  # the rest stay due, unclaimed, for the next runner
             message = _claim(pk, now or timezone.now())

@@ -14,12 +14,13 @@ and is injected by tests.
 """
 
 import enum
+import json
 import logging
 import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from django.conf import settings
@@ -31,7 +32,8 @@ from django.db.models.functions import Upper
 from django.utils import timezone
 
 from apps.rooms.models import Closure, Room, TimeSlot
-from escape_rooms_backend.db import advisory_xact_lock
+from escape_rooms_backend import timeline
+from escape_rooms_backend.db import advisory_xact_lock, prompt_transaction
 
 from . import errors, offers
 from .models import Reservation, ReservationEvent, WaitingEntry
@@ -1016,13 +1018,14 @@ def lapsed_holds_expire(
     The bulk form of ``reservation_expire``, for the deadline jobs and the
     sweep: earliest ``expires_at`` first (only ``reservation_ids``, when
     given), in one transaction of one conditional UPDATE for the
-    reservations, one for their slots and one multi-row INSERT for their
-    events (``cause``, with each one's lateness); in the same transaction
-    the freed slots go to their waiting lists (``offers.slots_released``).
-    10,000 holds ending in the same second are then ten such transactions,
-    not 10,000. Callers wanting
-    every lapsed hold loop until fewer than ``limit`` come back
-    (``lapsed_holds_release``).
+    reservations (which returns what the log lines name), one for their
+    slots and one INSERT for their events (``cause``, with each one's
+    lateness); in the same transaction the freed slots go to their waiting
+    lists (``offers.slots_released``). Each statement takes its ids as one
+    array (PostgreSQL) or one JSON list (SQLite), not a thousand
+    placeholders. 10,000 holds ending in the same second are then ten such
+    transactions, not 10,000. Callers wanting every lapsed hold loop until
+    fewer than ``limit`` come back (``lapsed_holds_release``).
 
     Never waits for a row that another transaction holds: on PostgreSQL it
     takes the due reservations, then their slots, with ``SKIP LOCKED``, so
@@ -1036,7 +1039,8 @@ def lapsed_holds_expire(
     nothing was due.
     """
     skip_locked = connection.features.has_select_for_update_skip_locked
-    with transaction.atomic():
+    # On SQLite the write lock is taken the moment it is free (prompt_transaction).
+    with prompt_transaction():
         due = Reservation.objects.due_for_expiry(now or timezone.now()).order_by("expires_at", "pk")
         if reservation_ids is not None:
             due = due.filter(pk__in=reservation_ids)
@@ -1045,41 +1049,37 @@ def lapsed_holds_expire(
         slot_ids = list(due.values_list("time_slot_id", flat=True)[:limit])
         if not slot_ids:
             return []
-        slots = TimeSlot.objects.filter(pk__in=slot_ids)
-        if skip_locked:
-            slots = slots.select_for_update(skip_locked=True)
-        slot_ids = list(slots.order_by("pk").values_list("pk", flat=True))
-        at = now or timezone.now()
-        # Tuples, not model instances: a burst reads thousands of rows here.
-        # A slot has one pending reservation at most: each one read here is
-        # one this transaction locked.
-        expired = [
-            ExpiredHold(*row)
-            for row in Reservation.objects.due_for_expiry(at)
-            .filter(time_slot_id__in=slot_ids)
-            .order_by("expires_at", "pk")
-            .values_list(
-                "pk",
-                "customer_name",
-                "time_slot__room__name",
-                "time_slot__starts_at",
-                "expires_at",
-                "checkout_started_at",
-                "time_slot_id",
-                "is_offer",
+        with connection.cursor() as cursor:
+            if skip_locked:
+                cursor.execute(
+                    f"SELECT id FROM {_SLOTS} WHERE id {_in_ids()} "  # noqa: S608 (our table's name)
+                    "ORDER BY id FOR UPDATE SKIP LOCKED",
+                    [_ids_param(slot_ids)],
+                )
+                slot_ids = [row[0] for row in cursor.fetchall()]
+            at = now or timezone.now()
+            expired = _holds_cancel(cursor, slot_ids, at)
+            if not expired:
+                return []
+            cursor.execute(
+                f"UPDATE {_SLOTS} SET status = %s WHERE id {_in_ids()} AND status = %s",  # noqa: S608 (our table's name)
+                [
+                    TimeSlot.Status.ACTIVE.value,
+                    _ids_param([hold.time_slot_id for hold in expired]),
+                    TimeSlot.Status.RESERVED.value,
+                ],
             )
-        ]
-        if not expired:
-            return []
-        ids = [hold.reservation_id for hold in expired]
-        Reservation.objects.filter(pk__in=ids, status=Status.PENDING, expires_at__lte=at).update(
-            status=Status.CANCELLED, cancelled_at=at, cancellation_reason=Reason.EXPIRED
-        )
-        TimeSlot.objects.filter(
-            pk__in=Reservation.objects.filter(pk__in=ids).values("time_slot_id"),
-            status=TimeSlot.Status.RESERVED,
-        ).update(status=TimeSlot.Status.ACTIVE)
-        _record_expiries(expired, at=at, cause=cause)
+            _record_expiries(cursor, expired, at=at, cause=cause)
+            # Most slots have no list: one query over the batch says which do.
+            cursor.execute(
+                f"SELECT DISTINCT time_slot_id FROM {_WAITING} "  # noqa: S608 (our table's name)
+                f"WHERE time_slot_id {_in_ids()} AND status = %s",
+                [
+                    _ids_param([hold.time_slot_id for hold in expired]),
+                    WaitingEntry.Status.WAITING.value,
+                ],
+            )
+            waited_for = {row[0] for row in cursor.fetchall()}
         # Inside the transaction, so that what receivers write (the customers'
         # messages) commits with the expiry: instances with the fields that
         # changed, not rows read again.
@@ -1107,12 +1107,98 @@ def lapsed_holds_expire(
             for hold in expired
         ]
         reservations_changed.send(sender=Reservation, reservations=changed)
-        offers.slots_released(
-            [hold.time_slot_id for hold in expired],
-            offers_ended=[hold.reservation_id for hold in expired if hold.is_offer],
-            now=at,
-            expired=True,
+        offers_ended = [hold.reservation_id for hold in expired if hold.is_offer]
+        if waited_for or offers_ended:
+            offers.slots_released(
+                [hold.time_slot_id for hold in expired if hold.time_slot_id in waited_for],
+                offers_ended=offers_ended,
+                now=at,
+                expired=True,
+            )
+    return expired
+
+
+# The tables the bulk expiry writes with SQL of its own (plain names, no quoting needed).
+_RESERVATIONS = Reservation._meta.db_table
+_SLOTS = TimeSlot._meta.db_table
+_ROOMS = Room._meta.db_table
+_WAITING = WaitingEntry._meta.db_table
+_EVENTS = ReservationEvent._meta.db_table
+
+
+def _in_ids() -> str:
+    """``IN`` over the ids of one parameter (``_ids_param``): an array, or a JSON list on SQLite."""
+    if connection.vendor == "postgresql":
+        return "= ANY(%s)"
+    return "IN (SELECT value FROM json_each(%s))"
+
+
+def _ids_param(ids: Sequence[int]) -> Any:
+    return list(ids) if connection.vendor == "postgresql" else json.dumps(list(ids))
+
+
+def _aware(value: Any) -> datetime | None:
+    """A timestamp as a raw cursor returns it (SQLite: text, naive UTC), aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value
+
+
+def _holds_cancel(cursor: Any, slot_ids: Sequence[int], at: datetime) -> list[ExpiredHold]:
+    """
+    Cancel the lapsed holds on ``slot_ids`` as expired at ``at``, in one UPDATE.
+
+    Returns them, earliest ``expires_at`` first, with what their log lines
+    name (read by the same statement). Call with the slots locked.
+    """
+    at_value = connection.ops.adapt_datetimefield_value(at)
+    if connection.vendor == "postgresql":
+        # A join: cheaper here than a subquery per row.
+        where = (
+            f"FROM {_SLOTS} s JOIN {_ROOMS} m ON m.id = s.room_id WHERE s.id = h.time_slot_id AND"
         )
+        hold, slot_and_room = "h.", "m.name, s.starts_at"
+    else:
+        # SQLite's RETURNING sees only the table it changes, by bare names.
+        where, hold = "WHERE", ""
+        slot_and_room = (
+            f"(SELECT m.name FROM {_SLOTS} s JOIN {_ROOMS} m ON m.id = s.room_id "  # noqa: S608 (our tables' names)
+            "WHERE s.id = time_slot_id), "
+            f"(SELECT s.starts_at FROM {_SLOTS} s WHERE s.id = time_slot_id)"
+        )
+    cursor.execute(
+        f"UPDATE {_RESERVATIONS} AS h "  # noqa: S608 (our tables' names)
+        "SET status = %s, cancelled_at = %s, cancellation_reason = %s "
+        f"{where} h.time_slot_id {_in_ids()} AND h.status = %s AND h.expires_at <= %s "
+        f"RETURNING {hold}id, {hold}customer_name, {slot_and_room}, {hold}expires_at, "
+        f"{hold}checkout_started_at, {hold}time_slot_id, {hold}is_offer",
+        [
+            Status.CANCELLED.value,
+            at_value,
+            Reason.EXPIRED.value,
+            _ids_param(slot_ids),
+            Status.PENDING.value,
+            at_value,
+        ],
+    )
+    expired = [
+        ExpiredHold(
+            reservation_id=pk,
+            customer_name=name,
+            room_name=room,
+            starts_at=_aware(starts_at),  # type: ignore[arg-type]  # a slot always starts
+            expires_at=_aware(expires_at),  # type: ignore[arg-type]  # a hold always ends
+            checkout_started_at=_aware(started),
+            time_slot_id=slot_id,
+            is_offer=bool(is_offer),
+        )
+        for pk, name, room, starts_at, expires_at, started, slot_id, is_offer in cursor.fetchall()
+    ]
+    expired.sort(key=lambda hold: (hold.expires_at, hold.reservation_id))
     return expired
 
 
@@ -1128,18 +1214,20 @@ def lapsed_holds_release(*, cause: str, now: datetime | None = None) -> list[Exp
     it expired, in order.
     """
     released: list[ExpiredHold] = []
-    while True:
-        try:
-            batch = lapsed_holds_expire(now=now, cause=cause, limit=EXPIRE_BATCH_SIZE)
-        except Exception as exc:
-            if _database_busy(exc):
-                logger.warning("Database busy; lapsed holds wait for the next try: %s", exc)
+    # Urgent: this process's mail waits meanwhile (timeline.wait_while_urgent).
+    with timeline.urgent():
+        while True:
+            try:
+                batch = lapsed_holds_expire(now=now, cause=cause, limit=EXPIRE_BATCH_SIZE)
+            except Exception as exc:
+                if _database_busy(exc):
+                    logger.warning("Database busy; lapsed holds wait for the next try: %s", exc)
+                    return released
+                logger.exception("Bulk expiry failed; expiring the lapsed holds one at a time")
+                return released + _lapsed_holds_release_one_by_one(cause=cause, now=now)
+            released += batch
+            if len(batch) < EXPIRE_BATCH_SIZE:
                 return released
-            logger.exception("Bulk expiry failed; expiring the lapsed holds one at a time")
-            return released + _lapsed_holds_release_one_by_one(cause=cause, now=now)
-        released += batch
-        if len(batch) < EXPIRE_BATCH_SIZE:
-            return released
 
 
 def _lapsed_holds_release_one_by_one(*, cause: str, now: datetime | None) -> list[ExpiredHold]:
@@ -1173,30 +1261,45 @@ def _database_busy(exc: Exception) -> bool:
     return isinstance(exc, OperationalError) and ("lock timeout" in message or "locked" in message)
 
 
-def _record_expiries(expired: list[ExpiredHold], *, at: datetime, cause: str) -> None:
-    # ReservationEvent rows for a bulk expiry in one executemany: building
-    # thousands of model instances for bulk_create cost more than the UPDATEs.
-    # (Measured on PostgreSQL: 35 ms for 1,000 rows; multi-row VALUES, 47 ms.)
-    table = connection.ops.quote_name(ReservationEvent._meta.db_table)
+def _record_expiries(cursor: Any, expired: list[ExpiredHold], *, at: datetime, cause: str) -> None:
+    """The ``ReservationEvent`` rows of a bulk expiry: one statement (SQLite: one executemany)."""
     at_value = connection.ops.adapt_datetimefield_value(at)
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {table} "  # noqa: S608 (a model's table name, no input)
-            "(reservation_id, from_status, to_status, at, cause, detail, lateness_seconds) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+    columns = "reservation_id, from_status, to_status, at, cause, detail, lateness_seconds"
+    details = [OFFER_LAPSED if hold.is_offer else "" for hold in expired]
+    lateness = [(at - hold.expires_at).total_seconds() for hold in expired]
+    if connection.vendor == "postgresql":
+        # Three arrays, not a thousand rows of parameters: one statement to
+        # parse and one round trip, where executemany sent one per row.
+        cursor.execute(
+            f"INSERT INTO {_EVENTS} ({columns}) "  # noqa: S608 (a model's table name, no input)
+            "SELECT id, %s, %s, %s, %s, detail, lateness "
+            "FROM unnest(%s::bigint[], %s::text[], %s::float8[]) AS e(id, detail, lateness)",
             [
-                (
-                    hold.reservation_id,
-                    Status.PENDING.value,
-                    Status.CANCELLED.value,
-                    at_value,
-                    str(cause),
-                    OFFER_LAPSED if hold.is_offer else "",
-                    (at - hold.expires_at).total_seconds(),
-                )
-                for hold in expired
+                Status.PENDING.value,
+                Status.CANCELLED.value,
+                at_value,
+                str(cause),
+                [hold.reservation_id for hold in expired],
+                details,
+                lateness,
             ],
         )
+        return
+    cursor.executemany(
+        f"INSERT INTO {_EVENTS} ({columns}) VALUES (%s, %s, %s, %s, %s, %s, %s)",  # noqa: S608 (a model's table name, no input)
+        [
+            (
+                hold.reservation_id,
+                Status.PENDING.value,
+                Status.CANCELLED.value,
+                at_value,
+                str(cause),
+                detail,
+                seconds,
+            )
+            for hold, detail, seconds in zip(expired, details, lateness, strict=True)
+        ],
+    )
 
 
 def reservation_expire(
