@@ -14,8 +14,9 @@ rollback; a writer waiting for it looks again every half millisecond
 (``WRITERS_POLL_SECONDS``), so it is never long behind the lock. The file
 lock only orders the writers that take it: SQLite's own lock still decides,
 so a writer that does not take it (another program, a statement in
-autocommit) is as safe as before, and a waiter gives up on the file lock
-after the connection's busy timeout and leaves the rest to SQLite.
+autocommit) is as safe as before. The time a writer waits for the file
+lock counts against the connection's busy timeout: SQLite's lock gets what
+is left, so that no transaction waits longer in all than it would without.
 """
 
 import fcntl
@@ -46,34 +47,38 @@ class DatabaseWrapper(_SQLiteWrapper):
             return None
         return f"{name}.writers"
 
-    def _writers_acquire(self) -> None:
+    def _writers_acquire(self) -> float:
+        """Take the file lock; return the busy timeout left for SQLite (ms), or -1 for all of it."""
         if self._writers_held or getattr(self, "transaction_mode", None) != "IMMEDIATE":
-            return
+            return -1
         fd = self._writers_fd
         if fd is None:
             path = self._writers_path()
             if path is None:
-                return
+                return -1
             fd = self._writers_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if not self._writers_wait(fd):
-                return  # SQLite's own lock waits on, as without the file lock
+            return self._writers_wait(fd)
         self._writers_held = True
+        return -1
 
-    def _writers_wait(self, fd: int) -> bool:
-        """Wait for the file lock for at most the connection's busy timeout; whether it came."""
-        timeout = self.connection.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
-        give_up = time.monotonic() + timeout
+    def _writers_wait(self, fd: int) -> float:
+        """Wait for the file lock for at most the connection's busy timeout; what is left of it."""
+        timeout = self.connection.execute("PRAGMA busy_timeout").fetchone()[0]
+        started = time.monotonic()
+        give_up = started + timeout / 1000
         while time.monotonic() < give_up:
             time.sleep(WRITERS_POLL_SECONDS)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            return True
-        return False
+            self._writers_held = True
+            break
+        # The wait counts against the busy timeout: SQLite's lock gets the rest.
+        return max(0.0, timeout - (time.monotonic() - started) * 1000)
 
     def _writers_release(self) -> None:
         if self._writers_held and self._writers_fd is not None:
@@ -81,9 +86,17 @@ class DatabaseWrapper(_SQLiteWrapper):
             fcntl.flock(self._writers_fd, fcntl.LOCK_UN)
 
     def _start_transaction_under_autocommit(self) -> None:
-        self._writers_acquire()
+        left = self._writers_acquire()
         try:
-            super()._start_transaction_under_autocommit()
+            if left < 0:
+                super()._start_transaction_under_autocommit()
+                return
+            timeout = self.connection.execute("PRAGMA busy_timeout").fetchone()[0]
+            self.connection.execute(f"PRAGMA busy_timeout = {int(left)}")
+            try:
+                super()._start_transaction_under_autocommit()
+            finally:
+                self.connection.execute(f"PRAGMA busy_timeout = {timeout}")
         except BaseException:
             self._writers_release()
             raise
