@@ -60,7 +60,7 @@ run: $(STAMP)
 ## Run the expiry scheduler as a dedicated worker (use with SCHEDULER_WORKER_MODE=true).
 worker: $(STAMP)
 	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py start_scheduler
+	SITE_URL=$${SITE_URL:-http://127.0.0.1:$(PORT)} $(BIN)/python manage.py start_scheduler
 
 ## Run the whole test suite on SQLite (browser tests included), then on
 ## PostgreSQL; branch coverage of both runs must stay at 90 % or more on the
