@@ -7,6 +7,7 @@ the status. Imports no app.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -474,19 +475,34 @@ def _upsert(store: SQLAlchemyJobStore) -> Any:
     return statement
 
 
-def shares_database(store: SQLAlchemyJobStore, settings_dict: dict[str, Any]) -> bool:
+def shares_database(url: Any, settings_dict: dict[str, Any]) -> bool:
     """
-    Whether ``store`` is a table of the PostgreSQL database Django's ``settings_dict`` names.
+    Whether a job store at ``url`` is a table of the database Django's ``settings_dict`` names.
 
-    Compares host, port and database name, spelled as Django and SQLAlchemy
-    parse them: two spellings of one server (``localhost``, ``127.0.0.1``)
-    read as two databases, which is the safe side.
+    PostgreSQL only, and only as the same user, on the same host, port and
+    database, with no startup ``options`` (a ``search_path`` would put the
+    store's table where Django's unqualified name does not reach). Two
+    spellings of one server (``localhost``, ``127.0.0.1``) read as two
+    databases, which is the safe side.
     """
-    url = store.engine.url
-    if url.get_backend_name() != "postgresql" or "postgresql" not in settings_dict["ENGINE"]:
+    if "postgresql" not in settings_dict["ENGINE"]:
         return False
-    return (url.host or "localhost", int(url.port or 5432), url.database) == (
+    return _store_key(str(url)) == (
         settings_dict["HOST"] or "localhost",
         int(settings_dict["PORT"] or 5432),
         settings_dict["NAME"],
+        settings_dict["USER"] or "",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _store_key(url: str) -> tuple[str, int, str | None, str] | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "options" in parsed.query:
+        return None
+    return (
+        parsed.host or "localhost",
+        int(parsed.port or 5432),
+        parsed.database,
+        parsed.username or "",
     )

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.db import transaction
@@ -166,12 +166,23 @@ def deadlines_write(
     make up for it.
     """
     from .jobstore import can_upsert, job_row, shares_database, write_rows
-    from .lifecycle import NOTIFY_HORIZON_SECONDS, process
+    from .lifecycle import NOTIFY_HORIZON_SECONDS, outside_pool, process
 
     if not wanted and not unneeded:
         return True
+    if in_transaction:
+        from django.db import connection
+
+        # Decided before anything can start the scheduler, which would then
+        # do so inside the caller's transaction, with its locks held.
+        store_options = settings.SCHEDULER_CONFIG["apscheduler.jobstores.default"]
+        configured = cast(dict[str, Any], store_options).get("url", "")
+        if not shares_database(configured, connection.settings_dict):
+            return False
     try:
         store = process.job_store()
+        for executor in {kind.executor for kind, _, _ in wanted} - {deadlines.DEFAULT_EXECUTOR}:
+            outside_pool(process.writable(), executor)  # a kind registered since it started
         rows = [
             job_row(_job_state(kind, key, at), store.pickle_protocol) for kind, key, at in wanted
         ]
@@ -182,10 +193,10 @@ def deadlines_write(
     soon = [at for _, _, at in wanted]
     soon = [at for at in soon if (at - timezone.now()).total_seconds() <= NOTIFY_HORIZON_SECONDS]
     if in_transaction:
-        from django.db import DatabaseError, connection
+        from django.db import DatabaseError
 
-        if not shares_database(store, connection.settings_dict):
-            return False
+        if store.jobs_t.schema or not shares_database(store.engine.url, connection.settings_dict):
+            return False  # this process's store is another one than the settings name
         try:
             with transaction.atomic():
                 _write_rows_here(store, rows, removed, notify=bool(soon))
@@ -227,7 +238,7 @@ def _keys(wanted: Sequence[Needed]) -> str:
 # Per kind, the state of one job as deadline_schedule adds it: validated by
 # APScheduler's Job once, then copied for each job (its checks cost more
 # than the write).
-_JOB_TEMPLATES: dict[str, dict[str, Any]] = {}
+_JOB_TEMPLATES: dict[tuple[str, str, str], dict[str, Any]] = {}
 
 
 def _job_state(kind: DeadlineKind, key: int, at: datetime) -> dict[str, Any]:
@@ -237,9 +248,10 @@ def _job_state(kind: DeadlineKind, key: int, at: datetime) -> dict[str, Any]:
 
     from .lifecycle import process
 
-    template = _JOB_TEMPLATES.get(kind.name)
+    key_of_kind = (kind.name, kind.job_prefix, kind.executor)
+    template = _JOB_TEMPLATES.get(key_of_kind)
     if template is None:
-        template = _JOB_TEMPLATES[kind.name] = Job(
+        template = _JOB_TEMPLATES[key_of_kind] = Job(
             process.get(),
             id=kind.job_id(key),
             func=JOB_FUNC,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection, transaction
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from apps.payments.services import payment_confirm_price
 from apps.reservations.models import Reservation
@@ -54,7 +55,46 @@ def jobs(engine) -> dict[str, datetime]:
 
 
 def test_the_store_is_known_to_share_the_database(shared):
-    assert shares_database(scheduler_module.process.job_store(), connection.settings_dict)
+    assert shares_database(
+        scheduler_module.process.job_store().engine.url, connection.settings_dict
+    )
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    [
+        # Another schema: Django's unqualified table name would miss it.
+        {"query": {"options": "-csearch_path=jobs"}},
+        {"database": "other"},
+        {"username": "someone_else"},  # whose search path starts with its own schema
+    ],
+)
+def test_a_store_elsewhere_on_the_server_is_not_taken_for_the_database(shared, elsewhere):
+    url = make_url(postgres_store_url()).set(**elsewhere)
+
+    assert not shares_database(url, connection.settings_dict)
+
+
+def test_a_store_elsewhere_is_not_opened_inside_the_reservations_transaction(job_store):
+    # A store that is not the database is written after commit: nothing about
+    # it (starting the scheduler that reaches it) happens with the slot locked.
+    if connection.vendor != "postgresql":
+        pytest.fail("run with DATABASE_URL=postgres://... (make test-postgres)")
+    scheduler_module.stop_scheduler()
+    opened_in_transaction = []
+    original = scheduler_module.process.job_store
+
+    def job_store_opened():
+        opened_in_transaction.append(connection.in_atomic_block)
+        return original()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scheduler_module.process, "job_store", job_store_opened)
+        reservation = reserve(TimeSlotFactory(), hold_seconds=600)
+
+    assert opened_in_transaction
+    assert not any(opened_in_transaction)
+    assert f"expire_reservation:{reservation.pk}" in job_store.jobs()
 
 
 def test_a_hold_and_its_expiry_job_commit_together(shared):
