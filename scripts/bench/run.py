@@ -44,14 +44,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 # The ``bench`` extra (pyproject.toml): said plainly, not as an ImportError.
 BENCH_EXTRA = ("celery", "matplotlib", "tqdm")
-if missing := [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is None]:
-    sys.exit(
-        f"The benchmarks need the bench extra; not installed: {', '.join(missing)}. Run "
-        "`make bench` (or `make bench-quick`), which installs it, or "
-        "`.venv/bin/pip install -e '.[dev,bench]'`."
-    )
-
-from scripts.bench import report  # noqa: E402
 
 PHASES = ["lateness", "handover", "reserve", "burst", "catchup", "scale", "profile"]
 DEFAULT_POSTGRES = "postgres://postgres@127.0.0.1:5432/postgres"
@@ -84,6 +76,14 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "bench", help="output folder")
     args = parser.parse_args()
+    if missing := [name for name in BENCH_EXTRA if importlib.util.find_spec(name) is None]:
+        sys.exit(
+            f"The benchmarks need the bench extra; not installed: {', '.join(missing)}. Run "
+            "`make bench` (or `make bench-quick`), which installs it, or "
+            "`.venv/bin/pip install -e '.[dev,bench]'`."
+        )
+    from scripts.bench import report
+
     phases = [name.strip() for name in args.phases.split(",") if name.strip()]
     if unknown := set(phases) - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(unknown))} (known: {', '.join(PHASES)})")
