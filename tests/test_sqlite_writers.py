@@ -84,3 +84,35 @@ def test_a_waiting_writer_starts_as_soon_as_the_writer_before_it_commits():
     assert Room.objects.get(pk=room.pk).name == "Second"
     waited_after_commit = started_at[0] - committed_at[0]
     assert -0.005 < waited_after_commit < 0.03, f"{waited_after_commit * 1000:.1f} ms"
+
+
+def test_a_write_outside_a_transaction_queues_too():
+    room = RoomFactory()
+    began = threading.Event()
+    committed_at: list[float] = []
+    written_at: list[float] = []
+
+    def first() -> None:
+        with transaction.atomic():
+            Room.objects.filter(pk=room.pk).update(name="First")
+            began.set()
+            time.sleep(0.34)  # as above: the busy handler's worst moment
+        committed_at.append(time.monotonic())
+        connection.close()
+
+    def second() -> None:
+        began.wait()
+        Room.objects.filter(pk=room.pk).update(name="Second")  # autocommit: no BEGIN
+        written_at.append(time.monotonic())
+        assert lock_is_free()
+        connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert Room.objects.get(pk=room.pk).name == "Second"
+    waited_after_commit = written_at[0] - committed_at[0]
+    assert -0.005 < waited_after_commit < 0.03, f"{waited_after_commit * 1000:.1f} ms"

@@ -1,27 +1,31 @@
 """
 Django's SQLite backend with its writers queued on a file lock.
 
-SQLite has one write lock per database. A transaction that finds it taken
+SQLite has one write lock per database. A writer that finds it taken
 waits in SQLite's busy handler, which sleeps 1, 2, 5, ... then 100 ms
 between looks: under a steady stream of short write transactions from
 several processes (gunicorn's workers, the runner) a writer can look at
 the wrong moments for a second, while the lock is free most of the time.
 
 Here every transaction that begins with ``BEGIN IMMEDIATE`` (Django's
-``atomic``, with ``transaction_mode = "IMMEDIATE"``) first takes an
-exclusive ``flock`` on ``<database>.writers``, released at its commit or
-rollback; a writer waiting for it looks again every half millisecond
-(``WRITERS_POLL_SECONDS``), so it is never long behind the lock. The file
-lock only orders the writers that take it: SQLite's own lock still decides,
-so a writer that does not take it (another program, a statement in
-autocommit) is as safe as before. The time a writer waits for the file
-lock counts against the connection's busy timeout: SQLite's lock gets what
-is left, so that no transaction waits longer in all than it would without.
+``atomic``, with ``transaction_mode = "IMMEDIATE"``), and every INSERT,
+UPDATE or DELETE run on its own, first takes an exclusive ``flock`` on
+``<database>.writers``, released at the commit or rollback (or once the
+statement has run). A writer waiting for it looks again every half
+millisecond (``WRITERS_POLL_SECONDS``), so it is never long behind the
+lock. The file lock only orders the writers that take it: SQLite's own
+lock still decides, so a writer that does not take it (another program)
+is as safe as before. The time spent waiting for the file lock counts
+against the connection's busy timeout: SQLite's lock gets what is left,
+so that no writer waits longer in all than it would without.
 """
 
+import contextlib
 import fcntl
 import os
+import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from django.db.backends.sqlite3 import base
@@ -85,18 +89,41 @@ class DatabaseWrapper(_SQLiteWrapper):
             self._writers_held = False
             fcntl.flock(self._writers_fd, fcntl.LOCK_UN)
 
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = self.connection.cursor(factory=_Cursor)
+        cursor.writers = self
+        return cursor
+
+    @contextlib.contextmanager
+    def _writing(self, query: str) -> Iterator[None]:
+        """Around a statement: the file lock for a write outside a transaction."""
+        if self._writers_held or self.connection.in_transaction or not _WRITES.match(query):
+            yield
+            return
+        try:
+            with self._busy_timeout(self._writers_acquire()):
+                yield
+        finally:
+            self._writers_release()
+
+    @contextlib.contextmanager
+    def _busy_timeout(self, left: float) -> Iterator[None]:
+        """SQLite's busy timeout at ``left`` ms for the block (``-1``: as it is)."""
+        if left < 0:
+            yield
+            return
+        timeout = self.connection.execute("PRAGMA busy_timeout").fetchone()[0]
+        self.connection.execute(f"PRAGMA busy_timeout = {int(left)}")
+        try:
+            yield
+        finally:
+            self.connection.execute(f"PRAGMA busy_timeout = {timeout}")
+
     def _start_transaction_under_autocommit(self) -> None:
         left = self._writers_acquire()
         try:
-            if left < 0:
+            with self._busy_timeout(left):
                 super()._start_transaction_under_autocommit()
-                return
-            timeout = self.connection.execute("PRAGMA busy_timeout").fetchone()[0]
-            self.connection.execute(f"PRAGMA busy_timeout = {int(left)}")
-            try:
-                super()._start_transaction_under_autocommit()
-            finally:
-                self.connection.execute(f"PRAGMA busy_timeout = {timeout}")
         except BaseException:
             self._writers_release()
             raise
@@ -127,3 +154,20 @@ class DatabaseWrapper(_SQLiteWrapper):
         if autocommit:
             self._writers_release()  # whatever ended the transaction
         return result
+
+
+# A statement that writes, run on its own (autocommit): it queues too, rather
+# than wait in SQLite's busy handler behind a queue of transactions.
+_WRITES = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+class _Cursor(base.SQLiteCursorWrapper):
+    writers: DatabaseWrapper
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        with self.writers._writing(query):
+            return super().execute(query, params)
+
+    def executemany(self, query: str, param_list: Any) -> Any:
+        with self.writers._writing(query):
+            return super().executemany(query, param_list)
