@@ -3,12 +3,11 @@
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
-from django.db import OperationalError, close_old_connections, connection, transaction
+from django.db import close_old_connections, connection
 
 logger = logging.getLogger("escape_rooms_backend.scheduler")
 
@@ -17,8 +16,6 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 IN_LIST_SIZE = 1000  # values in one IN (...) list: far below every database's limit
-# Seconds between two tries for SQLite's write lock in ``prompt_transaction``.
-WRITE_LOCK_STEP = 0.0005
 
 
 def chunks(items: Sequence[T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[T]]:
@@ -138,44 +135,3 @@ def _run(statement: str) -> int | None:
         logger.debug("Could not run %r on a job's connection", statement, exc_info=True)
         return None
     return None if row is None else int(row[0])
-
-
-@contextlib.contextmanager
-def prompt_transaction() -> Iterator[None]:
-    """
-    ``transaction.atomic()``, taking SQLite's write lock as soon as it is free.
-
-    SQLite's own busy wait sleeps 1, 2, 5, 10, 15, 20, 25 ms... between
-    tries: a write lock held for 4 ms costs the next writer 8 ms. Our own
-    writers queue on a file lock (``config.sqlite``); a writer that does not
-    (another program, a statement in autocommit) would still be waited for
-    that way. Here, on
-    SQLite outside any transaction, ``BEGIN IMMEDIATE`` is tried every
-    ``WRITE_LOCK_STEP`` (half a millisecond) for as long as the
-    connection's busy timeout, then the timeout is given back for the
-    statements inside. Raises ``OperationalError`` ("database is locked")
-    when the lock stays taken that long, as ``transaction.atomic()`` would.
-    Elsewhere it is ``transaction.atomic()``.
-    """
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        with transaction.atomic():
-            yield
-        return
-    atomic = transaction.atomic()
-    timeout_ms = _run("PRAGMA busy_timeout") or 0
-    deadline = time.monotonic() + timeout_ms / 1000
-    _run("PRAGMA busy_timeout = 0")
-    try:
-        while True:
-            try:
-                atomic.__enter__()
-                break
-            except OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(WRITE_LOCK_STEP)
-    finally:
-        _run(f"PRAGMA busy_timeout = {timeout_ms}")
-    with contextlib.ExitStack() as stack:
-        stack.push(atomic)
-        yield

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from apps.rooms.models import Closure, Room, TimeSlot
 from escape_rooms_backend import timeline
-from escape_rooms_backend.db import advisory_xact_lock, prompt_transaction
+from escape_rooms_backend.db import advisory_xact_lock
 
 from . import errors, offers
 from .models import Reservation, ReservationEvent, WaitingEntry
@@ -1039,8 +1039,8 @@ def lapsed_holds_expire(
     nothing was due.
     """
     skip_locked = connection.features.has_select_for_update_skip_locked
-    # On SQLite the write lock is taken the moment it is free (prompt_transaction).
-    with prompt_transaction():
+    # On SQLite the write lock is taken the moment it is free (config.sqlite).
+    with transaction.atomic():
         due = Reservation.objects.due_for_expiry(now or timezone.now()).order_by("expires_at", "pk")
         if reservation_ids is not None:
             due = due.filter(pk__in=reservation_ids)
