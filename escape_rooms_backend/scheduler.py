@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from django.conf import settings
 
 from . import housekeeping, timeline
 from .db import job_connection
@@ -150,8 +151,12 @@ def reconcile_at_start() -> None:
     Repairs what a lost or deleted job store leaves behind (deadlines with no
     job, orphan and mistimed jobs) so that they are prompt again, rather than
     waiting for the sweep. Overdue deadlines are left to the sweep, which runs
-    at start too. Never raises.
+    at start too. Does nothing when ``SCHEDULER_EXPIRY_JOBS`` is off (the
+    benchmarks' poll-only design, whose holds have no jobs by design). Never
+    raises.
     """
+    if not settings.SCHEDULER_EXPIRY_JOBS:
+        return
     try:
         report = timeline.deadlines_reconcile(fix=True, include_overdue=False)
     except Exception:
