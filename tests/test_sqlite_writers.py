@@ -52,41 +52,15 @@ def test_a_write_transaction_holds_the_file_lock_until_it_ends():
     assert Room.objects.get(pk=room.pk).name == "Held"
 
 
-def test_a_waiting_writer_starts_as_soon_as_the_writer_before_it_commits():
-    room = RoomFactory()
-    began = threading.Event()
-    committed_at: list[float] = []
-    started_at: list[float] = []
+def behind_a_transaction(write) -> float:
+    """
+    Run ``write(room)`` in a thread while another holds a write transaction.
 
-    def first() -> None:
-        with transaction.atomic():
-            Room.objects.filter(pk=room.pk).update(name="First")
-            began.set()
-            # SQLite's busy handler, left to itself, looks at 328 ms and next
-            # at 428 ms: a commit at 340 ms would keep the second waiting ~90 ms.
-            time.sleep(0.34)
-        committed_at.append(time.monotonic())
-        connection.close()
-
-    def second() -> None:
-        began.wait()
-        with transaction.atomic():
-            started_at.append(time.monotonic())
-            Room.objects.filter(pk=room.pk).update(name="Second")
-        connection.close()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=10)
-
-    assert Room.objects.get(pk=room.pk).name == "Second"
-    waited_after_commit = started_at[0] - committed_at[0]
-    assert -0.005 < waited_after_commit < 0.03, f"{waited_after_commit * 1000:.1f} ms"
-
-
-def test_a_write_outside_a_transaction_queues_too():
+    The other commits 340 ms after it began: SQLite's busy handler, left to
+    itself, looks at 328 ms and next at 428 ms, so the write would wait about
+    90 ms more. Returns the seconds from that commit to the write's end (or,
+    for a write that records its own moment, to that moment).
+    """
     room = RoomFactory()
     began = threading.Event()
     committed_at: list[float] = []
@@ -96,15 +70,13 @@ def test_a_write_outside_a_transaction_queues_too():
         with transaction.atomic():
             Room.objects.filter(pk=room.pk).update(name="First")
             began.set()
-            time.sleep(0.34)  # as above: the busy handler's worst moment
+            time.sleep(0.34)
         committed_at.append(time.monotonic())
         connection.close()
 
     def second() -> None:
         began.wait()
-        Room.objects.filter(pk=room.pk).update(name="Second")  # autocommit: no BEGIN
-        written_at.append(time.monotonic())
-        assert lock_is_free()
+        written_at.append(write(room))
         connection.close()
 
     threads = [threading.Thread(target=first), threading.Thread(target=second)]
@@ -114,5 +86,27 @@ def test_a_write_outside_a_transaction_queues_too():
         thread.join(timeout=10)
 
     assert Room.objects.get(pk=room.pk).name == "Second"
-    waited_after_commit = written_at[0] - committed_at[0]
+    return written_at[0] - committed_at[0]
+
+
+def test_a_waiting_writer_starts_as_soon_as_the_writer_before_it_commits():
+    def write(room) -> float:
+        with transaction.atomic():
+            started = time.monotonic()
+            Room.objects.filter(pk=room.pk).update(name="Second")
+        return started
+
+    waited_after_commit = behind_a_transaction(write)
+
+    assert -0.005 < waited_after_commit < 0.03, f"{waited_after_commit * 1000:.1f} ms"
+
+
+def test_a_write_outside_a_transaction_queues_too():
+    def write(room) -> float:
+        Room.objects.filter(pk=room.pk).update(name="Second")  # autocommit: no BEGIN
+        assert lock_is_free()
+        return time.monotonic()
+
+    waited_after_commit = behind_a_transaction(write)
+
     assert -0.005 < waited_after_commit < 0.03, f"{waited_after_commit * 1000:.1f} ms"
