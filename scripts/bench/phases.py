@@ -6,6 +6,7 @@ JSON-ready dict; times are in milliseconds unless a key says otherwise.
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -795,6 +796,7 @@ def profile(sizes: Sizes) -> dict[str, Any]:
         path, line, name = key
         short = path.split("site-packages/")[-1] if "site-packages/" in path else path
         short = short.split(str(ROOT) + "/")[-1]
+        short = re.sub(r"^.*/lib/python3\.\d+/", "", short)  # the standard library
         calls, _, own, cumulative, _ = value
         return {
             "function": f"{short}:{line}({name})" if line else name,
