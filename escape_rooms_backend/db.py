@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -22,6 +23,24 @@ def chunks(items: Sequence[T], size: int = IN_LIST_SIZE) -> Iterator[Sequence[T]
     """Yield ``items`` in consecutive slices of at most ``size``, for one IN (...) list each."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def in_ids() -> str:
+    """
+    SQL for ``IN`` over ids sent as one parameter (``ids_param``), however many.
+
+    An array on PostgreSQL (``= ANY(%s)``), a JSON list on SQLite: one
+    parameter instead of a placeholder per id, which the drivers' query
+    conversion spends most of a thousand-row batch's Python time on.
+    """
+    if connection.vendor == "postgresql":
+        return "= ANY(%s)"
+    return "IN (SELECT value FROM json_each(%s))"
+
+
+def ids_param(ids: Sequence[int]) -> Any:
+    """The parameter ``in_ids`` takes: the ids as a list, or a JSON list on SQLite."""
+    return list(ids) if connection.vendor == "postgresql" else json.dumps(list(ids))
 
 
 def advisory_xact_lock(*names: str) -> None:

@@ -17,7 +17,6 @@ is named after.
 """
 
 import contextlib
-import json
 import logging
 import math
 import smtplib
@@ -43,7 +42,7 @@ from apps.reservations.models import Reservation, WaitingEntry
 from apps.reservations.selectors import reservation_moves
 from apps.rooms.models import TimeSlot
 from escape_rooms_backend import deadlines, timeline
-from escape_rooms_backend.db import advisory_xact_lock
+from escape_rooms_backend.db import advisory_xact_lock, ids_param, in_ids
 
 from . import compose
 from .models import Message
@@ -330,8 +329,6 @@ def messages_enqueue_for_states(
     token = f"{uuid.uuid4().hex[:16]}@{_message_id_domain()}>"
     postgresql = connection.vendor == "postgresql"
     empty_json = "CAST(%s AS jsonb)" if postgresql else "%s"
-    # The ids as one parameter, however many: an array, or a JSON list on SQLite.
-    ids_sql = "= ANY(%s)" if postgresql else "IN (SELECT value FROM json_each(%s))"
     reservation_id = "CAST(r.id AS TEXT)"
     queued: list[int] = []
     with connection.cursor() as cursor:
@@ -340,7 +337,7 @@ def messages_enqueue_for_states(
                 _insert(
                     f"SELECT %s || {reservation_id}, %s, r.id, '', {empty_json}, "  # noqa: S608 (the model's names; values bound)
                     f"%s || {reservation_id} || %s, %s, %s, %s, 0, '', '', NULL, NULL "
-                    f"FROM {Reservation._meta.db_table} r WHERE r.id {ids_sql}"
+                    f"FROM {Reservation._meta.db_table} r WHERE r.id {in_ids()}"
                 )
                 + " RETURNING id",
                 [
@@ -352,7 +349,7 @@ def messages_enqueue_for_states(
                     Status.PENDING.value,
                     at,
                     at,
-                    pks if postgresql else json.dumps(pks),
+                    ids_param(pks),
                 ],
             )
             queued += [row[0] for row in cursor.fetchall()]

@@ -14,7 +14,6 @@ and is injected by tests.
 """
 
 import enum
-import json
 import logging
 import math
 import uuid
@@ -33,7 +32,7 @@ from django.utils import timezone
 
 from apps.rooms.models import Closure, Room, TimeSlot
 from escape_rooms_backend import timeline
-from escape_rooms_backend.db import advisory_xact_lock
+from escape_rooms_backend.db import advisory_xact_lock, ids_param, in_ids
 
 from . import errors, offers
 from .models import Reservation, ReservationEvent, WaitingEntry
@@ -1052,9 +1051,9 @@ def lapsed_holds_expire(
         with connection.cursor() as cursor:
             if skip_locked:
                 cursor.execute(
-                    f"SELECT id FROM {_SLOTS} WHERE id {_in_ids()} "  # noqa: S608 (our table's name)
+                    f"SELECT id FROM {_SLOTS} WHERE id {in_ids()} "  # noqa: S608 (our table's name)
                     "ORDER BY id FOR UPDATE SKIP LOCKED",
-                    [_ids_param(slot_ids)],
+                    [ids_param(slot_ids)],
                 )
                 slot_ids = [row[0] for row in cursor.fetchall()]
             at = now or timezone.now()
@@ -1062,10 +1061,10 @@ def lapsed_holds_expire(
             if not expired:
                 return []
             cursor.execute(
-                f"UPDATE {_SLOTS} SET status = %s WHERE id {_in_ids()} AND status = %s",  # noqa: S608 (our table's name)
+                f"UPDATE {_SLOTS} SET status = %s WHERE id {in_ids()} AND status = %s",  # noqa: S608 (our table's name)
                 [
                     TimeSlot.Status.ACTIVE.value,
-                    _ids_param([hold.time_slot_id for hold in expired]),
+                    ids_param([hold.time_slot_id for hold in expired]),
                     TimeSlot.Status.RESERVED.value,
                 ],
             )
@@ -1073,9 +1072,9 @@ def lapsed_holds_expire(
             # Most slots have no list: one query over the batch says which do.
             cursor.execute(
                 f"SELECT DISTINCT time_slot_id FROM {_WAITING} "  # noqa: S608 (our table's name)
-                f"WHERE time_slot_id {_in_ids()} AND status = %s",
+                f"WHERE time_slot_id {in_ids()} AND status = %s",
                 [
-                    _ids_param([hold.time_slot_id for hold in expired]),
+                    ids_param([hold.time_slot_id for hold in expired]),
                     WaitingEntry.Status.WAITING.value,
                 ],
             )
@@ -1126,17 +1125,6 @@ _WAITING = WaitingEntry._meta.db_table
 _EVENTS = ReservationEvent._meta.db_table
 
 
-def _in_ids() -> str:
-    """``IN`` over the ids of one parameter (``_ids_param``): an array, or a JSON list on SQLite."""
-    if connection.vendor == "postgresql":
-        return "= ANY(%s)"
-    return "IN (SELECT value FROM json_each(%s))"
-
-
-def _ids_param(ids: Sequence[int]) -> Any:
-    return list(ids) if connection.vendor == "postgresql" else json.dumps(list(ids))
-
-
 def _aware(value: Any) -> datetime | None:
     """A timestamp as a raw cursor returns it (SQLite: text, naive UTC), aware UTC."""
     if value is None:
@@ -1173,14 +1161,14 @@ def _holds_cancel(cursor: Any, slot_ids: Sequence[int], at: datetime) -> list[Ex
     cursor.execute(
         f"UPDATE {_RESERVATIONS} AS h "  # noqa: S608 (our tables' names)
         "SET status = %s, cancelled_at = %s, cancellation_reason = %s "
-        f"{where} h.time_slot_id {_in_ids()} AND h.status = %s AND h.expires_at <= %s "
+        f"{where} h.time_slot_id {in_ids()} AND h.status = %s AND h.expires_at <= %s "
         f"RETURNING {hold}id, {hold}customer_name, {slot_and_room}, {hold}expires_at, "
         f"{hold}checkout_started_at, {hold}time_slot_id, {hold}is_offer",
         [
             Status.CANCELLED.value,
             at_value,
             Reason.EXPIRED.value,
-            _ids_param(slot_ids),
+            ids_param(slot_ids),
             Status.PENDING.value,
             at_value,
         ],
